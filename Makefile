@@ -1,0 +1,57 @@
+# kubetune: the two contract commands are `make demo` and `make test` (see README).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools lint typecheck unit integration test demo crds check-crds cluster-up cluster-down docs
+
+help:
+	@echo "make demo   - bring up the local control plane + MinIO, run the quickstart FineTuneJob end to end"
+	@echo "make test   - ruff, mypy, unit and integration tests (builds tools on first run)"
+
+# The virtualenv is keyed on pyproject.toml so dependency changes reinstall.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[trainer,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+tools:
+	hack/build-tools all
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+crds: venv
+	$(BIN)/python -m kubetune_operator.crdgen --write
+
+check-crds: venv
+	$(BIN)/python -m kubetune_operator.crdgen --check
+
+unit: venv
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: venv tools
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test: venv tools lint typecheck check-crds
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+cluster-up: tools
+	hack/cluster up
+
+cluster-down:
+	hack/cluster down
+
+demo: venv tools
+	hack/demo
