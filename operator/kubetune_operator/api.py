@@ -104,7 +104,8 @@ class Condition(Spec):
     type: str = Field(max_length=316, description="Condition type, e.g. Succeeded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
-        max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
         description="CamelCase reason for the last transition.",
     )
     message: str = Field(default="", max_length=32768, description="Human-readable details.")
@@ -119,7 +120,9 @@ class Artifacts(Spec):
 
     model_config = ConfigDict(extra="ignore")
 
-    adapter_uri: str | None = Field(default=None, description="s3:// prefix of the adapter (PEFT format).")
+    adapter_uri: str | None = Field(
+        default=None, description="s3:// prefix of the adapter (PEFT format)."
+    )
     merged_model_uri: str | None = Field(
         default=None, description="s3:// prefix of the merged standalone model."
     )
@@ -128,7 +131,9 @@ class Artifacts(Spec):
     )
     manifest_sha256: str | None = Field(default=None, description="sha256 of manifest.json.")
     metrics_uri: str | None = Field(default=None, description="s3:// URI of metrics.json.")
-    checkpoint_uri: str | None = Field(default=None, description="s3:// prefix of the latest checkpoint.")
+    checkpoint_uri: str | None = Field(
+        default=None, description="s3:// prefix of the latest checkpoint."
+    )
 
 
 class RunRecord(Spec):
@@ -155,7 +160,8 @@ class FineTuneJobStatus(Spec):
         default=None, description="Pending, Running, Succeeded, Failed or Suspended."
     )
     conditions: list[Condition] | None = Field(
-        default=None, description="Ready, Running, Succeeded, Failed, Suspended, Reconciling, Stalled."
+        default=None,
+        description="Ready, Running, Succeeded, Failed, Suspended, Reconciling, Stalled.",
     )
     observed_generation: int | None = Field(
         default=None, description="The metadata.generation this status reflects."
@@ -170,13 +176,17 @@ class FineTuneJobStatus(Spec):
     queued_generation: int | None = Field(
         default=None, description="A generation waiting to run after the current run (Queue)."
     )
-    job_name: str | None = Field(default=None, description="Name of the current run's batch/v1 Job.")
+    job_name: str | None = Field(
+        default=None, description="Name of the current run's batch/v1 Job."
+    )
     start_time: str | None = Field(default=None, description="When the current run started.")
     completion_time: str | None = Field(default=None, description="When the current run ended.")
     progress: Progress | None = Field(default=None, description="Live progress from the trainer.")
     metrics: dict[str, float] | None = Field(default=None, description="Final evaluation metrics.")
     artifacts: Artifacts | None = Field(default=None, description="The current run's artifacts.")
-    attempts: int | None = Field(default=None, ge=0, description="Pods started for the current run.")
+    attempts: int | None = Field(
+        default=None, ge=0, description="Pods started for the current run."
+    )
     gpu_seconds: float | None = Field(
         default=None, ge=0, description="GPU-seconds used by all runs of this job."
     )

@@ -287,9 +287,7 @@ class BadRowPolicy(StrEnum):
 class HubDataset(Spec):
     """A dataset on the Hugging Face Hub."""
 
-    name: str = Field(
-        pattern=HUB_ID_PATTERN, max_length=256, description="Dataset id, e.g. imdb."
-    )
+    name: str = Field(pattern=HUB_ID_PATTERN, max_length=256, description="Dataset id, e.g. imdb.")
     config: str | None = Field(
         default=None, max_length=256, description="Dataset configuration (subset) name."
     )
@@ -304,8 +302,7 @@ class HubDataset(Spec):
 
 
 _SOURCE_RULE = cel(
-    "[has(self.s3Uri), has(self.hub), has(self.pvc), has(self.inline)]"
-    ".filter(x, x).size() == 1",
+    "[has(self.s3Uri), has(self.hub), has(self.pvc), has(self.inline)].filter(x, x).size() == 1",
     "exactly one of s3Uri, hub, pvc, inline must be set",
 )
 
@@ -344,8 +341,12 @@ class DataSource(Spec):
 class FieldMapping(Spec):
     """Column names in the data, for when they differ from the defaults."""
 
-    text: str = Field(default="text", max_length=128, description="Text column (text, classification).")
-    prompt: str = Field(default="prompt", max_length=128, description="Prompt column (prompt-completion).")
+    text: str = Field(
+        default="text", max_length=128, description="Text column (text, classification)."
+    )
+    prompt: str = Field(
+        default="prompt", max_length=128, description="Prompt column (prompt-completion)."
+    )
     completion: str = Field(
         default="completion", max_length=128, description="Completion column (prompt-completion)."
     )
@@ -354,7 +355,9 @@ class FieldMapping(Spec):
         max_length=128,
         description="Column holding a list of {role, content} turns (messages).",
     )
-    label: str = Field(default="label", max_length=128, description="Label column (classification).")
+    label: str = Field(
+        default="label", max_length=128, description="Label column (classification)."
+    )
 
 
 class ValidationSpec(Spec):
@@ -648,25 +651,48 @@ class MethodSpec(Spec):
     quantization: QuantizationSpec | None = Field(
         default=None, description="4-bit quantization for qlora (nf4 + double quant if omitted)."
     )
-    prompt_tuning: PromptTuningSpec | None = Field(default=None, description="prompt-tuning settings.")
-    prefix_tuning: PrefixTuningSpec | None = Field(default=None, description="prefix-tuning settings.")
+    prompt_tuning: PromptTuningSpec | None = Field(
+        default=None, description="prompt-tuning settings."
+    )
+    prefix_tuning: PrefixTuningSpec | None = Field(
+        default=None, description="prefix-tuning settings."
+    )
     ia3: IA3Spec | None = Field(default=None, description="ia3 settings.")
 
     @model_validator(mode="after")
     def _check(self) -> MethodSpec:
         t = MethodType(self.type)
         rules: list[tuple[str, bool, str]] = [
-            ("freezeLayers", self.freeze_layers is not None and t != MethodType.FULL,
-             "freezeLayers applies only to type full"),
-            ("lora", self.lora is not None and t not in LORA_METHODS,
-             "lora settings apply only to types lora, qlora, dora"),
-            ("quantization", self.quantization is not None and t != MethodType.QLORA,
-             "quantization applies only to type qlora"),
-            ("promptTuning", self.prompt_tuning is not None and t != MethodType.PROMPT_TUNING,
-             "promptTuning applies only to type prompt-tuning"),
-            ("prefixTuning", self.prefix_tuning is not None and t != MethodType.PREFIX_TUNING,
-             "prefixTuning applies only to type prefix-tuning"),
-            ("ia3", self.ia3 is not None and t != MethodType.IA3, "ia3 settings apply only to type ia3"),
+            (
+                "freezeLayers",
+                self.freeze_layers is not None and t != MethodType.FULL,
+                "freezeLayers applies only to type full",
+            ),
+            (
+                "lora",
+                self.lora is not None and t not in LORA_METHODS,
+                "lora settings apply only to types lora, qlora, dora",
+            ),
+            (
+                "quantization",
+                self.quantization is not None and t != MethodType.QLORA,
+                "quantization applies only to type qlora",
+            ),
+            (
+                "promptTuning",
+                self.prompt_tuning is not None and t != MethodType.PROMPT_TUNING,
+                "promptTuning applies only to type prompt-tuning",
+            ),
+            (
+                "prefixTuning",
+                self.prefix_tuning is not None and t != MethodType.PREFIX_TUNING,
+                "prefixTuning applies only to type prefix-tuning",
+            ),
+            (
+                "ia3",
+                self.ia3 is not None and t != MethodType.IA3,
+                "ia3 settings apply only to type ia3",
+            ),
         ]
         for field, bad, message in rules:
             if bad:
@@ -792,7 +818,10 @@ class Hyperparameters(Spec):
     )
     warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up steps.")
     batch_size: int = Field(
-        default=4, ge=1, le=4096, description="Micro-batch size per device (per_device_train_batch_size)."
+        default=4,
+        ge=1,
+        le=4096,
+        description="Micro-batch size per device (per_device_train_batch_size).",
     )
     eval_batch_size: int | None = Field(
         default=None, ge=1, le=4096, description="Per-device eval batch size; default batchSize."
@@ -835,7 +864,9 @@ class Hyperparameters(Spec):
     save_total_limit: int = Field(
         default=2, ge=1, le=100, description="Checkpoints kept; older ones are deleted."
     )
-    logging_steps: int = Field(default=10, ge=1, description="Log (and report progress) every N steps.")
+    logging_steps: int = Field(
+        default=10, ge=1, description="Log (and report progress) every N steps."
+    )
     group_by_length: bool = Field(
         default=False, description="Batch rows of similar length together (less padding)."
     )
@@ -864,8 +895,12 @@ class Hyperparameters(Spec):
 class Toleration(Spec):
     """A pod toleration (as core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    key: str | None = Field(
+        default=None, max_length=316, description="Taint key; empty matches all."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
     value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect; empty matches all."
@@ -992,7 +1027,9 @@ class OutputSpec(Spec):
     sse: ServerSideEncryption = Field(
         default=ServerSideEncryption.NONE, description="Server-side encryption for uploads."
     )
-    kms_key_id: str | None = Field(default=None, max_length=2048, description="KMS key for aws:kms.")
+    kms_key_id: str | None = Field(
+        default=None, max_length=2048, description="KMS key for aws:kms."
+    )
     adapter: bool = Field(default=True, description="Write the adapter (PEFT methods).")
     merged_model: bool = Field(
         default=True,
@@ -1024,7 +1061,9 @@ class Reporter(StrEnum):
 class MlflowSpec(Spec):
     """MLflow tracking server settings."""
 
-    tracking_uri: str = Field(max_length=1024, description="MLflow tracking URI, e.g. http://mlflow:5000.")
+    tracking_uri: str = Field(
+        max_length=1024, description="MLflow tracking URI, e.g. http://mlflow:5000."
+    )
     experiment: str | None = Field(default=None, max_length=256, description="Experiment name.")
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key with a token (MLFLOW_TRACKING_TOKEN)."
@@ -1152,7 +1191,9 @@ class FineTuneJobSpec(Spec):
                 "evalStrategy needs dataset.validation",
                 ".hyperparameters.evalStrategy",
             ),
-            cel("self.task == oldSelf.task", "task is immutable: create a new FineTuneJob", ".task"),
+            cel(
+                "self.task == oldSelf.task", "task is immutable: create a new FineTuneJob", ".task"
+            ),
             cel(
                 "self.output.uri == oldSelf.output.uri",
                 "output.uri is immutable (earlier runs' artifacts live there): create a new "
@@ -1180,10 +1221,10 @@ class FineTuneJobSpec(Spec):
         default_factory=ResourcesSpec, description="Compute resources and placement."
     )
     output: OutputSpec = Field(description="Where artifacts are written.")
-    tracking: TrackingSpec = Field(
-        default_factory=TrackingSpec, description="Experiment tracking."
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retry, deadline, suspend."
     )
-    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retry, deadline, suspend.")
 
     @model_validator(mode="after")
     def _check(self) -> FineTuneJobSpec:
@@ -1199,9 +1240,9 @@ class FineTuneJobSpec(Spec):
             )
         if is_cls != (self.dataset.format == DataFormat.CLASSIFICATION):
             raise ValueError(
-                    "spec.dataset.format: dataset.format classification goes with task "
-                    "sequence-classification, and only with it"
-                )
+                "spec.dataset.format: dataset.format classification goes with task "
+                "sequence-classification, and only with it"
+            )
         h = self.hyperparameters
         if h.early_stopping is not None and self.dataset.validation is None:
             raise ValueError(
@@ -1256,7 +1297,9 @@ class JobIdentity(Spec):
     namespace: str = Field(description="FineTuneJob namespace.")
     name: str = Field(description="FineTuneJob name.")
     uid: str | None = Field(default=None, description="FineTuneJob uid.")
-    generation: int = Field(default=1, ge=1, description="metadata.generation the run was made for.")
+    generation: int = Field(
+        default=1, ge=1, description="metadata.generation the run was made for."
+    )
     run: int = Field(default=1, ge=1, description="Run number (1, 2, ...).")
 
 
