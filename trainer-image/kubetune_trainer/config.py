@@ -1327,6 +1327,17 @@ class TrainerConfig(Spec):
     work_dir: str = Field(default="/workspace", description="Scratch directory.")
 
 
+# Where the operator mounts each PersistentVolumeClaim named by a `pvc` source (model.pvc,
+# dataset.pvc, dataset.validation.pvc), read-only: <PVC_MOUNT_ROOT>/<claimName>. The trainer
+# reads `pvc.path` below that (KUBETUNE_PVC_ROOT overrides the root, for tests).
+PVC_MOUNT_ROOT = "/mnt/kubetune/pvc"
+
+
+def pvc_mount_path(claim_name: str, root: str = PVC_MOUNT_ROOT) -> str:
+    """The directory a claim is mounted at in the trainer pod."""
+    return f"{root.rstrip('/')}/{claim_name}"
+
+
 def run_prefix(output_uri: str, namespace: str, name: str, run: int) -> str:
     """Where run `run` of `namespace/name` writes its artifacts."""
     return f"{output_uri.rstrip('/')}/{namespace}/{name}/run-{run}/"
