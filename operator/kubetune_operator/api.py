@@ -14,12 +14,15 @@ from kubetune_trainer.config import (
     API_GROUP,
     API_VERSION,
     KIND,
+    MAX_NAME_LENGTH,
     PLURAL,
     FineTuneJobSpec,
     Progress,
     Spec,
+    cel,
+    validations,
 )
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 __all__ = [
     "API_GROUP",
@@ -99,7 +102,7 @@ class Reason(StrEnum):
 class Condition(Spec):
     """A condition per the Kubernetes API conventions (metav1.Condition)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     type: str = Field(max_length=316, description="Condition type, e.g. Succeeded.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
@@ -118,7 +121,7 @@ class Condition(Spec):
 class Artifacts(Spec):
     """Where a run's outputs are. A URI appears only once its upload is complete and verified."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     adapter_uri: str | None = Field(
         default=None, description="s3:// prefix of the adapter (PEFT format)."
@@ -139,7 +142,7 @@ class Artifacts(Spec):
 class RunRecord(Spec):
     """A past run, kept in status.history."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     run: int = Field(ge=1, description="Run number.")
     generation: int | None = Field(default=None, description="metadata.generation it ran.")
@@ -154,10 +157,22 @@ class RunRecord(Spec):
 class FineTuneJobStatus(Spec):
     """Observed state, written by the operator (progress by the trainer)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     phase: Phase | None = Field(
         default=None, description="Pending, Running, Succeeded, Failed or Suspended."
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The base model in one line (hub id[@revision], s3:// URI or "
+        "pvc://claim/path; see ModelSource.display()), for the Model column of kubectl get.",
+    )
+    progress_summary: str | None = Field(
+        default=None,
+        max_length=64,
+        description="step/totalSteps (pct%) of the current run (see Progress.summary()), for "
+        "the Progress column of kubectl get.",
     )
     conditions: list[Condition] | None = Field(
         default=None,
@@ -200,7 +215,17 @@ class FineTuneJob(Spec):
     """A fine-tuning run of a transformer model: a base model, data, a method and an S3
     destination. The operator runs it as a batch/v1 Job and keeps the status true."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        allow_inf_nan=True,
+        json_schema_extra=validations(
+            cel(
+                f"!has(self.metadata.name) || size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+                f"metadata.name must be at most {MAX_NAME_LENGTH} characters (the run's Job is "
+                "named <name>-run-<n>)",
+            )
+        ),
+    )
 
     api_version: Literal["kubetune.io/v1alpha1"] = Field(
         default="kubetune.io/v1alpha1", description="kubetune.io/v1alpha1"
@@ -209,3 +234,13 @@ class FineTuneJob(Spec):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired state.")
     status: FineTuneJobStatus | None = Field(default=None, description="Observed state.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FineTuneJob:
+        name = self.metadata.get("name")
+        if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"metadata.name: metadata.name must be at most {MAX_NAME_LENGTH} characters "
+                "(the run's Job is named <name>-run-<n>)"
+            )
+        return self

@@ -16,7 +16,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
@@ -26,23 +26,76 @@ PLURAL = "finetunejobs"
 
 # s3://bucket/prefix — bucket names per the S3 rules (3-63 chars, lowercase, digits, dots, dashes).
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
-# Kubernetes resource quantities (e.g. 500m, 4, 16Gi, 1.5G).
-QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes resource quantities (e.g. 500m, 4, 16Gi, 1.5G, 1e3), non-negative: the grammar of
+# k8s.io/apimachinery resource.Quantity (number, then a binary-SI, decimal-SI or exponent suffix).
+QUANTITY_PATTERN = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE]|[eE][-+]?[0-9]+)?$"
 # A DNS-1123 subdomain name, as for Secrets and PVCs.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # A Hugging Face Hub id: "name" or "org/name".
 HUB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)?$"
+# A str.format template whose placeholders are plain column names: {name} or {name:format-spec};
+# {{ and }} are literal braces. No attribute or index access ({x.y}, {x[0]}), no conversions.
+TEXT_TEMPLATE_PATTERN = r"^([^{}]|\{\{|\}\}|\{[A-Za-z_][A-Za-z0-9_]*(:[^{}]*)?\})*$"
 # An absolute path inside a volume, no "..".
 PATH_PATTERN = r"^(/[A-Za-z0-9._@+=,~\-]+)*/?$"
 
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+# Patterns are evaluated by two engines that must agree: Go's RE2 in the API server and Rust's
+# regex crate in pydantic. They differ on Unicode classes (`\s`, `\d`, `\w` are ASCII in RE2,
+# Unicode in Rust), so patterns here use explicit ASCII classes only.
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+# The longest FineTuneJob name: the operator names the run's batch/v1 Job `<name>-run-<n>`, and a
+# Job name must fit a 63-character label value; 52 leaves room for `-run-` and 6 digits.
+MAX_NAME_LENGTH = 52
+
+
+def _wire_int(value: Any) -> Any:
+    """Integers as the API server sees them: JSON numbers with an integral value (1 and 1.0 are
+    both accepted there), never booleans or strings (pydantic's lax mode would coerce "1")."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _int_or_string(value: Any) -> Any:
+    """A quantity may be written as a JSON integer (`cpu: 8`), as in core/v1; it is kept as str."""
+    if isinstance(value, bool):
+        raise ValueError("must be a quantity string or a non-negative integer")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if not 0 <= value <= INT64_MAX:
+            raise ValueError("must be a quantity string or a non-negative integer")
+        return str(value)
+    return value
+
+
+# JSON-typed scalars for the spec: pydantic's lax mode turns "1", "true" or "yes" into numbers and
+# booleans, which the API server (and thus `kubectl apply`) refuses; these refuse them too.
+WireInt = Annotated[int, BeforeValidator(_wire_int)]
+WireFloat = Annotated[float, Strict()]
+WireBool = Annotated[bool, Strict()]
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_int_or_string),
+    Field(
+        pattern=QUANTITY_PATTERN,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-int-or-string": True, "minimum": 0},
+    ),
+]
 S3Uri = Annotated[str, Field(pattern=S3_URI_PATTERN, max_length=1024)]
 ResourceName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=253)]
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One CEL validation rule for `x-kubernetes-validations`; `fieldPath` makes the API
-    server's error name the offending field (e.g. `spec.model.hubId`)."""
+    server's error name the offending field (e.g. `spec.model.hubId`).
+
+    A rule must guard with `has()` every field it reads, even one with a default: object fields
+    default to `{}` in the CRD, and the API server checks that `{}` against the rules *before*
+    nested defaults are applied to it (on real objects the nested defaults are always there)."""
     out = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
@@ -63,7 +116,17 @@ class Spec(BaseModel):
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
+        allow_inf_nan=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        """`field: null` means "not set", as on the API server, which prunes null values of
+        non-nullable fields before defaulting: the field then takes its default."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
     def wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest (camelCase, no unset optionals)."""
@@ -188,7 +251,7 @@ class ModelSource(Spec):
     pvc: PVCPath | None = Field(
         default=None, description="A saved model directory on a PersistentVolumeClaim."
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: WireBool = Field(
         default=False,
         description="Allow model repositories to run their own Python code. Off by default: "
         "it executes code from the model source inside the trainer.",
@@ -202,6 +265,16 @@ class ModelSource(Spec):
         if self.token_secret_ref is not None and self.hub_id is None:
             raise ValueError("spec.model.tokenSecretRef: tokenSecretRef applies only to hubId")
         return self
+
+    def display(self) -> str:
+        """A one-line name of the model for humans (`status.model`, the Model column of
+        `kubectl get ftj`): `org/name[@revision]`, the s3:// URI or `pvc://claim/path`."""
+        if self.hub_id is not None:
+            return self.hub_id + (f"@{self.revision}" if self.revision else "")
+        if self.s3_uri is not None:
+            return self.s3_uri
+        assert self.pvc is not None
+        return f"pvc://{self.pvc.claim_name}/{self.pvc.path.lstrip('/')}"
 
 
 class ClassificationSpec(Spec):
@@ -222,7 +295,7 @@ class ClassificationSpec(Spec):
         )
     )
 
-    num_labels: int | None = Field(
+    num_labels: WireInt | None = Field(
         default=None,
         ge=2,
         le=10000,
@@ -233,14 +306,17 @@ class ClassificationSpec(Spec):
         default=None,
         min_length=2,
         max_length=10000,
-        description="Class names in id order (index = label id); data may use either the name "
-        "or the id. Saved as id2label/label2id in the model config.",
+        description="Class names in id order (index = label id), each unique; data may use "
+        "either the name or the id. Saved as id2label/label2id in the model config.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
     @model_validator(mode="after")
     def _check(self) -> ClassificationSpec:
         if self.num_labels is None and self.label_names is None:
             raise ValueError("spec.classification: set numLabels or labelNames")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("spec.classification.labelNames: label names must be unique")
         if (
             self.num_labels is not None
             and self.label_names is not None
@@ -379,7 +455,7 @@ class ValidationSpec(Spec):
     inline: list[dict[str, Any]] | None = Field(
         default=None, min_length=1, max_length=1000, description="Validation rows in the manifest."
     )
-    split_fraction: float | None = Field(
+    split_fraction: WireFloat | None = Field(
         default=None,
         gt=0,
         lt=1,
@@ -406,6 +482,11 @@ class DatasetSpec(DataSource):
                 "packing applies to causal-lm formats only",
                 ".packing",
             ),
+            cel(
+                "!has(self.textTemplate) || self.format == 'text'",
+                "textTemplate applies only to format text",
+                ".textTemplate",
+            ),
         )
     )
 
@@ -417,27 +498,37 @@ class DatasetSpec(DataSource):
     fields: FieldMapping = Field(
         default_factory=FieldMapping, description="Column names, when they differ from defaults."
     )
+    text_template: str | None = Field(
+        default=None,
+        max_length=16384,
+        pattern=TEXT_TEMPLATE_PATTERN,
+        description="format text only: build each row's text from its columns with a Python "
+        "str.format template instead of reading fields.text, e.g. "
+        "'Quote: {quote} Author: {author}'. Placeholders are column names, optionally with a "
+        "format spec ({score:.2f}); write {{ and }} for literal braces. Attribute and index "
+        "access ({a.b}, {a[0]}) is not allowed. A row missing a column is a bad row.",
+    )
     validation: ValidationSpec | None = Field(
         default=None,
         description="Evaluation data. Without it, evaluation, early stopping and final eval "
         "metrics are off.",
     )
-    max_seq_length: int = Field(
+    max_seq_length: WireInt = Field(
         default=1024,
         ge=16,
         le=131072,
         description="Longest tokenized sequence; longer rows are truncated.",
     )
-    packing: bool = Field(
+    packing: WireBool = Field(
         default=False,
         description="Pack several short rows into each sequence (padding-free where supported) "
         "for throughput. Causal-LM only.",
     )
-    completion_only_loss: bool = Field(
+    completion_only_loss: WireBool = Field(
         default=True,
         description="prompt-completion: compute the loss on completion tokens only.",
     )
-    assistant_only_loss: bool = Field(
+    assistant_only_loss: WireBool = Field(
         default=True,
         description="messages: compute the loss on assistant turns only.",
     )
@@ -451,8 +542,11 @@ class DatasetSpec(DataSource):
         description="fail: stop with an error naming the row and field; skip: drop such rows and "
         "report how many in the metrics (bad_rows_skipped).",
     )
-    shuffle_seed: int | None = Field(
-        default=None, ge=0, description="Seed for shuffling; default hyperparameters.seed."
+    shuffle_seed: WireInt | None = Field(
+        default=None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed for shuffling; default hyperparameters.seed.",
     )
 
     @model_validator(mode="after")
@@ -460,6 +554,8 @@ class DatasetSpec(DataSource):
         self._check_one("spec.dataset")
         if self.packing and self.format == DataFormat.CLASSIFICATION:
             raise ValueError("spec.dataset.packing: packing applies to causal-lm formats only")
+        if self.text_template is not None and self.format != DataFormat.TEXT:
+            raise ValueError("spec.dataset.textTemplate: textTemplate applies only to format text")
         return self
 
 
@@ -499,11 +595,11 @@ ModuleName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za
 class LoraSpec(Spec):
     """LoRA settings (used by lora, qlora and dora)."""
 
-    r: int = Field(default=16, ge=1, le=1024, description="Rank of the update matrices.")
-    alpha: int = Field(
+    r: WireInt = Field(default=16, ge=1, le=1024, description="Rank of the update matrices.")
+    alpha: WireInt = Field(
         default=32, ge=1, le=4096, description="Scaling numerator (lora_alpha); scale = alpha/r."
     )
-    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    dropout: WireFloat = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     target_modules: list[ModuleName] | None = Field(
         default=None,
         max_length=64,
@@ -518,7 +614,9 @@ class LoraSpec(Spec):
         "freshly initialised classification head.",
     )
     bias: LoraBias = Field(default=LoraBias.NONE, description="Which biases to train.")
-    use_rslora: bool = Field(default=False, description="Rank-stabilised scaling (alpha/sqrt(r)).")
+    use_rslora: WireBool = Field(
+        default=False, description="Rank-stabilised scaling (alpha/sqrt(r))."
+    )
 
 
 class QuantType(StrEnum):
@@ -548,7 +646,7 @@ class QuantizationSpec(Spec):
 
     bits: Literal[4] = Field(default=4, description="Bits per weight (4).")
     quant_type: QuantType = Field(default=QuantType.NF4, description="nf4 (recommended) or fp4.")
-    double_quant: bool = Field(
+    double_quant: WireBool = Field(
         default=True, description="Quantize the quantization constants too (~0.4 bit/param saved)."
     )
     compute_dtype: ComputeDtype = Field(
@@ -569,7 +667,9 @@ class QuantizationSpec(Spec):
 class PromptTuningSpec(Spec):
     """Prompt tuning: learned soft-prompt embeddings, model weights frozen."""
 
-    num_virtual_tokens: int = Field(default=20, ge=1, le=1024, description="Soft-prompt length.")
+    num_virtual_tokens: WireInt = Field(
+        default=20, ge=1, le=1024, description="Soft-prompt length."
+    )
     init_text: str | None = Field(
         default=None,
         max_length=4096,
@@ -580,7 +680,7 @@ class PromptTuningSpec(Spec):
 class PrefixTuningSpec(Spec):
     """Prefix tuning: learned key/value prefixes in every layer."""
 
-    num_virtual_tokens: int = Field(default=20, ge=1, le=1024, description="Prefix length.")
+    num_virtual_tokens: WireInt = Field(default=20, ge=1, le=1024, description="Prefix length.")
 
 
 class IA3Spec(Spec):
@@ -639,7 +739,7 @@ class MethodSpec(Spec):
         description="full, lora, qlora (4-bit base + LoRA), dora, prompt-tuning, prefix-tuning, "
         "ia3, or bitfit (biases only).",
     )
-    freeze_layers: int | None = Field(
+    freeze_layers: WireInt | None = Field(
         default=None,
         ge=0,
         le=1000,
@@ -757,7 +857,7 @@ class Strategy(StrEnum):
 class EarlyStoppingSpec(Spec):
     """Stop when the eval metric stops improving (needs dataset.validation)."""
 
-    patience: int = Field(
+    patience: WireInt = Field(
         default=3, ge=1, le=1000, description="Evaluations without improvement before stopping."
     )
     metric: str = Field(
@@ -766,10 +866,10 @@ class EarlyStoppingSpec(Spec):
         max_length=64,
         description="Metric to watch: eval_loss, eval_accuracy, eval_f1, ...",
     )
-    threshold: float = Field(
+    threshold: WireFloat = Field(
         default=0.0, ge=0, description="Minimum change that counts as an improvement."
     )
-    greater_is_better: bool | None = Field(
+    greater_is_better: WireBool | None = Field(
         default=None,
         description="Whether higher is better; default false for *loss metrics, true otherwise.",
     )
@@ -786,59 +886,63 @@ class Hyperparameters(Spec):
                 ".warmupSteps",
             ),
             cel(
-                "self.evalStrategy != 'steps' || has(self.evalSteps)",
+                "!has(self.evalStrategy) || self.evalStrategy != 'steps' || has(self.evalSteps)",
                 "evalStrategy steps needs evalSteps",
                 ".evalSteps",
             ),
             cel(
-                "self.saveStrategy != 'steps' || has(self.saveSteps)",
+                "!has(self.saveStrategy) || self.saveStrategy != 'steps' || has(self.saveSteps)",
                 "saveStrategy steps needs saveSteps",
                 ".saveSteps",
             ),
             cel(
-                "!has(self.earlyStopping) || self.evalStrategy != 'no'",
+                "!has(self.earlyStopping) || (has(self.evalStrategy) && self.evalStrategy != 'no')",
                 "earlyStopping needs evaluation (evalStrategy steps or epoch)",
                 ".earlyStopping",
             ),
         )
     )
 
-    epochs: float = Field(
+    epochs: WireFloat = Field(
         default=1.0, gt=0, le=1000, description="Passes over the training data (fractions allowed)."
     )
-    max_steps: int | None = Field(
+    max_steps: WireInt | None = Field(
         default=None, ge=1, le=10_000_000, description="Optimizer steps; overrides epochs when set."
     )
-    learning_rate: float = Field(
+    learning_rate: WireFloat = Field(
         default=2e-4, gt=0, le=1, description="Peak learning rate (2e-4 suits LoRA; ~2e-5 full)."
     )
     lr_scheduler: Scheduler = Field(default=Scheduler.LINEAR, description="Learning-rate schedule.")
-    warmup_ratio: float | None = Field(
+    warmup_ratio: WireFloat | None = Field(
         default=None, ge=0, le=1, description="Fraction of steps for linear warm-up."
     )
-    warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up steps.")
-    batch_size: int = Field(
+    warmup_steps: WireInt | None = Field(
+        default=None, ge=0, le=10_000_000, description="Warm-up steps."
+    )
+    batch_size: WireInt = Field(
         default=4,
         ge=1,
         le=4096,
         description="Micro-batch size per device (per_device_train_batch_size).",
     )
-    eval_batch_size: int | None = Field(
+    eval_batch_size: WireInt | None = Field(
         default=None, ge=1, le=4096, description="Per-device eval batch size; default batchSize."
     )
-    gradient_accumulation_steps: int = Field(
+    gradient_accumulation_steps: WireInt = Field(
         default=1, ge=1, le=4096, description="Micro-batches per optimizer step."
     )
-    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
-    max_grad_norm: float = Field(
+    weight_decay: WireFloat = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: WireFloat = Field(
         default=1.0, ge=0, le=1000, description="Gradient clipping norm (0 disables)."
     )
-    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Random seed (data order, init).")
+    seed: WireInt = Field(
+        default=42, ge=0, le=2**32 - 1, description="Random seed (data order, init)."
+    )
     precision: Precision = Field(
         default=Precision.AUTO,
         description="auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
     )
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: WireBool = Field(
         default=False,
         description="Recompute activations in the backward pass: much less memory, ~20-30% slower.",
     )
@@ -853,21 +957,26 @@ class Hyperparameters(Spec):
         default=Strategy.NO,
         description="When to evaluate: no, steps (every evalSteps) or epoch. Needs validation data.",
     )
-    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every N steps.")
+    eval_steps: WireInt | None = Field(
+        default=None, ge=1, le=10_000_000, description="Evaluate every N steps."
+    )
     save_strategy: Strategy = Field(
         default=Strategy.STEPS,
         description="When to checkpoint (to S3, for resume after eviction): no, steps, epoch.",
     )
-    save_steps: int | None = Field(
-        default=500, ge=1, description="Checkpoint every N steps (saveStrategy steps)."
+    save_steps: WireInt | None = Field(
+        default=500,
+        ge=1,
+        le=10_000_000,
+        description="Checkpoint every N steps (saveStrategy steps).",
     )
-    save_total_limit: int = Field(
+    save_total_limit: WireInt = Field(
         default=2, ge=1, le=100, description="Checkpoints kept; older ones are deleted."
     )
-    logging_steps: int = Field(
-        default=10, ge=1, description="Log (and report progress) every N steps."
+    logging_steps: WireInt = Field(
+        default=10, ge=1, le=10_000_000, description="Log (and report progress) every N steps."
     )
-    group_by_length: bool = Field(
+    group_by_length: WireBool = Field(
         default=False, description="Batch rows of similar length together (less padding)."
     )
 
@@ -893,7 +1002,30 @@ class Hyperparameters(Spec):
 
 
 class Toleration(Spec):
-    """A pod toleration (as core/v1 Toleration)."""
+    """A pod toleration (as core/v1 Toleration, with the same rules, so that a bad one is refused
+    at apply time rather than when the operator creates the pod)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.key) && self.key != '') || "
+                "(has(self.operator) && self.operator == 'Exists')",
+                "operator must be Exists when key is empty",
+                ".operator",
+            ),
+            cel(
+                "!has(self.operator) || self.operator != 'Exists' || "
+                "!has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists",
+                ".value",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect NoExecute",
+                ".tolerationSeconds",
+            ),
+        )
+    )
 
     key: str | None = Field(
         default=None, max_length=316, description="Taint key; empty matches all."
@@ -905,15 +1037,31 @@ class Toleration(Spec):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect; empty matches all."
     )
-    toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long the pod stays bound after the taint."
+    toleration_seconds: WireInt | None = Field(
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="For NoExecute: how long the pod stays bound after the taint.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> Toleration:
+        where = "spec.resources.tolerations"
+        if not self.key and self.operator != "Exists":
+            raise ValueError(f"{where}.operator: operator must be Exists when key is empty")
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"{where}.value: value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(
+                f"{where}.tolerationSeconds: tolerationSeconds applies only to effect NoExecute"
+            )
+        return self
 
 
 class ResourcesSpec(Spec):
     """Compute resources and placement of the trainer pod."""
 
-    gpus: int = Field(
+    gpus: WireInt = Field(
         default=0,
         ge=0,
         le=16,
@@ -944,7 +1092,7 @@ class ResourcesSpec(Spec):
     shm_size: Quantity | None = Field(
         default=None, description="Size of /dev/shm for data loaders; default 1Gi or memory/4."
     )
-    nodes: int = Field(
+    nodes: WireInt = Field(
         default=1, ge=1, le=1, description="Nodes to train on. Reserved for multi-node; must be 1."
     )
     node_selector: dict[str, str] | None = Field(
@@ -968,7 +1116,7 @@ class ResourcesSpec(Spec):
     image: str | None = Field(
         default=None,
         max_length=512,
-        pattern=r"^[^\s]+$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]*$",
         description="Trainer image override; default the operator's trainer image.",
     )
 
@@ -1013,7 +1161,7 @@ class OutputSpec(Spec):
     endpoint: str | None = Field(
         default=None,
         max_length=512,
-        pattern=r"^https?://[^\s/]+(/.*)?$",
+        pattern=r"^https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[!-~]*)?$",
         description="S3-compatible endpoint URL (MinIO, Ceph, R2...); default the operator's or AWS.",
     )
     region: str | None = Field(
@@ -1030,13 +1178,13 @@ class OutputSpec(Spec):
     kms_key_id: str | None = Field(
         default=None, max_length=2048, description="KMS key for aws:kms."
     )
-    adapter: bool = Field(default=True, description="Write the adapter (PEFT methods).")
-    merged_model: bool = Field(
+    adapter: WireBool = Field(default=True, description="Write the adapter (PEFT methods).")
+    merged_model: WireBool = Field(
         default=True,
         description="Write base+adapter merged into a standalone model (LoRA-family methods; "
         "full/bitfit always write the whole model here).",
     )
-    checkpoints: bool = Field(
+    checkpoints: WireBool = Field(
         default=True, description="Upload checkpoints so an evicted or retried pod resumes."
     )
     merged_dtype: MergedDtype = Field(
@@ -1085,12 +1233,12 @@ class TrackingSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "!('mlflow' in self.reportTo) || has(self.mlflow)",
+                "!has(self.reportTo) || !('mlflow' in self.reportTo) || has(self.mlflow)",
                 "reportTo mlflow needs mlflow settings",
                 ".mlflow",
             ),
             cel(
-                "!('wandb' in self.reportTo) || has(self.wandb)",
+                "!has(self.reportTo) || !('wandb' in self.reportTo) || has(self.wandb)",
                 "reportTo wandb needs wandb settings",
                 ".wandb",
             ),
@@ -1100,7 +1248,9 @@ class TrackingSpec(Spec):
     report_to: list[Reporter] = Field(
         default_factory=lambda: [Reporter.TENSORBOARD],
         max_length=3,
-        description="Where to send metrics. TensorBoard logs are uploaded with the artifacts.",
+        description="Where to send metrics (each at most once): tensorboard, mlflow, wandb. "
+        "TensorBoard logs are uploaded with the artifacts. [] turns tracking off.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     run_name: str | None = Field(
         default=None, max_length=256, description="Run name; default <namespace>-<name>-run-<n>."
@@ -1110,6 +1260,8 @@ class TrackingSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> TrackingSpec:
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError("spec.tracking.reportTo: each reporter may appear only once")
         if Reporter.MLFLOW in self.report_to and self.mlflow is None:
             raise ValueError("spec.tracking.mlflow: reportTo mlflow needs mlflow settings")
         if Reporter.WANDB in self.report_to and self.wandb is None:
@@ -1126,23 +1278,24 @@ class OnSpecChange(StrEnum):
 class RunPolicy(Spec):
     """How runs are retried, bounded, cleaned up, paused and re-run."""
 
-    backoff_limit: int = Field(
+    backoff_limit: WireInt = Field(
         default=2,
         ge=0,
         le=20,
         description="Retries of a failed pod (resuming from the last checkpoint). Errors that "
         "cannot succeed on retry (bad config, bad data) fail at once.",
     )
-    active_deadline_seconds: int | None = Field(
-        default=None, ge=60, description="Fail the run if it runs longer than this."
+    active_deadline_seconds: WireInt | None = Field(
+        default=None, ge=60, le=INT32_MAX, description="Fail the run if it runs longer than this."
     )
-    ttl_seconds_after_finished: int | None = Field(
+    ttl_seconds_after_finished: WireInt | None = Field(
         default=None,
         ge=0,
+        le=INT32_MAX,
         description="Delete the finished run's Job and pods after this long; the FineTuneJob, "
         "its status and artifacts stay.",
     )
-    suspend: bool = Field(
+    suspend: WireBool = Field(
         default=False,
         description="true stops the pods (phase Suspended); false resumes from the last checkpoint.",
     )
@@ -1263,7 +1416,8 @@ class FineTuneJobSpec(Spec):
 class Progress(Spec):
     """Live training progress, patched into status.progress by the trainer (rate-limited)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # A status, not user input: unknown keys are ignored and NaN/inf are not refused here.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     run: int | None = Field(default=None, ge=1, description="Run number this progress belongs to.")
     step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
@@ -1284,6 +1438,15 @@ class Progress(Spec):
     updated_at: str | None = Field(
         default=None, description="When the trainer wrote this (RFC 3339)."
     )
+
+    def summary(self) -> str | None:
+        """`step/totalSteps (pct%)` for `status.progressSummary` (the Progress column of
+        `kubectl get ftj`); None before the first step is known."""
+        if self.step is None:
+            return None
+        if self.total_steps:
+            return f"{self.step}/{self.total_steps} ({100 * self.step // self.total_steps}%)"
+        return str(self.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1336,6 +1499,12 @@ PVC_MOUNT_ROOT = "/mnt/kubetune/pvc"
 def pvc_mount_path(claim_name: str, root: str = PVC_MOUNT_ROOT) -> str:
     """The directory a claim is mounted at in the trainer pod."""
     return f"{root.rstrip('/')}/{claim_name}"
+
+
+def render_text_template(template: str, row: dict[str, Any]) -> str:
+    """The text of one row under `dataset.textTemplate` (the pattern has already refused
+    attribute/index access). Raises KeyError naming a missing column."""
+    return template.format_map(row)
 
 
 def run_prefix(output_uri: str, namespace: str, name: str, run: int) -> str:
