@@ -1,0 +1,105 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the release name, or release-chart when the release name lacks the chart's. */}}
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "kubetune.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "kubetune.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag (tag defaults to appVersion) or repository@digest. */}}
+{{- define "kubetune.imageRef" -}}
+{{- $img := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.operatorImage" -}}
+{{- include "kubetune.imageRef" (list .Values.image .) -}}
+{{- end -}}
+
+{{- define "kubetune.trainerImage" -}}
+{{- include "kubetune.imageRef" (list .Values.trainer.image .) -}}
+{{- end -}}
+
+{{/* Cluster-scoped object names carry the release namespace so two releases don't collide. */}}
+{{- define "kubetune.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The rules the operator needs on FineTuneJobs and the children it creates per run, shared by the
+ClusterRole (cluster-wide mode) and the per-namespace Roles (namespaced mode). Checked against
+the operator's API calls by tests/unit/test_chart_rbac.py and proven sufficient by
+tests/integration/test_chart_install.py.
+*/}}
+{{- define "kubetune.workloadRules" -}}
+# The custom resource: watch it, add/remove the finalizer and Kopf's annotations.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+# Status is the operator's to write. get+patch are also what it grants each run's trainer
+# (resourceNames: [<job>]), and RBAC only lets it grant what it holds.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs/status"]
+  verbs: ["get", "patch", "update"]
+# One batch/v1 Job per run.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "get", "list", "watch", "delete", "patch"]
+# Read-only: pod phase, scheduling and termination messages of the runs' pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Per run: the trainer config (ConfigMap) and the trainer's own ServiceAccount.
+- apiGroups: [""]
+  resources: ["configmaps", "serviceaccounts"]
+  verbs: ["create", "get", "list", "watch", "delete", "patch"]
+# Per job: a Role + RoleBinding letting its trainer patch only that job's status.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["create", "get", "list", "watch", "delete", "patch"]
+# Events on FineTuneJobs (Kopf and the operator post both API groups' events).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,0 +1,221 @@
+"""The chart's RBAC is least-privilege and exactly what the operator needs (issue 6).
+
+The expected rules below are the contract: docs/install.md lists them (checked here), the
+integration test tests/integration/test_chart_install.py proves them sufficient by running the
+operator under the chart's ServiceAccount, and `test_operator_api_calls_are_granted` checks the
+operator's source for API calls outside them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from test_chart_render import CHART, RELEASE_NS, REPO, find, render
+
+Rule = tuple[str, str, frozenset[str]]  # (apiGroup, resource, verbs)
+
+# What the operator may do in every namespace it watches (cluster-wide: ClusterRole).
+WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
+    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch", "update"},
+    ("kubetune.io", "finetunejobs/status"): {"get", "patch", "update"},
+    ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "configmaps"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "serviceaccounts"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("rbac.authorization.k8s.io", "roles"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {
+        "create",
+        "get",
+        "list",
+        "watch",
+        "delete",
+        "patch",
+    },
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+# Leader election: in the release namespace only; get/update only on the chart's Lease.
+LEASE_RULES = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
+
+FORBIDDEN_VERBS = {"*", "bind", "escalate", "impersonate", "approve", "sign", "deletecollection"}
+
+
+def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in rules:
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                out.setdefault((g, res), set()).update(r["verbs"])
+    return out
+
+
+def bound_rules(objs: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], set[str]]]:
+    """namespace ('*' = cluster-wide) -> rules the chart's ServiceAccount gets there."""
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+        for o in objs
+        if o["kind"] in ("Role", "ClusterRole")
+    }
+    out: dict[str, dict[tuple[str, str], set[str]]] = {}
+    for b in objs:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        assert [s["kind"] for s in b["subjects"]] == ["ServiceAccount"]
+        assert b["subjects"][0]["namespace"] == RELEASE_NS
+        ref = b["roleRef"]
+        ns = b["metadata"].get("namespace")
+        role = roles[(ref["kind"], ns if ref["kind"] == "Role" else None, ref["name"])]
+        where = "*" if b["kind"] == "ClusterRoleBinding" else ns
+        for key, verbs in flatten(role["rules"]).items():
+            out.setdefault(where, {}).setdefault(key, set()).update(verbs)
+    return out
+
+
+def test_cluster_wide_mode_grants_exactly_the_contract() -> None:
+    granted = bound_rules(render())
+    assert set(granted) == {"*", RELEASE_NS}
+    assert granted["*"] == {**WORKLOAD_RULES, **CRD_RULES}
+    assert granted[RELEASE_NS] == LEASE_RULES
+
+
+def test_namespaced_mode_grants_only_in_watched_namespaces() -> None:
+    granted = bound_rules(render({"watchNamespaces": ["ml-a", "ml-b"]}))
+    assert set(granted) == {"*", "ml-a", "ml-b", RELEASE_NS}
+    # Nothing cluster-wide except reading CRDs.
+    assert granted["*"] == CRD_RULES
+    assert granted["ml-a"] == WORKLOAD_RULES
+    assert granted["ml-b"] == WORKLOAD_RULES
+    assert granted[RELEASE_NS] == LEASE_RULES
+
+
+def test_release_namespace_can_also_be_watched() -> None:
+    granted = bound_rules(render({"watchNamespaces": [RELEASE_NS]}))
+    merged = {**WORKLOAD_RULES, **LEASE_RULES}
+    assert granted[RELEASE_NS] == merged
+
+
+def test_leader_election_lease_is_pinned_by_name() -> None:
+    objs = render()
+    (role,) = [o for o in find(objs, "Role") if o["metadata"]["name"].endswith("leader-election")]
+    assert role["metadata"]["namespace"] == RELEASE_NS
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["kubetune-operator"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    # create cannot be limited by name (the name is not known before the object exists).
+    assert [r["verbs"] for r in role["rules"] if not r.get("resourceNames")] == [["create"]]
+    no_le = render({"leaderElection": {"enabled": False, "leaseName": "x"}})
+    assert not [o for o in no_le if "leader-election" in o["metadata"]["name"]]
+
+
+@pytest.mark.parametrize("values", [None, {"watchNamespaces": ["a", "b"]}])
+def test_no_wildcards_no_secrets_no_escalation(values: dict[str, Any] | None) -> None:
+    for o in render(values):
+        for r in o.get("rules", []):
+            assert "*" not in r.get("apiGroups", []) and "*" not in r.get("resources", []), r
+            assert not FORBIDDEN_VERBS & set(r["verbs"]), r
+            assert "secrets" not in r.get("resources", []), f"{o['kind']} grants secrets: {r}"
+            assert not r.get("nonResourceURLs"), r
+
+
+def test_operator_may_grant_what_trainer_roles_hold() -> None:
+    """RBAC's escalation check: the operator can only create a Role granting `get`,`patch` on
+    finetunejobs/status if it holds them itself (without the `escalate` verb)."""
+    for values in (None, {"watchNamespaces": ["a"]}):
+        for ns, rules in bound_rules(render(values)).items():
+            if ("kubetune.io", "finetunejobs") in rules:
+                assert {"get", "patch"} <= rules[("kubetune.io", "finetunejobs/status")], ns
+
+
+def test_rbac_off_renders_no_rbac() -> None:
+    objs = render({"rbac": {"create": False}})
+    assert not [o for o in objs if "rbac" in o["apiVersion"]]
+
+
+def test_install_doc_lists_the_granted_rules() -> None:
+    """docs/install.md's permission table is the rendered RBAC, row for row."""
+    doc = (REPO / "docs" / "install.md").read_text()
+    table = doc.split("<!-- rbac-table -->", 2)[1]
+    rows: dict[tuple[str, str], set[str]] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        group = cells[0].strip("`")
+        group = "" if group == "core" else group
+        for res in re.findall(r"`([^`]+)`", cells[1]):
+            rows[(group, res)] = set(re.findall(r"`([^`]+)`", cells[2]))
+    assert rows == {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
+
+
+# -------------------------------------------------------------- against the operator code
+
+OPERATOR = REPO / "operator" / "kubetune_operator"
+
+# kubernetes-client method name fragments -> (apiGroup, resource).
+CLIENT_RESOURCES = {
+    "namespaced_job": ("batch", "jobs"),
+    "namespaced_pod": ("", "pods"),
+    "namespaced_config_map": ("", "configmaps"),
+    "namespaced_service_account": ("", "serviceaccounts"),
+    "namespaced_role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
+    "namespaced_role": ("rbac.authorization.k8s.io", "roles"),
+    "namespaced_event": ("", "events"),
+    "namespaced_lease": ("coordination.k8s.io", "leases"),
+    "namespaced_secret": ("", "secrets"),
+    "namespace": ("", "namespaces"),
+    "custom_resource_definition": ("apiextensions.k8s.io", "customresourcedefinitions"),
+}
+CLIENT_VERBS = {
+    "create": "create",
+    "read": "get",
+    "list": "list",
+    "patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+}
+
+
+def operator_client_calls() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) for each kubernetes-client call in the operator source."""
+    calls: set[tuple[str, str, str]] = set()
+    pattern = re.compile(
+        r"\.(create|read|list|patch|replace|delete)_(namespaced_[a-z_]+?|namespace|"
+        r"custom_resource_definition)(_status)?(_for_all_namespaces)?\("
+    )
+    for path in OPERATOR.rglob("*.py"):
+        for m in pattern.finditer(path.read_text()):
+            verb, kind, status = m.group(1), m.group(2), m.group(3)
+            if kind.startswith("namespaced_custom_object"):
+                continue  # FineTuneJobs: covered by the custom-object check below
+            group_res = CLIENT_RESOURCES.get(kind)
+            assert group_res is not None, f"{path.name}: unknown client call {m.group(0)}"
+            group, res = group_res
+            calls.add((group, res + ("/status" if status else ""), CLIENT_VERBS[verb]))
+    return calls
+
+
+def test_operator_api_calls_are_granted() -> None:
+    if not any(OPERATOR.rglob("*.py")) or not (OPERATOR / "__main__.py").exists():
+        pytest.skip("the operator (operator/kubetune_operator/__main__.py) has not landed yet")
+    granted = {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
+    missing = sorted(
+        (g, r, v) for g, r, v in operator_client_calls() if v not in granted.get((g, r), set())
+    )
+    assert not missing, f"operator calls the chart does not grant: {missing}"
+    text = "\n".join(p.read_text() for p in OPERATOR.rglob("*.py"))
+    assert "read_namespaced_secret" not in text and "list_namespaced_secret" not in text
+
+
+def test_chart_templates_name_no_secret_resources() -> None:
+    for path in (CHART / "templates").rglob("*"):
+        if path.is_file():
+            assert not re.search(r"resources:.*secrets", path.read_text()), path
