@@ -88,6 +88,7 @@ class Reason(StrEnum):
     MODEL_ERROR = "ModelError"
     CONFIG_ERROR = "ConfigError"
     ARTIFACTS_MISSING = "ArtifactsMissing"
+    NON_FINITE_LOSS = "NonFiniteLoss"
     POD_KILLED = "PodKilled"
     JOB_DELETED = "JobDeleted"
     # Suspend / spec changes
@@ -152,6 +153,9 @@ class RunRecord(Spec):
     completion_time: str | None = Field(default=None, description="When it ended.")
     artifacts: Artifacts | None = Field(default=None, description="What it wrote.")
     metrics: dict[str, float] | None = Field(default=None, description="Its final metrics.")
+    gpu_seconds: float | None = Field(
+        default=None, ge=0, description="GPU-seconds its pods used (part of status.gpuSeconds)."
+    )
 
 
 class FineTuneJobStatus(Spec):
