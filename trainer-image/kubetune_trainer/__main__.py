@@ -1,0 +1,127 @@
+"""kubetune-train: run one FineTuneJob run from its TrainerConfig.
+
+    kubetune-train --config /etc/kubetune/config.json     (or KUBETUNE_CONFIG)
+    accelerate launch -m kubetune_trainer --config ...     (several GPUs)
+
+Exit codes and the termination message follow docs/design.md: 0 success; 10 ConfigError,
+11 DatasetError, 12 ModelError, 13 NonFiniteLoss, 14 ArtifactsMissing (not retryable);
+1 anything else (retryable: the next pod resumes from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from . import logs
+from . import result as result_mod
+from .errors import ConfigError, TrainerError, TrainerFailure
+
+log = logging.getLogger("kubetune")
+
+
+class Terminated(BaseException):
+    """SIGTERM (eviction, preemption, deletion): stop now; the next pod resumes."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def load_config(path: str | None) -> Any:
+    from pydantic import ValidationError
+
+    from .config import TrainerConfig
+
+    if not path:
+        raise ConfigError("no config: pass --config PATH or set KUBETUNE_CONFIG")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} not found") from e
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config file {path} is not readable JSON: {e}") from e
+    try:
+        return TrainerConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors()[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            problems.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        more = f" (+{e.error_count() - 5} more)" if e.error_count() > 5 else ""
+        raise ConfigError(f"invalid config {path}: " + "; ".join(problems) + more) from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get("KUBETUNE_CONFIG"))
+    parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logs.setup(getattr(logging, str(args.log_level).upper(), logging.INFO))
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    code = 0
+    res: dict[str, Any]
+    try:
+        cfg = load_config(args.config)
+        log.info(
+            "kubetune-train: %s/%s run %d (task %s, method %s)",
+            cfg.job.namespace,
+            cfg.job.name,
+            cfg.job.run,
+            cfg.spec.task,
+            cfg.spec.method.type,
+        )
+        from . import pipeline
+
+        res = pipeline.run(cfg)
+        log.info("succeeded: %s", res.get("message"))
+    except TrainerFailure as e:
+        code = e.exit_code
+        log.error("%s: %s", e.reason, e.message)
+        if e.reason == TrainerError.reason:
+            log.error("%s", traceback.format_exc())
+        res = result_mod.build(
+            outcome="Failed", reason=e.reason, message=e.message, retryable=e.retryable
+        )
+    except Terminated:
+        code = 143
+        log.warning("terminated (SIGTERM); a new pod resumes from the last complete checkpoint")
+        res = result_mod.build(
+            outcome="Failed",
+            reason=TrainerError.reason,
+            message="terminated by SIGTERM; resumes from the last complete checkpoint",
+            retryable=True,
+        )
+    except Exception as e:
+        code = TrainerError.exit_code
+        log.error("unexpected error: %s\n%s", e, traceback.format_exc())
+        res = result_mod.build(
+            outcome="Failed",
+            reason=TrainerError.reason,
+            message=logs.redact(f"{type(e).__name__}: {e}")[:2000],
+            retryable=True,
+        )
+    if is_main:
+        res["message"] = logs.redact(str(res.get("message", "")))
+        result_mod.write(res)
+    logging.shutdown()
+    return code
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

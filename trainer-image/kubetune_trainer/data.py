@@ -1,0 +1,386 @@
+"""Stage `data`: load rows with `datasets`, check and normalise them per dataset.format, split
+off validation data.
+
+Every row is checked by a pure function (`normalize_row`) that returns the model-ready fields
+or names the offending field. With badRows fail (default) the first bad row stops the run with
+a DatasetError naming the row index and field; with badRows skip such rows are dropped and
+counted (metric `bad_rows_skipped`). Column names that do not exist fail before any row is
+read, listing the columns that do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    BadRowPolicy,
+    ClassificationSpec,
+    DataFormat,
+    DatasetSpec,
+    FieldMapping,
+    render_text_template,
+)
+from .errors import DatasetError
+from .sources import ResolvedData
+
+log = logging.getLogger(__name__)
+
+ROLES = {"system", "user", "assistant", "tool"}
+ERROR = "_kubetune_error"
+SHOW_SKIPPED = 5
+
+
+class RowError(ValueError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+# -------------------------------------------------------------------------------- pure checks
+
+
+def template_fields(template: str) -> list[str]:
+    """Placeholders of a str.format template ("Quote: {quote}" -> ["quote"])."""
+    out = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None and name != "":
+            out.append(name.split(".")[0].split("[")[0])
+    return out
+
+
+def required_columns(spec: DatasetSpec) -> list[tuple[str, str]]:
+    """(column, spec field that names it) pairs the format reads."""
+    f: FieldMapping = spec.fields
+    fmt = DataFormat(spec.format)
+    text_template = getattr(spec, "text_template", None)
+    if fmt == DataFormat.TEXT:
+        if text_template:
+            return [(c, "dataset.textTemplate") for c in template_fields(text_template)]
+        return [(f.text, "dataset.fields.text")]
+    if fmt == DataFormat.PROMPT_COMPLETION:
+        return [(f.prompt, "dataset.fields.prompt"), (f.completion, "dataset.fields.completion")]
+    if fmt == DataFormat.MESSAGES:
+        return [(f.messages, "dataset.fields.messages")]
+    return [(f.text, "dataset.fields.text"), (f.label, "dataset.fields.label")]
+
+
+def check_columns(columns: list[str], spec: DatasetSpec, where: str) -> None:
+    missing = [(c, src) for c, src in required_columns(spec) if c not in columns]
+    if missing:
+        col, src = missing[0]
+        raise DatasetError(
+            f"{where}: column {col!r} (from {src}) not found; the data has columns: "
+            f"{', '.join(columns) or 'none'}"
+        )
+
+
+def _string(row: dict[str, Any], col: str, allow_empty: bool = False) -> str:
+    if col not in row or row[col] is None:
+        raise RowError(col, "missing or null")
+    v = row[col]
+    if not isinstance(v, str):
+        raise RowError(col, f"must be a string, got {type(v).__name__}")
+    if not allow_empty and not v.strip():
+        raise RowError(col, "is empty")
+    return v
+
+
+def label_id(value: Any, cls: ClassificationSpec, col: str) -> int:
+    """A label as a class id: an integer in range, a digit string, or one of labelNames."""
+    n = cls.count
+    names = cls.label_names or []
+    if value is None:
+        raise RowError(col, "missing or null")
+    if isinstance(value, bool):
+        raise RowError(col, f"must be a class id or name, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise RowError(col, f"must be an integer class id, got {value!r}")
+        value = int(value)
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        if value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        else:
+            known = f"; labelNames are {', '.join(names)}" if names else " (no labelNames set)"
+            raise RowError(col, f"unknown label {value!r}{known}")
+    if not isinstance(value, int):
+        raise RowError(col, f"must be a class id or name, got {type(value).__name__}")
+    if not 0 <= value < n:
+        raise RowError(col, f"label {value} out of range: expected 0..{n - 1} ({n} classes)")
+    return value
+
+
+def normalize_messages(value: Any, col: str, need_assistant: bool) -> list[dict[str, str]]:
+    if value is None:
+        raise RowError(col, "missing or null")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise RowError(col, "must be a list of {role, content} turns (not JSON text)") from e
+    if not isinstance(value, list) or not value:
+        raise RowError(col, "must be a non-empty list of {role, content} turns")
+    out = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise RowError(f"{col}[{i}]", "must be an object with role and content")
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ROLES:
+            raise RowError(f"{col}[{i}].role", f"must be one of {sorted(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise RowError(f"{col}[{i}].content", "must be a string")
+        out.append({"role": str(role), "content": content})
+    if need_assistant and not any(t["role"] == "assistant" for t in out):
+        raise RowError(col, "has no assistant turn (nothing to learn with assistantOnlyLoss)")
+    return out
+
+
+def normalize_row(
+    row: dict[str, Any], spec: DatasetSpec, cls: ClassificationSpec | None
+) -> dict[str, Any]:
+    """Model-ready fields of one row, or RowError naming the field."""
+    f = spec.fields
+    fmt = DataFormat(spec.format)
+    if fmt == DataFormat.TEXT:
+        text_template = getattr(spec, "text_template", None)
+        if text_template:
+            for col in template_fields(text_template):
+                if row.get(col) is None:
+                    raise RowError(col, "missing or null (used by dataset.textTemplate)")
+            text = render_text_template(text_template, row)
+        else:
+            text = _string(row, f.text)
+        if not text.strip():
+            raise RowError(f.text, "is empty")
+        return {"text": text}
+    if fmt == DataFormat.PROMPT_COMPLETION:
+        return {
+            "prompt": _string(row, f.prompt, allow_empty=True),
+            "completion": _string(row, f.completion),
+        }
+    if fmt == DataFormat.MESSAGES:
+        return {
+            "messages": normalize_messages(
+                row.get(f.messages), f.messages, spec.assistant_only_loss
+            )
+        }
+    assert cls is not None
+    return {"text": _string(row, f.text), "label": label_id(row.get(f.label), cls, f.label)}
+
+
+def _placeholder(fmt: DataFormat) -> dict[str, Any]:
+    if fmt == DataFormat.TEXT:
+        return {"text": ""}
+    if fmt == DataFormat.PROMPT_COMPLETION:
+        return {"prompt": "", "completion": ""}
+    if fmt == DataFormat.MESSAGES:
+        return {"messages": [{"role": "user", "content": ""}]}
+    return {"text": "", "label": 0}
+
+
+# -------------------------------------------------------------------------------- loading
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            if path.name.lower().endswith((".json", ".json.gz")):
+                head = f.read(1)
+                if head == "[" or head == "{":
+                    f.seek(0)
+                    try:
+                        json.load(f)
+                        return None
+                    except ValueError as e:
+                        return f"invalid JSON ({e})"
+                f.seek(0)
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    return f"line {n}: invalid JSON ({e})"
+                if not isinstance(obj, dict):
+                    return f"line {n}: expected a JSON object per line, got {type(obj).__name__}"
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text ({e.reason} at byte {e.start})"
+    except OSError as e:
+        return f"cannot read ({e})"
+    return None
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return f"{type(e).__name__}: {e}"
+
+
+def load_rows(resolved: ResolvedData, cache_dir: Path, what: str) -> Any:
+    """A `datasets.Dataset` of the raw rows."""
+    import datasets
+
+    where = f"{what} {resolved.source}"
+    try:
+        if resolved.kind == "inline":
+            return datasets.Dataset.from_list(resolved.rows or [])
+        if resolved.kind == "hub":
+            hub = resolved.hub
+            return datasets.load_dataset(
+                hub.name,
+                hub.config,
+                split=hub.split,
+                revision=hub.revision,
+                token=os.environ.get("HF_TOKEN") or None,
+                cache_dir=str(cache_dir),
+            )
+        return datasets.load_dataset(
+            str(resolved.builder),
+            data_files=[str(p) for p in resolved.files],
+            split="train",
+            cache_dir=str(cache_dir),
+        )
+    except DatasetError:
+        raise
+    except Exception as e:
+        detail = None
+        if resolved.builder == "json":
+            for p in resolved.files:
+                bad = _first_bad_json_line(p)
+                if bad:
+                    name = p.name if len(resolved.files) == 1 else str(p)
+                    detail = f"{name}: {bad}"
+                    break
+        if resolved.builder in ("parquet", "csv") and detail is None:
+            detail = _root_cause(e)
+        raise DatasetError(f"{where}: cannot load ({detail or _root_cause(e)})") from e
+
+
+@dataclass
+class Prepared:
+    train: Any
+    eval: Any | None
+    bad_rows_skipped: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # for the manifest
+
+
+def format_rows(
+    ds: Any, spec: DatasetSpec, cls: ClassificationSpec | None, where: str
+) -> tuple[Any, int]:
+    """Check and normalise every row. Returns (dataset of model-ready columns, rows skipped)."""
+    check_columns(list(ds.column_names), spec, where)
+    fmt = DataFormat(spec.format)
+    if len(ds) == 0:
+        raise DatasetError(f"{where}: no rows")
+
+    def fn(row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            out = normalize_row(row, spec, cls)
+            out[ERROR] = ""
+        except RowError as e:
+            out = _placeholder(fmt)
+            out[ERROR] = str(e)
+        except (KeyError, IndexError, ValueError, TypeError) as e:  # e.g. a bad textTemplate
+            out = _placeholder(fmt)
+            out[ERROR] = f"cannot format: {type(e).__name__}: {e}"
+        return out
+
+    num_proc = min(os.cpu_count() or 1, 8) if len(ds) > 200_000 else None
+    mapped = ds.map(fn, remove_columns=list(ds.column_names), num_proc=num_proc)
+    errors = mapped[ERROR]
+    bad = [(i, msg) for i, msg in enumerate(errors) if msg]
+    if bad:
+        if spec.bad_rows == BadRowPolicy.FAIL:
+            i, msg = bad[0]
+            more = f" ({len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
+            raise DatasetError(
+                f"{where}: row {i} (counting from 0): {msg}{more}; fix the data or set "
+                "dataset.badRows: skip"
+            )
+        for i, msg in bad[:SHOW_SKIPPED]:
+            log.warning("%s: skipping row %d: %s", where, i, msg)
+        if len(bad) > SHOW_SKIPPED:
+            log.warning("%s: ... and %d more bad rows skipped", where, len(bad) - SHOW_SKIPPED)
+        keep = [i for i, msg in enumerate(errors) if not msg]
+        mapped = mapped.select(keep)
+    mapped = mapped.remove_columns([ERROR])
+    if len(mapped) == 0:
+        raise DatasetError(f"{where}: no usable rows ({len(bad)} bad rows skipped)")
+    return mapped, len(bad)
+
+
+def prepare(
+    spec: DatasetSpec,
+    cls: ClassificationSpec | None,
+    train_src: ResolvedData,
+    eval_src: ResolvedData | None,
+    cache_dir: Path,
+    seed: int,
+) -> Prepared:
+    raw = load_rows(train_src, cache_dir, "dataset")
+    train, skipped = format_rows(raw, spec, cls, f"dataset {train_src.source}")
+    info: dict[str, Any] = {
+        "train": {
+            "source": train_src.source,
+            "fingerprint": train_src.fingerprint(),
+            "files": train_src.file_info,
+            "rows": len(raw),
+        }
+    }
+    evald = None
+    val = spec.validation
+    if val is not None and val.split_fraction is not None:
+        n_eval = round(len(train) * val.split_fraction)
+        if n_eval < 1 or n_eval >= len(train):
+            raise DatasetError(
+                f"dataset.validation.splitFraction {val.split_fraction} of {len(train)} rows leaves "
+                "no validation or no training rows"
+            )
+        parts = train.train_test_split(test_size=n_eval, seed=spec.shuffle_seed or seed)
+        train, evald = parts["train"], parts["test"]
+        info["validation"] = {"splitFraction": val.split_fraction, "rows": len(evald)}
+    elif eval_src is not None:
+        raw_eval = load_rows(eval_src, cache_dir, "validation")
+        evald, skipped_eval = format_rows(raw_eval, spec, cls, f"validation {eval_src.source}")
+        skipped += skipped_eval
+        info["validation"] = {
+            "source": eval_src.source,
+            "fingerprint": eval_src.fingerprint(),
+            "files": eval_src.file_info,
+            "rows": len(raw_eval),
+        }
+    info["train"]["usedRows"] = len(train)
+    if evald is not None:
+        info["validation"]["usedRows"] = len(evald)
+    info["badRowsSkipped"] = skipped
+    log.info(
+        "data: %d training rows%s%s",
+        len(train),
+        f", {len(evald)} validation rows" if evald is not None else "",
+        f", {skipped} bad rows skipped" if skipped else "",
+    )
+    return Prepared(train=train, eval=evald, bad_rows_skipped=skipped, info=info)
+
+
+def tokenize_classification(ds: Any, tokenizer: Any, max_length: int) -> Any:
+    """text -> input_ids/attention_mask (truncated), label -> labels."""
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc["labels"] = batch["label"]
+        return dict(enc)
+
+    return ds.map(fn, batched=True, remove_columns=list(ds.column_names))

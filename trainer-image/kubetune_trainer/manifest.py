@@ -1,0 +1,58 @@
+"""manifest.json: what a run produced and from what (pure)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import platform
+from typing import Any
+
+LIBRARIES = (
+    "kubetune",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "bitsandbytes",
+    "boto3",
+)
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    return out
+
+
+def build(
+    *,
+    run_prefix: str,
+    files: list[dict[str, Any]],
+    config: dict[str, Any],
+    base_model: dict[str, Any],
+    datasets: dict[str, Any],
+    metrics: dict[str, Any],
+    speed: dict[str, Any],
+    versions: dict[str, str],
+    created: str,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "RunManifest",
+        "runPrefix": run_prefix,
+        "created": created,
+        "files": sorted(files, key=lambda f: f["path"]),
+        "totalBytes": sum(int(f["size"]) for f in files),
+        "baseModel": base_model,
+        "datasets": datasets,
+        "metrics": metrics,
+        "speed": speed,
+        "versions": versions,
+        "config": config,
+    }

@@ -1,0 +1,204 @@
+"""Stage `build`: make the loaded model trainable by the chosen method.
+
+The PEFT configs are built by pure functions from the spec (unit-tested); `apply` does the
+model surgery: k-bit preparation for qlora, `get_peft_model` for adapter methods, freezing for
+full (freezeLayers) and bitfit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .config import ADAPTER_METHODS, LORA_METHODS, MethodSpec, MethodType, TaskType
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "bert": ["query", "key", "value", "dense"],
+}
+HEAD_MODULES = ("classifier", "score")
+
+
+def peft_task_type(task: str) -> str:
+    return "SEQ_CLS" if TaskType(task) == TaskType.SEQUENCE_CLASSIFICATION else "CAUSAL_LM"
+
+
+def lora_targets(targets: list[str] | None, fam: str) -> list[str] | str:
+    """Target modules: the spec's, else the family default, else every linear layer."""
+    if targets:
+        return "all-linear" if targets == ["all-linear"] else list(targets)
+    return list(DEFAULT_LORA_TARGETS.get(fam, [])) or "all-linear"
+
+
+def peft_config_kwargs(
+    method: MethodSpec, task: str, fam: str, model_type: str, model_path: str
+) -> tuple[str, dict[str, Any]]:
+    """(peft config class name, kwargs) for adapter methods."""
+    m = method.resolved()
+    t = MethodType(m.type)
+    task_type = peft_task_type(task)
+    if t in LORA_METHODS:
+        assert m.lora is not None
+        kw: dict[str, Any] = {
+            "task_type": task_type,
+            "r": m.lora.r,
+            "lora_alpha": m.lora.alpha,
+            "lora_dropout": m.lora.dropout,
+            "target_modules": lora_targets(m.lora.target_modules, fam),
+            "bias": str(m.lora.bias),
+            "use_rslora": m.lora.use_rslora,
+            "use_dora": t == MethodType.DORA,
+        }
+        if m.lora.modules_to_save:
+            kw["modules_to_save"] = list(m.lora.modules_to_save)
+        return "LoraConfig", kw
+    if t == MethodType.PROMPT_TUNING:
+        assert m.prompt_tuning is not None
+        kw = {"task_type": task_type, "num_virtual_tokens": m.prompt_tuning.num_virtual_tokens}
+        if m.prompt_tuning.init_text:
+            kw.update(
+                prompt_tuning_init="TEXT",
+                prompt_tuning_init_text=m.prompt_tuning.init_text,
+                tokenizer_name_or_path=model_path,
+            )
+        return "PromptTuningConfig", kw
+    if t == MethodType.PREFIX_TUNING:
+        assert m.prefix_tuning is not None
+        return "PrefixTuningConfig", {
+            "task_type": task_type,
+            "num_virtual_tokens": m.prefix_tuning.num_virtual_tokens,
+        }
+    if t == MethodType.IA3:
+        from peft.utils.constants import (
+            TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
+        )
+        from peft.utils.constants import (
+            TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+        )
+
+        assert m.ia3 is not None
+        targets = m.ia3.target_modules or TARGETS.get(model_type)
+        if not targets:
+            raise ConfigError(
+                f"method ia3: no default target modules for model type {model_type!r}; set "
+                "method.ia3.targetModules and feedforwardModules"
+            )
+        ff = m.ia3.feedforward_modules
+        if ff is None:
+            ff = (
+                [x for x in FF.get(model_type, []) if x in targets]
+                if not m.ia3.target_modules
+                else []
+            )
+        return "IA3Config", {
+            "task_type": task_type,
+            "target_modules": list(targets),
+            "feedforward_modules": list(ff),
+        }
+    raise ValueError(f"{t} is not an adapter method")
+
+
+def build_peft_config(
+    method: MethodSpec, task: str, fam: str, model_type: str, model_path: str
+) -> Any:
+    import peft
+
+    name, kwargs = peft_config_kwargs(method, task, fam, model_type, model_path)
+    return getattr(peft, name)(**kwargs)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        # 4-bit params pack two values per byte
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def _decoder_layers(model: Any) -> Any:
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    return None
+
+
+def freeze_layers(model: Any, n: int) -> None:
+    """Freeze the input embeddings and the lowest `n` transformer layers."""
+    layers = _decoder_layers(model)
+    if layers is None:
+        raise ConfigError("method.freezeLayers: cannot find the model's layer list")
+    if n > len(layers):
+        raise ConfigError(f"method.freezeLayers {n}: the model has only {len(layers)} layers")
+    for p in model.get_input_embeddings().parameters():
+        p.requires_grad_(False)
+    for layer in layers[:n]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
+def bitfit(model: Any, task: str) -> None:
+    """Train biases only (plus a freshly initialised classification head)."""
+    is_cls = TaskType(task) == TaskType.SEQUENCE_CLASSIFICATION
+    n_bias = 0
+    for name, p in model.named_parameters():
+        train = name.endswith(".bias") or (is_cls and name.split(".")[0] in HEAD_MODULES)
+        p.requires_grad_(train)
+        n_bias += name.endswith(".bias")
+    if n_bias == 0:
+        raise ConfigError(
+            f"method bitfit: {type(model).__name__} has no bias parameters (Llama-like models "
+            "have none); use lora or ia3"
+        )
+
+
+def apply(
+    loaded: Any,
+    method: MethodSpec,
+    task: str,
+    model_path: str,
+    gradient_checkpointing: bool,
+) -> Any:
+    """The trainable model for `method` (a PeftModel for adapter methods)."""
+    model = loaded.model
+    t = MethodType(method.type)
+    if t == MethodType.QLORA:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
+    if t in ADAPTER_METHODS:
+        from peft import get_peft_model
+
+        cfg = build_peft_config(method, task, loaded.family, loaded.model_type, model_path)
+        try:
+            model = get_peft_model(model, cfg)
+        except ValueError as e:
+            raise ConfigError(f"method {t.value}: {e}") from e
+    elif t == MethodType.FULL:
+        if method.freeze_layers:
+            freeze_layers(model, method.freeze_layers)
+    elif t == MethodType.BITFIT:
+        bitfit(model, task)
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise ConfigError(f"method {t.value}: no trainable parameters")
+    log.info(
+        "method %s: %s trainable of %s parameters (%.2f%%)",
+        t.value,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
+    return model

@@ -1,0 +1,311 @@
+"""The trainer's stages, in order, over one shared Context:
+
+resolve data → data → resolve model → load → build → train (+evaluate) → save → merge →
+upload → report. Data comes first so a malformed dataset fails in seconds, before a large
+model is downloaded. Each stage is a module with one job; this file only wires them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import result as result_mod
+from .config import (
+    ADAPTER_METHODS,
+    MethodType,
+    Reporter,
+    TrainerConfig,
+)
+from .errors import ConfigError
+from .progress import ProgressReporter
+from .s3 import S3, join
+
+log = logging.getLogger("kubetune")
+
+NO_MERGE = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
+
+
+@dataclass
+class Context:
+    cfg: TrainerConfig
+    work: Path
+    s3: S3
+    reporter: ProgressReporter
+    is_main: bool = True
+    model_path: Path = Path()
+    metrics: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)
+    artifact_uris: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.work / "artifacts"
+
+    def report(self, **fields: Any) -> None:
+        if self.is_main:
+            log.info("stage %s", fields.get("stage", "?"))
+            self.reporter.update(force=True, **fields)
+
+
+def preflight(cfg: TrainerConfig) -> None:
+    """Combinations the spec models accept but this trainer cannot honour."""
+    spec = cfg.spec
+    t = MethodType(spec.method.type)
+    if t in NO_MERGE and not spec.output.adapter:
+        raise ConfigError(
+            f"method {t.value} cannot be merged into the model weights; set output.adapter: true"
+        )
+    for r in spec.tracking.report_to:
+        pkg = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}[str(r)]
+        if importlib.util.find_spec(pkg) is None:
+            raise ConfigError(
+                f"tracking.reportTo {r}: the {pkg} package is not installed in the trainer image"
+            )
+
+
+def tracking_env(cfg: TrainerConfig, tensorboard_dir: Path) -> list[str]:
+    """Set the reporters' environment; returns transformers' report_to list."""
+    tr = cfg.spec.tracking
+    report_to = [str(r) for r in tr.report_to]
+    if Reporter.TENSORBOARD in tr.report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir)
+    if tr.mlflow is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = tr.mlflow.tracking_uri
+        if tr.mlflow.experiment:
+            os.environ["MLFLOW_EXPERIMENT_NAME"] = tr.mlflow.experiment
+    if tr.wandb is not None:
+        os.environ["WANDB_PROJECT"] = tr.wandb.project
+        if tr.wandb.entity:
+            os.environ["WANDB_ENTITY"] = tr.wandb.entity
+        if tr.wandb.base_url:
+            os.environ["WANDB_BASE_URL"] = tr.wandb.base_url
+    return report_to
+
+
+def _distributed() -> tuple[bool, int | None]:
+    """(is the main process, local device index) under torchrun/accelerate launch or alone."""
+    rank = int(os.environ.get("RANK", "0"))
+    local = os.environ.get("LOCAL_RANK")
+    return rank == 0, int(local) if local is not None else None
+
+
+def _main_first(enabled: bool) -> Any:
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
+
+
+def run(cfg: TrainerConfig) -> dict[str, Any]:
+    """All stages; returns the success result (failures raise TrainerFailure)."""
+    preflight(cfg)
+    is_main, local_rank = _distributed()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    work = Path(cfg.work_dir) / f"kubetune-run-{cfg.job.run}"
+    out = cfg.spec.output
+    reporter = ProgressReporter(
+        cfg.job.namespace,
+        cfg.job.name,
+        cfg.job.run,
+        cfg.progress_interval_seconds,
+        enabled=cfg.report_progress and is_main,
+    )
+    ctx = Context(
+        cfg=cfg,
+        work=work,
+        s3=S3(
+            endpoint=out.endpoint, region=out.region, sse=str(out.sse), kms_key_id=out.kms_key_id
+        ),
+        reporter=reporter,
+        is_main=is_main,
+    )
+    try:
+        return _run(ctx, local_rank, multi)
+    finally:
+        reporter.close()
+
+
+def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
+    from . import data as data_mod
+    from . import logs, methods, modelload, sources, train
+    from .save import MERGEABLE, save_and_merge
+
+    cfg, spec = ctx.cfg, ctx.cfg.spec
+    for stale in ("artifacts", "checkpoints", "resume"):
+        shutil.rmtree(ctx.work / stale, ignore_errors=True)
+    ctx.artifacts.mkdir(parents=True, exist_ok=True)
+
+    # resolve + data ---------------------------------------------------------------------
+    ctx.report(stage="resolve")
+    with _main_first(multi):
+        train_src = sources.resolve_data(
+            spec.dataset, ctx.work / "data" / "train", ctx.s3, "dataset"
+        )
+        val = spec.dataset.validation
+        eval_src = None
+        if val is not None and val.split_fraction is None:
+            eval_src = sources.resolve_data(
+                val, ctx.work / "data" / "validation", ctx.s3, "validation"
+            )
+        ctx.report(stage="data")
+        import datasets  # noqa: F401  (imported here so logging setup sees it)
+
+        logs.quiet_libraries()
+        prepared = data_mod.prepare(
+            spec.dataset,
+            spec.classification,
+            train_src,
+            eval_src,
+            ctx.work / "datasets-cache",
+            spec.hyperparameters.seed,
+        )
+        ctx.datasets = prepared.info
+        ctx.report(stage="resolve")
+        resolved = sources.resolve_model(spec.model, ctx.work, ctx.s3)
+    ctx.model_path = resolved.path
+    ctx.base_model = {
+        "source": resolved.source,
+        "kind": resolved.kind,
+        "revision": resolved.revision,
+    }
+
+    # load + build -------------------------------------------------------------------------
+    import torch
+
+    from . import speed
+
+    cuda = torch.cuda.is_available()
+    precision = modelload.resolve_precision(
+        str(spec.hyperparameters.precision), cuda, cuda and torch.cuda.is_bf16_supported()
+    )
+    plan = speed.prepare(
+        speed.plan(
+            speed.detect_environment(),
+            method=str(spec.method.type),
+            task=str(spec.task),
+            model_type=modelload.read_model_type(resolved.path),
+            packing=spec.dataset.packing,
+        )
+    )
+    ctx.speed = plan.as_dict()
+    log.info("speed: %s", "; ".join(plan.reasons))
+    ctx.report(stage="load")
+    tokenizer = modelload.load_tokenizer(
+        resolved.path, spec.dataset, spec.model.trust_remote_code, resolved.source
+    )
+    loaded = modelload.load_model(
+        resolved.path,
+        task=str(spec.task),
+        method=spec.method,
+        classification=spec.classification,
+        dtype=modelload.load_dtype_name(spec.method, precision, cuda),
+        trust_remote_code=spec.model.trust_remote_code,
+        tokenizer=tokenizer,
+        source=resolved.source,
+        device_index=(local_rank or 0) if cuda else None,
+        attn_implementation=plan.attn_implementation if cuda else None,
+    )
+    if plan.liger and speed.apply_liger(loaded.model):
+        log.info("speed: Liger kernels applied")
+    ctx.report(stage="build")
+    model = methods.apply(
+        loaded,
+        spec.method,
+        str(spec.task),
+        str(resolved.path),
+        spec.hyperparameters.gradient_checkpointing,
+    )
+    trainable, total = methods.count_parameters(model)
+    ctx.metrics.update(trainable_params=trainable, total_params=total)
+
+    # train --------------------------------------------------------------------------------
+    ctx.report(stage="train")
+    report_to = tracking_env(cfg, ctx.artifacts / "tensorboard") if ctx.is_main else []
+    trainer = train.build_trainer(
+        spec,
+        model,
+        tokenizer,
+        prepared,
+        output_dir=ctx.work / "checkpoints",
+        precision=precision,
+        cuda=cuda,
+        run_name=spec.tracking.run_name or f"{cfg.job.namespace}-{cfg.job.name}-run-{cfg.job.run}",
+        report_to=report_to,
+        padding_free=plan.padding_free,
+    )
+    store = None
+    ckpt_prefix = cfg.checkpoint_prefix or join(cfg.run_prefix, "checkpoints") + "/"
+    if spec.output.checkpoints:
+        from .checkpoints import CheckpointStore
+
+        store = CheckpointStore(ctx.s3, ckpt_prefix, spec.hyperparameters.save_total_limit)
+    outcome = train.run(trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None)
+    ctx.metrics.update(outcome.metrics)
+    ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
+    if not ctx.is_main:
+        return {}
+    trained = trainer.model
+    del trainer, outcome
+
+    # save + merge + upload ----------------------------------------------------------------
+    t = MethodType(spec.method.type)
+    save_and_merge(ctx, trained, tokenizer)
+    del trained
+    metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
+    (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+    ctx.report(stage="upload")
+    from .upload import upload
+
+    uris = upload(
+        ctx.s3,
+        ctx.artifacts,
+        cfg,
+        merged_possible=t in MERGEABLE or t not in ADAPTER_METHODS,
+        base_model=ctx.base_model,
+        datasets=ctx.datasets,
+        speed=ctx.speed,
+        metrics=_jsonable(metrics),
+    )
+    if store is not None:
+        uris["checkpointUri"] = store.prefix
+    ctx.artifact_uris = uris
+    ctx.report(stage="done")
+    summary = ", ".join(
+        f"{k} {metrics[k]:.4g}"
+        for k in ("eval_loss", "perplexity", "eval_accuracy", "eval_f1", "train_loss")
+        if isinstance(metrics.get(k), float)
+    )
+    return result_mod.build(
+        outcome="Succeeded",
+        reason="Completed",
+        message=f"trained {metrics.get('train_steps', '?')} steps"
+        + (f": {summary}" if summary else ""),
+        retryable=False,
+        artifacts=uris,
+        metrics=metrics,
+    )
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = str(v)
+        elif isinstance(v, int | float | str | bool) or v is None:
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out

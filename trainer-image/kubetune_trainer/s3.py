@@ -1,0 +1,266 @@
+"""S3 I/O at the edges: downloads of model/data sources, checksummed uploads of artifacts.
+
+Endpoint, region and credentials come from the environment (AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; docs/design.md), with the spec's
+output.endpoint/region as a fallback. Large objects move through boto3's transfer manager
+(multipart, parallel parts); many small objects move in parallel threads.
+
+Every upload carries an S3 SHA-256 checksum (the server verifies each part) and the file's
+hex SHA-256 as object metadata; after the upload a HEAD checks size and digest again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import split_s3_uri
+from .errors import ArtifactsMissing
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+SHA256_META = "sha256"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def composite_sha256(path: str | os.PathLike[str], part_size: int) -> str:
+    """The S3 COMPOSITE SHA-256 of a multipart upload with parts of `part_size`: base64 of
+    sha256(concatenated part digests), suffixed with -<parts>."""
+    parts = []
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(part_size), b""):
+            parts.append(hashlib.sha256(chunk).digest())
+    return f"{base64.b64encode(hashlib.sha256(b''.join(parts)).digest()).decode()}-{len(parts)}"
+
+
+def join(prefix: str, *parts: str) -> str:
+    """s3://b/p + a/b -> s3://b/p/a/b (one slash between parts)."""
+    out = prefix.rstrip("/")
+    for p in parts:
+        out += "/" + p.strip("/")
+    return out
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    uri: str
+    key: str  # path relative to the uploaded directory
+    size: int
+    sha256: str
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+class S3:
+    """A thin client: one boto3 client (thread-safe) and one transfer configuration."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        region: str | None = None,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.concurrency = max(1, _env_int("KUBETUNE_S3_CONCURRENCY", 16))
+        endpoint = (
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or endpoint
+        )
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or region
+        cfg = Config(
+            retries={"max_attempts": 8, "mode": "standard"},
+            max_pool_connections=self.concurrency * 2,
+            connect_timeout=10,
+            read_timeout=120,
+            # Path-style works with every S3-compatible server (MinIO, Ceph) and with AWS.
+            s3={"addressing_style": "path"} if endpoint else {},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=cfg
+        )
+        chunk = max(5, _env_int("KUBETUNE_S3_PART_MIB", 64)) * MiB
+        self.transfer = TransferConfig(
+            multipart_threshold=chunk,
+            multipart_chunksize=chunk,
+            max_concurrency=self.concurrency,
+            use_threads=True,
+        )
+        self.extra: dict[str, Any] = {}
+        if sse and sse != "none":
+            self.extra["ServerSideEncryption"] = sse
+            if kms_key_id:
+                self.extra["SSEKMSKeyId"] = kms_key_id
+
+    # ------------------------------------------------------------------ reading
+
+    def list_objects(self, uri: str) -> list[dict[str, Any]]:
+        """Objects whose key starts with the URI's key (as given: add a '/' for a folder)."""
+        bucket, prefix = split_s3_uri(uri)
+        out: list[dict[str, Any]] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            out.extend(page.get("Contents", []))
+        return out
+
+    def head(self, uri: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3_uri(uri)
+        try:
+            return dict(self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def get_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        return bytes(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def download_file(self, uri: str, dest: str | os.PathLike[str]) -> None:
+        bucket, key = split_s3_uri(uri)
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dest}.part"
+        self.client.download_file(bucket, key, tmp, Config=self.transfer)
+        os.replace(tmp, dest)
+
+    def download_prefix(
+        self, uri: str, dest: str | os.PathLike[str], skip: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Download every object under `uri/` into `dest`, keeping relative paths. Returns the
+        listed objects (Key, Size, ETag). Objects whose relative path is in `skip` are left."""
+        prefix = uri.rstrip("/") + "/"
+        bucket, key_prefix = split_s3_uri(prefix)
+        objects = [o for o in self.list_objects(prefix) if not o["Key"].endswith("/")]
+        skipped = set(skip)
+        todo = [o for o in objects if o["Key"][len(key_prefix) :] not in skipped]
+        dest = Path(dest)
+
+        def fetch(obj: dict[str, Any]) -> None:
+            rel = obj["Key"][len(key_prefix) :]
+            target = dest / rel
+            if target.is_file() and target.stat().st_size == obj["Size"]:
+                return  # already there (a retry in the same pod)
+            self.download_file(f"s3://{bucket}/{obj['Key']}", target)
+
+        # Large files parallelize inside the transfer manager; small ones across threads.
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(todo)))) as pool:
+            list(pool.map(fetch, todo))
+        return objects
+
+    # ------------------------------------------------------------------ writing
+
+    def upload_file(
+        self, path: str | os.PathLike[str], uri: str, sha256: str | None = None, rel: str = ""
+    ) -> Uploaded:
+        """Upload one file with an S3 SHA-256 checksum, then verify size and digest by HEAD."""
+        bucket, key = split_s3_uri(uri)
+        size = os.path.getsize(path)
+        digest = sha256 or sha256_file(path)
+        extra = dict(self.extra)
+        extra["ChecksumAlgorithm"] = "SHA256"
+        extra["Metadata"] = {SHA256_META: digest}
+        self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer)
+        self.verify(uri, size, digest, path)
+        return Uploaded(uri=uri, key=rel or os.path.basename(key), size=size, sha256=digest)
+
+    def verify(
+        self, uri: str, size: int, sha256: str, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        """HEAD the object: size, our sha256 metadata and the server's SHA-256 checksum must
+        match the local file (for multipart objects the per-part composite is recomputed)."""
+        head = self.head(uri)
+        if head is None:
+            raise ArtifactsMissing(f"uploaded object {uri} is not there on HEAD")
+        if int(head.get("ContentLength", -1)) != size:
+            raise ArtifactsMissing(
+                f"uploaded object {uri} has {head.get('ContentLength')} bytes, expected {size}"
+            )
+        meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        if meta.get(SHA256_META) not in (None, sha256):
+            raise ArtifactsMissing(f"uploaded object {uri}: sha256 metadata does not match")
+        server = head.get("ChecksumSHA256")
+        if not server:
+            return
+        if "-" not in server:
+            expected = base64.b64encode(bytes.fromhex(sha256)).decode()
+        elif path is not None and int(server.rsplit("-", 1)[1]) == -(
+            -size // self.transfer.multipart_chunksize
+        ):
+            expected = composite_sha256(path, self.transfer.multipart_chunksize)
+        else:
+            return  # parts of an unknown size: S3 verified each part on arrival
+        if server != expected:
+            raise ArtifactsMissing(f"uploaded object {uri}: S3 SHA-256 checksum mismatch")
+
+    def put_bytes(self, uri: str, data: bytes, content_type: str = "application/json") -> Uploaded:
+        bucket, key = split_s3_uri(uri)
+        digest = hashlib.sha256(data).hexdigest()
+        self.client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
+            Metadata={SHA256_META: digest},
+            **self.extra,
+        )
+        self.verify(uri, len(data), digest)
+        return Uploaded(uri=uri, key=os.path.basename(key), size=len(data), sha256=digest)
+
+    def upload_dir(
+        self, local: str | os.PathLike[str], uri: str, digests: dict[str, str] | None = None
+    ) -> list[Uploaded]:
+        """Upload every file under `local` to `uri/<relative path>`, in parallel."""
+        root = Path(local)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        digests = digests or {}
+
+        def put(p: Path) -> Uploaded:
+            rel = p.relative_to(root).as_posix()
+            return self.upload_file(p, join(uri, rel), digests.get(str(p)), rel=rel)
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(files)))) as pool:
+            return list(pool.map(put, files))
+
+    def delete_prefix(self, uri: str, keep: tuple[str, ...] = ()) -> int:
+        """Delete every object under `uri/`, except those whose relative key starts with one
+        of `keep`."""
+        bucket, key_prefix = split_s3_uri(uri.rstrip("/") + "/")
+        keys = [
+            o["Key"]
+            for o in self.list_objects(uri.rstrip("/") + "/")
+            if not o["Key"][len(key_prefix) :].startswith(keep or ("\0",))
+        ]
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True},
+            )
+        return len(keys)

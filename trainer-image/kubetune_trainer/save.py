@@ -1,0 +1,127 @@
+"""Stages `save` and `merge`: the adapter (PEFT, safetensors) and a standalone merged model.
+
+Merging never touches the training copy: the base is reloaded in the merged dtype (for qlora
+that is a full-precision reload, not the 4-bit weights), the saved adapter applied to it, and
+`merge_and_unload` folds it in. Full and bitfit write the trained model itself as merged/.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import ADAPTER_METHODS, MethodType
+from .errors import ArtifactsMissing
+
+log = logging.getLogger(__name__)
+
+MERGEABLE = {MethodType.LORA, MethodType.QLORA, MethodType.DORA, MethodType.IA3}
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    if not (dest / "adapter_model.safetensors").is_file():
+        raise ArtifactsMissing(
+            f"saving the adapter produced no adapter_model.safetensors in {dest}"
+        )
+    log.info("adapter saved (%s)", ", ".join(sorted(p.name for p in dest.iterdir())))
+
+
+def save_full(model: Any, tokenizer: Any, dest: Path, dtype: str) -> None:
+    """The whole trained model (full, bitfit) in the merged dtype."""
+    model = model.to(torch_dtype(dtype))
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    log.info("model saved to %s (%s)", dest, dtype)
+
+
+def release(*objs: Any) -> None:
+    """Drop references and free accelerator memory before loading another copy."""
+    del objs
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def merge(
+    base_path: Path,
+    adapter_dir: Path,
+    dest: Path,
+    *,
+    task: str,
+    dtype: str,
+    classification: Any,
+    trust_remote_code: bool,
+    tokenizer: Any,
+) -> None:
+    import torch
+    from peft import PeftModel
+
+    from .modelload import label_maps, model_class
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if classification is not None:
+        id2label, label2id = label_maps(classification)
+        kwargs.update(num_labels=classification.count, id2label=id2label, label2id=label2id)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    base = model_class(task).from_pretrained(str(base_path), **kwargs)
+    if classification is not None and getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+    release(base, model, merged)
+    log.info("merged model saved (%s)", dtype)
+
+
+def save_and_merge(
+    ctx: Any,  # pipeline.Context
+    model: Any,
+    tokenizer: Any,
+) -> None:
+    """Write artifacts/adapter and/or artifacts/merged per method and output settings."""
+    spec = ctx.cfg.spec
+    out = spec.output
+    t = MethodType(spec.method.type)
+    adapter_dir = ctx.artifacts / "adapter"
+    merged_dir = ctx.artifacts / "merged"
+    if t in ADAPTER_METHODS:
+        ctx.report(stage="save")
+        save_adapter(model, tokenizer, adapter_dir)
+        release(model)
+        if out.merged_model and t in MERGEABLE:
+            ctx.report(stage="merge")
+            merge(
+                ctx.model_path,
+                adapter_dir,
+                merged_dir,
+                task=str(spec.task),
+                dtype=str(out.merged_dtype),
+                classification=spec.classification,
+                trust_remote_code=spec.model.trust_remote_code,
+                tokenizer=tokenizer,
+            )
+        elif out.merged_model:
+            log.info("method %s cannot be merged into the weights: adapter only", t.value)
+        if not out.adapter:
+            shutil.rmtree(adapter_dir)
+    else:
+        ctx.report(stage="save")
+        save_full(model, tokenizer, merged_dir, str(out.merged_dtype))

@@ -1,0 +1,102 @@
+"""Stage `upload`: every artifact to <run_prefix>, checksummed and verified, then
+manifest.json last (a reader that sees the manifest sees a complete run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import manifest as manifest_mod
+from .config import ADAPTER_METHODS, MethodType, TrainerConfig, split_s3_uri
+from .errors import ArtifactsMissing
+from .s3 import S3, join, sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def expected(cfg: TrainerConfig, merged_possible: bool) -> list[tuple[str, str]]:
+    """(relative path or glob, what) that must exist before uploading."""
+    spec = cfg.spec
+    t = MethodType(spec.method.type)
+    out: list[tuple[str, str]] = [("metrics.json", "metrics")]
+    if t in ADAPTER_METHODS and spec.output.adapter:
+        out += [
+            ("adapter/adapter_config.json", "adapter config"),
+            ("adapter/adapter_model.safetensors", "adapter weights"),
+        ]
+    if t not in ADAPTER_METHODS or (spec.output.merged_model and merged_possible):
+        out += [
+            ("merged/config.json", "merged model config"),
+            ("merged/*.safetensors", "merged weights"),
+        ]
+    return out
+
+
+def check_expected(root: Path, items: list[tuple[str, str]]) -> None:
+    missing = [f"{what} ({rel})" for rel, what in items if not list(root.glob(rel))]
+    if missing:
+        raise ArtifactsMissing(f"artifacts missing before upload: {', '.join(missing)}")
+
+
+def upload(
+    s3: S3,
+    root: Path,
+    cfg: TrainerConfig,
+    *,
+    merged_possible: bool,
+    base_model: dict[str, Any],
+    datasets: dict[str, Any],
+    metrics: dict[str, Any],
+    speed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise ArtifactsMissing(f"no artifacts were produced (nothing under {root})")
+    check_expected(root, expected(cfg, merged_possible))
+    t0 = time.monotonic()
+    # A retried pod may find an earlier attempt's artifacts: the manifest goes first (no reader
+    # may take the run for complete meanwhile), then everything but the checkpoints.
+    bucket, key = split_s3_uri(join(cfg.run_prefix, MANIFEST))
+    s3.client.delete_object(Bucket=bucket, Key=key)
+    stale = s3.delete_prefix(cfg.run_prefix, keep=("checkpoints/",))
+    if stale:
+        log.info("removed %d objects of an earlier attempt under %s", stale, cfg.run_prefix)
+    digests = {str(p): sha256_file(p) for p in files}
+    uploaded = s3.upload_dir(root, cfg.run_prefix, digests)
+    if len(uploaded) != len(files):
+        raise ArtifactsMissing(f"uploaded {len(uploaded)} of {len(files)} artifact files")
+    doc = manifest_mod.build(
+        run_prefix=cfg.run_prefix,
+        files=[{"path": u.key, "size": u.size, "sha256": u.sha256} for u in uploaded],
+        config=cfg.model_dump(by_alias=True, mode="json", exclude_none=True),
+        base_model=base_model,
+        datasets=datasets,
+        metrics=metrics,
+        speed=speed or {},
+        versions=manifest_mod.library_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    data = json.dumps(doc, indent=2, sort_keys=False).encode()
+    m = s3.put_bytes(join(cfg.run_prefix, MANIFEST), data)
+    total = sum(u.size for u in uploaded)
+    log.info(
+        "uploaded %d files (%.1f MiB) to %s in %.1fs; manifest sha256 %s",
+        len(uploaded),
+        total / 2**20,
+        cfg.run_prefix,
+        time.monotonic() - t0,
+        m.sha256,
+    )
+    keys = {u.key.split("/", 1)[0] for u in uploaded}
+    return {
+        "adapterUri": join(cfg.run_prefix, "adapter") + "/" if "adapter" in keys else None,
+        "mergedModelUri": join(cfg.run_prefix, "merged") + "/" if "merged" in keys else None,
+        "metricsUri": join(cfg.run_prefix, "metrics.json"),
+        "manifestUri": m.uri,
+        "manifestSha256": m.sha256,
+    }
