@@ -1,0 +1,62 @@
+"""The user docs (README, docs/install.md, docs/troubleshooting.md, docs/gitops.md) stay true to
+the code: every status reason and exit code is explained, relative links resolve, and the
+README's permission table is the chart's RBAC."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = ["README.md", "docs/install.md", "docs/troubleshooting.md", "docs/gitops.md"]
+
+
+def read(rel: str) -> str:
+    path = REPO / rel
+    if not path.exists():
+        pytest.skip(f"{rel} does not exist yet")
+    return path.read_text()
+
+
+def test_troubleshooting_explains_every_reason() -> None:
+    from kubetune_operator.api import Reason
+
+    doc = read("docs/troubleshooting.md")
+    missing = [r.value for r in Reason if f"`{r.value}`" not in doc]
+    assert not missing, f"reasons docs/troubleshooting.md does not explain: {missing}"
+
+
+def test_troubleshooting_explains_every_trainer_exit_code() -> None:
+    design = read("docs/design.md")
+    doc = read("docs/troubleshooting.md")
+    exit_codes = design.split("**Exit codes**", 1)[1].split("\n- ", 1)[0]
+    pairs = re.findall(r"(\d+) `([A-Za-z]+)`", exit_codes)
+    assert len(pairs) >= 5, exit_codes
+    for code, reason in pairs:
+        assert re.search(rf"^\| {code} \| `{reason}` \|", doc, re.M), f"exit code {code} {reason}"
+    reasons = design.split("Reasons:", 1)[1].split("\n- ", 1)[0]
+    for reason in re.findall(r"`([A-Za-z]+)`", reasons):
+        assert f"`{reason}`" in doc, reason
+
+
+@pytest.mark.parametrize("rel", DOCS)
+def test_relative_links_resolve(rel: str) -> None:
+    text = read(rel)
+    base = (REPO / rel).parent
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        assert (base / target).exists(), f"{rel}: broken link {target}"
+
+
+def test_readme_permission_table_is_the_install_table() -> None:
+    readme = read("README.md")
+    if "<!-- rbac-table -->" not in readme:
+        pytest.skip("README has no permission table yet")
+    install = read("docs/install.md")
+    assert (
+        readme.split("<!-- rbac-table -->")[1].strip()
+        == install.split("<!-- rbac-table -->")[1].strip()
+    )
