@@ -16,7 +16,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kubetune.io"
@@ -76,17 +84,23 @@ WireInt = Annotated[int, BeforeValidator(_wire_int)]
 WireFloat = Annotated[float, Strict()]
 WireBool = Annotated[bool, Strict()]
 
+# (Field before BeforeValidator: in the other order pydantic leaves `pattern` out of the JSON
+# Schema, and so out of the CRD, while still enforcing it in Python.)
 Quantity = Annotated[
     str,
-    BeforeValidator(_int_or_string),
     Field(
         pattern=QUANTITY_PATTERN,
         max_length=64,
         json_schema_extra={"x-kubernetes-int-or-string": True, "minimum": 0},
     ),
+    BeforeValidator(_int_or_string),
 ]
 S3Uri = Annotated[str, Field(pattern=S3_URI_PATTERN, max_length=1024)]
 ResourceName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=253)]
+# A label value: empty, or alphanumerics with -_. inside, at most 63 characters.
+LabelValue = Annotated[
+    str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)
+]
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -191,7 +205,7 @@ class PVCPath(Spec):
     @model_validator(mode="after")
     def _check(self) -> PVCPath:
         if ".." in self.path:
-            raise ValueError("pvc.path: path must not contain '..'")
+            raise ValueError("path: path must not contain '..'")
         return self
 
 
@@ -1061,6 +1075,14 @@ class Toleration(Spec):
 class ResourcesSpec(Spec):
     """Compute resources and placement of the trainer pod."""
 
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _drop_null_labels(cls, value: Any) -> Any:
+        # The API server prunes null map values, like null fields.
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if v is not None}
+        return value
+
     gpus: WireInt = Field(
         default=0,
         ge=0,
@@ -1095,8 +1117,10 @@ class ResourcesSpec(Spec):
     nodes: WireInt = Field(
         default=1, ge=1, le=1, description="Nodes to train on. Reserved for multi-node; must be 1."
     )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Extra node labels the trainer pod requires."
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=64,
+        description="Extra node labels the trainer pod requires (label key to value).",
     )
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Tolerations, added to the operator's defaults."
