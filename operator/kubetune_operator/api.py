@@ -19,8 +19,6 @@ from kubetune_trainer.config import (
     FineTuneJobSpec,
     Progress,
     Spec,
-    cel,
-    validations,
 )
 from pydantic import ConfigDict, Field, model_validator
 
@@ -219,17 +217,10 @@ class FineTuneJob(Spec):
     """A fine-tuning run of a transformer model: a base model, data, a method and an S3
     destination. The operator runs it as a batch/v1 Job and keeps the status true."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        allow_inf_nan=True,
-        json_schema_extra=validations(
-            cel(
-                f"!has(self.metadata.name) || size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-                f"metadata.name must be at most {MAX_NAME_LENGTH} characters (the run's Job is "
-                "named <name>-run-<n>)",
-            )
-        ),
-    )
+    # metadata.name is at most MAX_NAME_LENGTH characters: checked below, and in the CRD by
+    # `maxLength` on metadata.name (crdgen), which the API server reports as
+    # "metadata.name: Too long".
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     api_version: Literal["kubetune.io/v1alpha1"] = Field(
         default="kubetune.io/v1alpha1", description="kubetune.io/v1alpha1"

@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 from kubetune_trainer import config as spec_models
+from kubetune_trainer.config import MAX_NAME_LENGTH
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
@@ -226,9 +227,19 @@ def openapi_schema() -> Schema:
     props = root["properties"]
     for name in ("apiVersion", "kind"):
         props[name] = {"description": _ROOT_DESCRIPTIONS[name], "type": "string"}
-    # The API server allows nothing but `type: object` here (not even a description); the
-    # name length limit is a CEL rule on the root.
-    props["metadata"] = {"type": "object"}
+    # The API server allows nothing here but `type: object` and constraints on name and
+    # generateName (no description). The run's Job is named <name>-run-<n>, hence the limit.
+    props["metadata"] = {
+        "type": "object",
+        "properties": {
+            "name": {
+                "description": f"At most {MAX_NAME_LENGTH} characters: each run is a batch/v1 "
+                "Job named <name>-run-<n>, and a Job name must fit a 63-character label value.",
+                "type": "string",
+                "maxLength": MAX_NAME_LENGTH,
+            }
+        },
+    }
     root.pop("required", None)
     root["required"] = ["spec"]
     return _order(root)
