@@ -35,7 +35,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 CHECKOV_EXCEPTIONS = {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}
 KUBE_SCORE_EXCEPTIONS = {
     "container-image-pull-policy",
-    "pod-probes-identical",
     "pod-networkpolicy",
 }
 

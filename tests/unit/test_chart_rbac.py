@@ -18,8 +18,9 @@ Rule = tuple[str, str, frozenset[str]]  # (apiGroup, resource, verbs)
 
 # What the operator may do in every namespace it watches (cluster-wide: ClusterRole).
 WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
-    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch", "update"},
-    ("kubetune.io", "finetunejobs/status"): {"get", "patch", "update"},
+    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
+    ("kubetune.io", "finetunejobs/status"): {"get", "patch"},
+    ("kubetune.io", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"create", "get", "list", "watch", "delete", "patch"},
@@ -34,7 +35,6 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
         "patch",
     },
     ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 # Leader election: in the release namespace only; get/update only on the chart's Lease.
@@ -159,60 +159,79 @@ def test_install_doc_lists_the_granted_rules() -> None:
 # -------------------------------------------------------------- against the operator code
 
 OPERATOR = REPO / "operator" / "kubetune_operator"
-
-# kubernetes-client method name fragments -> (apiGroup, resource).
-CLIENT_RESOURCES = {
-    "namespaced_job": ("batch", "jobs"),
-    "namespaced_pod": ("", "pods"),
-    "namespaced_config_map": ("", "configmaps"),
-    "namespaced_service_account": ("", "serviceaccounts"),
-    "namespaced_role_binding": ("rbac.authorization.k8s.io", "rolebindings"),
-    "namespaced_role": ("rbac.authorization.k8s.io", "roles"),
-    "namespaced_event": ("", "events"),
-    "namespaced_lease": ("coordination.k8s.io", "leases"),
-    "namespaced_secret": ("", "secrets"),
-    "namespace": ("", "namespaces"),
-    "custom_resource_definition": ("apiextensions.k8s.io", "customresourcedefinitions"),
-}
-CLIENT_VERBS = {
-    "create": "create",
-    "read": "get",
-    "list": "list",
-    "patch": "patch",
-    "replace": "update",
-    "delete": "delete",
-}
+HTTP_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def operator_client_calls() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) for each kubernetes-client call in the operator source."""
-    calls: set[tuple[str, str, str]] = set()
-    pattern = re.compile(
-        r"\.(create|read|list|patch|replace|delete)_(namespaced_[a-z_]+?|namespace|"
-        r"custom_resource_definition)(_status)?(_for_all_namespaces)?\("
-    )
-    for path in OPERATOR.rglob("*.py"):
-        for m in pattern.finditer(path.read_text()):
-            verb, kind, status = m.group(1), m.group(2), m.group(3)
-            if kind.startswith("namespaced_custom_object"):
-                continue  # FineTuneJobs: covered by the custom-object check below
-            group_res = CLIENT_RESOURCES.get(kind)
-            assert group_res is not None, f"{path.name}: unknown client call {m.group(0)}"
-            group, res = group_res
-            calls.add((group, res + ("/status" if status else ""), CLIENT_VERBS[verb]))
-    return calls
+def operator_source() -> str:
+    if not (OPERATOR / "__main__.py").exists() or not (OPERATOR / "k8s.py").exists():
+        pytest.skip("the operator (operator/kubetune_operator/__main__.py, k8s.py) has not landed")
+    return "\n".join(p.read_text() for p in sorted(OPERATOR.rglob("*.py")))
 
 
-def test_operator_api_calls_are_granted() -> None:
-    if not any(OPERATOR.rglob("*.py")) or not (OPERATOR / "__main__.py").exists():
-        pytest.skip("the operator (operator/kubetune_operator/__main__.py) has not landed yet")
+def operator_kinds() -> dict[str, tuple[str, str]]:
+    """kind -> (apiGroup, plural) from the operator's API table (k8s.KINDS)."""
+    k8s = pytest.importorskip("kubetune_operator.k8s")
+    out = {}
+    for kind, (prefix, plural) in k8s.KINDS.items():
+        group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+        out[kind] = (group, plural)
+    return out
+
+
+def test_operator_kinds_are_granted_or_unused() -> None:
+    """Every kind the operator's client knows is granted, except Secrets, which it must never
+    touch (only referenced by name in pod specs)."""
+    src = operator_source()
     granted = {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
-    missing = sorted(
-        (g, r, v) for g, r, v in operator_client_calls() if v not in granted.get((g, r), set())
+    for kind, key in operator_kinds().items():
+        if kind == "Secret":
+            assert not re.search(r"""path\(\s*["']Secret["']""", src), "the operator reads Secrets"
+            assert key not in granted
+            continue
+        assert key in granted, f"operator uses {kind} ({key}) but the chart grants nothing on it"
+
+
+def test_operator_requests_are_granted() -> None:
+    """Raw requests (`request("PUT", path("Lease", ...))`, `path("Event", ...)` POSTs...)."""
+    src = operator_source()
+    kinds = operator_kinds()
+    granted = {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
+    pattern = re.compile(
+        r"""request\(\s*["'](GET|POST|PUT|PATCH|DELETE)["'],\s*(?:url|path\(\s*["'](\w+)["'])"""
     )
-    assert not missing, f"operator calls the chart does not grant: {missing}"
-    text = "\n".join(p.read_text() for p in OPERATOR.rglob("*.py"))
-    assert "read_namespaced_secret" not in text and "list_namespaced_secret" not in text
+    found = False
+    for m in pattern.finditer(src):
+        kind = m.group(2)
+        if kind is None:
+            continue
+        found = True
+        verb = HTTP_VERBS[m.group(1)]
+        assert verb in granted[kinds[kind]], f"{m.group(0)}: {verb} {kinds[kind]} not granted"
+    assert found
+    for verb, kind in (("update", "Lease"), ("get", "Lease"), ("create", "Lease")):
+        assert verb in granted[kinds[kind]]
+    # Status is written with merge patches through the status subresource.
+    assert "patch_status" in src and "patch" in granted[("kubetune.io", "finetunejobs/status")]
+
+
+def test_kopf_watches_are_granted() -> None:
+    """Every resource a Kopf handler watches needs list+watch."""
+    src = operator_source()
+    watched = re.findall(
+        r"""@kopf\.on\.\w+\(\s*["']([^"']*)["'],\s*["']([^"']+)["'](?:,\s*["']([^"']+)["'])?""", src
+    )
+    assert watched, "no Kopf handlers found"
+    granted = {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
+    for a, b, c in watched:
+        # kopf.on.event(group, version, plural) or kopf.on.event("v1", "pods") for core.
+        if c:
+            group, plural = a, c
+        else:
+            group, plural = ("" if a == "v1" else a.split("/")[0]), b
+        if group == "API_GROUP":
+            group = "kubetune.io"
+        verbs = granted.get((group, plural), set())
+        assert {"list", "watch"} <= verbs, f"Kopf watches {group}/{plural}: not granted"
 
 
 def test_chart_templates_name_no_secret_resources() -> None:

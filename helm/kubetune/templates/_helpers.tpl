@@ -70,16 +70,21 @@ the operator's API calls by tests/unit/test_chart_rbac.py and proven sufficient 
 tests/integration/test_chart_install.py.
 */}}
 {{- define "kubetune.workloadRules" -}}
-# The custom resource: watch it, add/remove the finalizer and Kopf's annotations.
+# The custom resource: watch it; patch only for Kopf's own bookkeeping (finalizer cleanup).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Status is the operator's to write. get+patch are also what it grants each run's trainer
-# (resourceNames: [<job>]), and RBAC only lets it grant what it holds.
+  verbs: ["get", "list", "watch", "patch"]
+# Status is the operator's to write (merge patches). get+patch are also what it grants each
+# run's trainer (resourceNames: [<job>]), and RBAC only lets it grant what it holds.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch", "update"]
-# One batch/v1 Job per run.
+  verbs: ["get", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion; clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin require this to create them.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
+# One batch/v1 Job per run (patch: suspend/resume).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete", "patch"]
@@ -95,11 +100,8 @@ tests/integration/test_chart_install.py.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Events on FineTuneJobs (Kopf and the operator post both API groups' events).
+# Events on FineTuneJobs (core/v1 Events).
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
