@@ -342,6 +342,25 @@ def register_varlen_attention() -> bool:
     return True
 
 
+def truncate_tokenized(dataset: Any, max_length: int) -> Any:
+    """Cut every token-aligned column of a tokenized dataset to `max_length`.
+
+    trl refuses `max_length` with padding-free batching unless it packs (it would not truncate
+    then), so the trainer passes `max_length=None` and truncates here, after trl tokenized."""
+    if dataset is None:
+        return None
+    columns = [
+        c
+        for c in ("input_ids", "attention_mask", "completion_mask", "assistant_masks", "labels")
+        if c in dataset.column_names
+    ]
+
+    def cut(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {c: [row[:max_length] for row in batch[c]] for c in columns}
+
+    return dataset.map(cut, batched=True, desc="truncating to maxSeqLength")
+
+
 def prepare(plan_: SpeedPlan) -> SpeedPlan:
     """Make the plan's attention available before the model is built; if registration fails,
     return a plan that falls back to sdpa without padding-free batching."""
