@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune-train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.environ.get("KUBETUNE_CONFIG"))
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="developers only: read s3:// sources from and write artifacts to this local "
+        "directory (<dir>/<bucket>/<key>) instead of S3",
+    )
     args = parser.parse_args(argv)
+    if args.output_dir:
+        os.environ["KUBETUNE_LOCAL_ARTIFACTS"] = args.output_dir
     logs.setup(getattr(logging, str(args.log_level).upper(), logging.INFO))
     if threading_main():
         signal.signal(signal.SIGTERM, _on_sigterm)

@@ -109,6 +109,17 @@ def _main_first(enabled: bool) -> Any:
     return PartialState().main_process_first()
 
 
+def _store(out: Any) -> S3:
+    """S3, or with --output-dir / KUBETUNE_LOCAL_ARTIFACTS (developers only) a local directory
+    standing in for it (localstore.py)."""
+    from .localstore import ENV, LocalS3
+
+    if os.environ.get(ENV):
+        log.warning("artifacts go to the local directory %s, not S3 (%s)", os.environ[ENV], ENV)
+        return LocalS3(os.environ[ENV])
+    return S3(endpoint=out.endpoint, region=out.region, sse=str(out.sse), kms_key_id=out.kms_key_id)
+
+
 def run(cfg: TrainerConfig) -> dict[str, Any]:
     """All stages; returns the success result (failures raise TrainerFailure)."""
     preflight(cfg)
@@ -126,9 +137,7 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
     ctx = Context(
         cfg=cfg,
         work=work,
-        s3=S3(
-            endpoint=out.endpoint, region=out.region, sse=str(out.sse), kms_key_id=out.kms_key_id
-        ),
+        s3=_store(out),
         reporter=reporter,
         is_main=is_main,
     )

@@ -112,13 +112,20 @@ def build_trainer(
     from trl import SFTConfig
 
     kw.update(sft_kwargs(spec, padding_free=padding_free))
-    return _sft_trainer_class()(
+    trainer = _sft_trainer_class()(
         model=model,
         args=SFTConfig(**kw),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
     )
+    if padding_free and not spec.dataset.packing:
+        from .speed import truncate_tokenized
+
+        max_len = spec.dataset.max_seq_length
+        trainer.train_dataset = truncate_tokenized(trainer.train_dataset, max_len)
+        trainer.eval_dataset = truncate_tokenized(trainer.eval_dataset, max_len)
+    return trainer
 
 
 def find_resume(store: CheckpointStore | None, work: Path) -> tuple[str | None, int | None]:

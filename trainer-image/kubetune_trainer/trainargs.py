@@ -118,7 +118,9 @@ def sft_kwargs(spec: FineTuneJobSpec, *, padding_free: bool = False) -> dict[str
     d = spec.dataset
     fmt = DataFormat(d.format)
     return {
-        "max_length": d.max_seq_length,
+        # Padding-free without packing: trl refuses max_length; train.build_trainer truncates
+        # the tokenized rows itself (speed.truncate_tokenized).
+        "max_length": None if padding_free and not d.packing else d.max_seq_length,
         "dataset_text_field": "text",
         "packing": d.packing,
         # best-fit decreasing: whole rows packed per sequence (trl makes it padding-free)
