@@ -1,0 +1,132 @@
+"""Pure run bookkeeping: which run is current, and what a spec change means.
+
+The run number and everything needed to decide live in the cluster: `status.run`/`specHash`
+(which survive the Job's TTL deletion) and the Jobs themselves, labelled with their run and
+annotated with the spec hash and generation they were made for. A Job for a run later than
+`status.run` means the operator created it and stopped before recording it: it is adopted,
+never created twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune_trainer.config import FineTuneJobSpec, OnSpecChange
+
+from .api import Phase
+from .render import ANN_SPEC_HASH, ANN_SUSPEND, LABEL_RUN
+
+TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+
+# runPolicy controls how a run is executed, not what it trains: changing it never starts a run.
+_NOT_TRAINING = ("runPolicy",)
+
+
+def spec_hash(spec: FineTuneJobSpec | dict[str, Any]) -> str:
+    """sha256 of the training-relevant spec. Fields left at their defaults are dropped, so an
+    explicit default, or a new optional field in a later API version, changes nothing."""
+    if isinstance(spec, FineTuneJobSpec):
+        wire = spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+    else:
+        wire = dict(spec)
+    for key in _NOT_TRAINING:
+        wire.pop(key, None)
+    text = json.dumps(wire, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_of(job: dict[str, Any]) -> int:
+    try:
+        return int(job["metadata"]["labels"][LABEL_RUN])
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def job_finished(job: dict[str, Any]) -> str | None:
+    """`Complete` or `Failed` once the Job controller says so (after its pods terminated)."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def job_deleting(job: dict[str, Any]) -> bool:
+    return bool(job["metadata"].get("deletionTimestamp"))
+
+
+@dataclass
+class Decision:
+    """What reconcile should do now, for this FineTuneJob."""
+
+    current_run: int  # after `start` is carried out; 0 when there is no run at all
+    start: int | None = None  # create run <start> for the current generation
+    supersede: bool = False  # `start` replaces a run that was still active (Restart)
+    delete: list[str] = field(default_factory=list)  # Jobs of earlier runs still running
+    suspend: bool | None = None  # set the current Job's spec.suspend (user intent changed)
+    queued_generation: int | None = None  # Queue: a generation waiting for the current run
+    ignored: bool = False  # Ignore: a changed spec that will not run
+
+
+def decide(
+    ftj: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    desired_hash: str,
+    runnable: bool,
+) -> Decision:
+    """Decide from the FineTuneJob (spec, status) and its Jobs (already filtered by owner uid).
+
+    `runnable` is False when the spec cannot be rendered (invalid, not allowed): then nothing is
+    started, and a running run is left alone.
+    """
+    meta = ftj["metadata"]
+    generation = int(meta.get("generation") or 1)
+    status = ftj.get("status") or {}
+    policy_raw = (ftj.get("spec") or {}).get("runPolicy") or {}
+    policy = policy_raw.get("onSpecChange") or OnSpecChange.RESTART.value
+    suspend = bool(policy_raw.get("suspend", False))
+
+    by_run = {run_of(j): j for j in jobs if run_of(j) > 0}
+    recorded = int(status.get("run") or 0)
+    current = max([recorded, *by_run])
+    job = by_run.get(current)
+
+    if job is not None and current > recorded:
+        current_hash = (job["metadata"].get("annotations") or {}).get(ANN_SPEC_HASH)
+    else:
+        current_hash = status.get("specHash")
+    # No Job: the run finished and TTL removed it, or it was deleted (status says which).
+    active = job is not None and job_finished(job) is None and not job_deleting(job)
+
+    d = Decision(current_run=current)
+    if not runnable:
+        pass
+    elif current == 0:
+        d.start = 1
+    elif desired_hash != current_hash:
+        if policy == OnSpecChange.IGNORE.value:
+            d.ignored = True
+        elif policy == OnSpecChange.QUEUE.value and active:
+            d.queued_generation = generation
+        else:  # Restart, or Queue with the current run over
+            d.start = current + 1
+            d.supersede = active
+    if d.start is not None:
+        d.current_run = d.start
+    # Earlier runs never keep running next to the current one.
+    d.delete = sorted(
+        j["metadata"]["name"]
+        for r, j in by_run.items()
+        if r < d.current_run and job_finished(j) is None and not job_deleting(j)
+    )
+    if d.start is None and job is not None and active:
+        applied = (job["metadata"].get("annotations") or {}).get(ANN_SUSPEND)
+        if applied != ("true" if suspend else "false"):
+            d.suspend = suspend
+    return d

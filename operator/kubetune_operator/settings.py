@@ -1,0 +1,111 @@
+"""Operator configuration from the environment (docs/design.md, "Operator configuration").
+
+Every knob is a `KUBETUNE_*` variable (the Helm chart sets them). Lists and maps that the design
+documents as JSON are parsed as JSON; `KUBETUNE_NAMESPACES` and `KUBETUNE_ALLOWED_SERVICE_ACCOUNTS`
+are comma-separated. Invalid values stop the operator at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _package_version() -> str:
+    try:
+        return version("kubetune")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _pod_namespace() -> str:
+    """The operator's own namespace: POD_NAMESPACE (downward API), the in-cluster SA file, or
+    `default` when running outside a cluster."""
+    if ns := os.environ.get("POD_NAMESPACE"):
+        return ns
+    try:
+        return SA_NAMESPACE_FILE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+class OperatorSettings(BaseSettings):
+    """The operator's configuration. Construct with `OperatorSettings()` to read the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBETUNE_", extra="ignore", frozen=True)
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch; empty = all (cluster-wide)."
+    )
+    trainer_image: str = Field(
+        default_factory=lambda: f"ghcr.io/kubetune/trainer:{_package_version()}",
+        description="Default trainer image.",
+    )
+    trainer_command: list[str] = Field(
+        default_factory=lambda: ["kubetune-train"],
+        min_length=1,
+        description="Trainer entry command (JSON list); `--config <path>` is passed as args.",
+    )
+    gpu_resource_name: str = Field(default="nvidia.com/gpu")
+    gpu_product_label: str = Field(default="nvidia.com/gpu.product")
+    default_node_selector: dict[str, str] = Field(default_factory=dict)
+    default_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    default_cpu: str | None = None
+    default_memory: str | None = None
+    default_shm_size: str = Field(
+        default="1Gi", description="/dev/shm size without shmSize/memory."
+    )
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_credentials_secret: str | None = None
+    allowed_service_accounts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables /metrics.")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
+    leader_election: bool = True
+    lease_namespace: str = Field(default_factory=_pod_namespace)
+    lease_name: str = "kubetune-operator"
+    lease_duration_seconds: float = Field(default=15.0, gt=1)
+    lease_renew_seconds: float = Field(default=5.0, gt=0)
+    progress_interval_seconds: float = Field(default=10.0, ge=0)
+    resync_seconds: float = Field(
+        default=60.0, gt=0, description="Safety-net re-reconcile of every FineTuneJob."
+    )
+    identity: str = Field(
+        default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname(),
+        description="This replica's name in the Lease and in Events.",
+    )
+    log_level: str = "INFO"
+
+    @field_validator("namespaces", "allowed_service_accounts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("trainer_command", "default_tolerations", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("default_node_selector", mode="before")
+    @classmethod
+    def _json_map(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        return value
