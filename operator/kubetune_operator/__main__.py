@@ -1,0 +1,42 @@
+"""`kubetune-operator` (and `python -m kubetune_operator`): run the operator.
+
+Reads its configuration from the environment (settings.py), logs JSON lines, and starts Kopf
+for the configured namespaces (all when KUBETUNE_NAMESPACES is empty). Leader election,
+/metrics and /healthz start in the startup handler (reconcile.py), so `kopf run -m
+kubetune_operator` behaves the same.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import kopf
+from pydantic import ValidationError
+
+from . import logging as klog
+from .settings import OperatorSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    try:
+        settings = OperatorSettings()
+    except (ValidationError, ValueError) as e:
+        print(f"kubetune-operator: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    klog.setup(settings.log_level)
+    from . import reconcile  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

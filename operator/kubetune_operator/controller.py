@@ -1,0 +1,234 @@
+"""One reconcile pass of one FineTuneJob: read the cluster, decide, act, derive status, patch.
+
+`handle_reconcile` is a plain function (no Kopf) over a `Kube`: the Kopf handlers in
+reconcile.py only schedule it. Every pass starts from what is in the cluster (the FineTuneJob
+with its status, its Jobs and Pods), so it is safe to run at any time, any number of times, and
+after a crash at any point:
+
+  * a run's children have deterministic names; 409 AlreadyExists is success;
+  * a Job is created before the status records it; a Job newer than `status.run` is adopted;
+  * a finished run is recorded in the status, so a Job removed by its TTL never runs again;
+  * the status is patched only when it changed, and never touches `status.progress` (the
+    trainer's) except to clear it when a new run starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubetune_trainer.config import FineTuneJobSpec
+from pydantic import ValidationError
+
+from . import metrics, render, runs, status
+from .api import Reason
+from .k8s import ApiError, Kube, path
+from .render import Owner, RenderError, Run
+from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+COMPONENT = "kubetune-operator"
+
+
+@dataclass
+class Outcome:
+    phase: str | None  # None: the FineTuneJob is gone
+    requeue_after: float | None = None
+    patched: bool = False
+
+
+class Requeue(Exception):
+    """Try again after `after` seconds (a transient state, not an error)."""
+
+    def __init__(self, after: float, why: str) -> None:
+        super().__init__(why)
+        self.after = after
+
+
+def spec_problem(
+    raw: dict[str, Any], name: str, settings: OperatorSettings
+) -> tuple[FineTuneJobSpec | None, tuple[str, str] | None]:
+    """The validated spec, or the reason it cannot run. Messages name fields, not values."""
+    try:
+        spec = FineTuneJobSpec.model_validate(raw)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors(include_input=False, include_url=False)[:5]:
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            parts.append(f"spec.{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return None, (Reason.INVALID_SPEC.value, "; ".join(parts))
+    try:
+        render.check(spec, name, settings)
+    except RenderError as e:
+        return spec, (e.reason.value, e.message)
+    return spec, None
+
+
+# ------------------------------------------------------------------------------ children
+
+
+def _differs(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    for key in ("data", "rules", "subjects", "roleRef"):
+        if key in wanted and existing.get(key) != wanted[key]:
+            return True
+    return False
+
+
+def ensure(kube: Kube, obj: dict[str, Any], uid: str) -> None:
+    """Create `obj`, or bring an existing one with its name in line (owner, content)."""
+    existing, created = kube.create(obj)
+    if created:
+        return
+    if runs.owned_by(existing, uid) and not _differs(existing, obj):
+        return
+    meta = obj["metadata"]
+    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole.
+    recreate = obj["kind"] == "ConfigMap" or (
+        "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
+    )
+    log.info("updating %s %s (owner or content changed)", obj["kind"], meta["name"])
+    if recreate:
+        kube.delete(obj["kind"], meta["namespace"], meta["name"])
+        kube.create(obj)
+    else:
+        patch: dict[str, Any] = {
+            "metadata": {"ownerReferences": meta["ownerReferences"], "labels": meta["labels"]}
+        }
+        for key in ("rules", "subjects"):
+            if key in obj:
+                patch[key] = obj[key]
+        kube.merge_patch(obj["kind"], meta["namespace"], meta["name"], patch)
+
+
+def start_run(
+    kube: Kube, spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
+) -> dict[str, Any]:
+    """Create everything run `run` needs; the Job last. Returns the Job (new or existing)."""
+    objects = render.run_objects(spec, owner, run, settings)
+    for obj in objects[:-1]:
+        ensure(kube, obj, owner.uid)
+    job, created = kube.create(objects[-1])
+    if not runs.owned_by(job, owner.uid):
+        # A Job of an earlier FineTuneJob with this name, not yet garbage-collected.
+        kube.delete("Job", owner.namespace, job["metadata"]["name"])
+        raise Requeue(2.0, f"Job {job['metadata']['name']} belongs to an earlier FineTuneJob")
+    if created:
+        log.info(
+            "created Job %s for run %d (generation %d)",
+            job["metadata"]["name"],
+            run.number,
+            run.generation,
+        )
+    return job
+
+
+def _pods(kube: Kube, owner: Owner, run: int, job: dict[str, Any]) -> list[dict[str, Any]]:
+    uid = job["metadata"].get("uid")
+    pods = kube.list_objects(path("Pod", owner.namespace), render.selector(owner.name, run))
+    return [
+        p
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/controller-uid") == uid
+        or any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
+    ]
+
+
+# ------------------------------------------------------------------------------- the pass
+
+
+def handle_reconcile(
+    kube: Kube,
+    settings: OperatorSettings,
+    namespace: str,
+    name: str,
+    *,
+    now: datetime | None = None,
+) -> Outcome:
+    ftj = kube.get_finetunejob(namespace, name)
+    if ftj is None:
+        return Outcome(phase=None)
+    meta = ftj["metadata"]
+    old_status = ftj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        # Children go with it through their ownerReferences; artifacts in S3 stay.
+        return Outcome(phase=old_status.get("phase"))
+    owner = Owner(namespace, name, meta["uid"])
+    generation = int(meta.get("generation") or 1)
+
+    spec, problem = spec_problem(ftj.get("spec") or {}, name, settings)
+    desired_hash = runs.spec_hash(spec) if spec is not None else ""
+    jobs = [
+        j
+        for j in kube.list_objects(path("Job", namespace), render.selector(name))
+        if runs.owned_by(j, owner.uid)
+    ]
+    decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None)
+
+    if decision.start is not None:
+        assert spec is not None
+        job = start_run(kube, spec, owner, Run(decision.start, generation, desired_hash), settings)
+        jobs = [j for j in jobs if runs.run_of(j) != decision.start] + [job]
+    for job_name in decision.delete:
+        log.info("deleting Job %s of an earlier run", job_name)
+        kube.delete("Job", namespace, job_name, propagation="Background")
+        kube.delete("ConfigMap", namespace, job_name)
+    current = next((j for j in jobs if runs.run_of(j) == decision.current_run), None)
+    if current is not None and decision.suspend is not None:
+        current = kube.merge_patch(
+            "Job",
+            namespace,
+            current["metadata"]["name"],
+            {
+                "metadata": {
+                    "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
+                },
+                "spec": {"suspend": decision.suspend},
+            },
+        )
+        log.info(
+            "%s Job %s", "suspended" if decision.suspend else "resumed", current["metadata"]["name"]
+        )
+
+    pods = _pods(kube, owner, decision.current_run, current) if current is not None else []
+    gpu_resources = {settings.gpu_resource_name}
+    if spec is not None and spec.resources.gpu_resource_name:
+        gpu_resources.add(spec.resources.gpu_resource_name)
+    display = getattr(spec.model, "display", None) if spec is not None else None
+    derived = status.derive(
+        ftj,
+        decision,
+        current,
+        pods,
+        now=now or datetime.now(UTC),
+        gpu_resources=gpu_resources,
+        problem=problem,
+        model=display() if callable(display) else None,
+    )
+    # Events first: a crash between the two repeats an Event rather than losing it.
+    for ev in derived.events:
+        kube.post_event(ftj, ev.type, ev.reason, ev.message, COMPONENT, settings.identity)
+        metrics.EVENTS.labels(ev.type, ev.reason).inc()
+        log.info("event %s %s: %s", ev.type, ev.reason, ev.message)
+    patch = status.status_patch(ftj, derived)
+    if patch is not None:
+        try:
+            kube.patch_status(namespace, name, patch)
+        except ApiError as e:
+            if e.status == 404:
+                return Outcome(phase=None)
+            raise
+        gained = float(derived.status.get("gpuSeconds") or 0) - float(
+            old_status.get("gpuSeconds") or 0
+        )
+        if gained > 0:
+            metrics.GPU_SECONDS.inc(gained)
+        if derived.status.get("phase") != old_status.get("phase"):
+            log.info(
+                "phase %s -> %s (%s)",
+                old_status.get("phase"),
+                derived.status.get("phase"),
+                derived.status.get("message"),
+            )
+    return Outcome(phase=derived.status.get("phase"), patched=patch is not None)
