@@ -58,6 +58,17 @@ def helm_template(
     return res.stdout
 
 
+@pytest.fixture(autouse=True)
+def crd(cluster: Cluster) -> None:
+    """The FineTuneJob CRD as the chart ships it (RBAC answers for unknown resources are "no")."""
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"), timeout=60
+    )
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
+    )
+
+
 @pytest.fixture
 def other_namespaces(cluster: Cluster) -> Iterator[list[str]]:
     names = [f"kt-chart-team-{i}-{uuid.uuid4().hex[:5]}" for i in ("a", "b")]
@@ -139,17 +150,34 @@ def applied_rbac(cluster: Cluster, ns: str, values: dict[str, Any]) -> Iterator[
 def can_i(
     cluster: Cluster, user: str, verb: str, resource: str, ns: str | None, name: str | None = None
 ) -> bool:
-    """The API server's answer for `user`. `resource` may name a subresource (pods/log,
-    finetunejobs.kubetune.io/status): kubectl wants that as --subresource."""
+    """The API server's authorizer's answer for the ServiceAccount `user` (a SubjectAccessReview,
+    with the groups a ServiceAccount token carries). `resource` may name a subresource
+    (pods/log, finetunejobs.kubetune.io/status)."""
+    from kubernetes import client
+
     res_type, _, sub = resource.partition("/")
-    args = ["auth", "can-i", verb, res_type + (f"/{name}" if name else ""), "--as", user]
-    if sub:
-        args += ["--subresource", sub]
-    args += ["-n", ns] if ns else ["--all-namespaces"]
-    res = cluster.kubectl(*args, check=False)
-    answer = res.stdout.strip()
-    assert answer in ("yes", "no"), res.stdout + res.stderr
-    return answer == "yes"
+    plural, _, group = res_type.partition(".")
+    sa_ns = user.split(":")[2]
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=[
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{sa_ns}",
+                "system:authenticated",
+            ],
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=ns or "",
+                verb=verb,
+                group=group,
+                resource=plural,
+                subresource=sub or None,
+                name=name,
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(cluster.api_client()).create_subject_access_review(review)
+    return bool(answer.status.allowed)
 
 
 def resource_arg(group: str, resource: str) -> str:
