@@ -78,6 +78,19 @@ def _int_or_string(value: Any) -> Any:
     return value
 
 
+def prune_nulls(value: Any) -> Any:
+    """What the API server stores of a free-form (preserve-unknown-fields) value: keys whose
+    value is null are dropped, at every depth; null list elements stay."""
+    if isinstance(value, dict):
+        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_nulls(v) for v in value]
+    return value
+
+
+# A free-form JSON object (inline dataset rows, a pod affinity), as the API server keeps it.
+JsonObject = Annotated[dict[str, Any], BeforeValidator(prune_nulls)]
+
 # JSON-typed scalars for the spec: pydantic's lax mode turns "1", "true" or "yes" into numbers and
 # booleans, which the API server (and thus `kubectl apply`) refuses; these refuse them too.
 WireInt = Annotated[int, BeforeValidator(_wire_int)]
@@ -411,7 +424,7 @@ class DataSource(Spec):
     pvc: PVCPath | None = Field(
         default=None, description="A file or directory of shards on a PersistentVolumeClaim."
     )
-    inline: list[dict[str, Any]] | None = Field(
+    inline: list[JsonObject] | None = Field(
         default=None,
         min_length=1,
         max_length=1000,
@@ -466,7 +479,7 @@ class ValidationSpec(Spec):
     s3_uri: S3Uri | None = Field(default=None, description="Validation file or prefix in S3.")
     hub: HubDataset | None = Field(default=None, description="Validation split on the Hub.")
     pvc: PVCPath | None = Field(default=None, description="Validation file on a PVC.")
-    inline: list[dict[str, Any]] | None = Field(
+    inline: list[JsonObject] | None = Field(
         default=None, min_length=1, max_length=1000, description="Validation rows in the manifest."
     )
     split_fraction: WireFloat | None = Field(
@@ -1054,7 +1067,7 @@ class Toleration(Spec):
     toleration_seconds: WireInt | None = Field(
         default=None,
         ge=0,
-        le=INT64_MAX,
+        le=INT32_MAX,
         description="For NoExecute: how long the pod stays bound after the taint.",
     )
 
@@ -1125,7 +1138,7 @@ class ResourcesSpec(Spec):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Tolerations, added to the operator's defaults."
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: JsonObject | None = Field(
         default=None, description="A core/v1 Affinity, passed through to the pod."
     )
     priority_class_name: str | None = Field(
