@@ -73,7 +73,11 @@ class ProgressReporter:
         """Send pending progress now and wait (bounded) for it to go out."""
         if not self.enabled:
             return
-        self.update(force=True)
+        with self._lock:
+            if not self._dirty:
+                return
+            self._force = True
+        self._wake.set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

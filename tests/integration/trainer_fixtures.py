@@ -1,0 +1,126 @@
+"""Shared fixtures and spec builders for the trainer's integration tests (test_trainer_*.py).
+
+Tiny models and synthetic datasets are built locally (cached under ~/.cache/kubetune/models)
+and uploaded to the cluster's real MinIO under a per-session prefix; the trainer runs as a
+subprocess (`kubetune-train --config ...`) against it. Import the fixtures into a test module
+with `from trainer_fixtures import trainer_s3  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubetune_trainer.s3 import S3, join
+from kubetune_trainer.testing import fixtures
+
+LABELS = ["sports", "weather", "finance", "cooking"]
+
+
+@dataclass
+class TrainerS3:
+    bucket: str
+    base: str  # s3://bucket/trainer-tests/<session>
+    s3: S3
+
+    def uri(self, *parts: str) -> str:
+        return join(self.base, *parts)
+
+    def download(self, uri: str, dest: Path) -> Path:
+        self.s3.download_prefix(uri, dest)
+        return dest
+
+    def json(self, uri: str) -> Any:
+        return json.loads(self.s3.get_bytes(uri))
+
+    def put(self, uri: str, data: bytes) -> None:
+        self.s3.put_bytes(uri, data, content_type="application/octet-stream")
+
+
+@pytest.fixture(scope="session")
+def trainer_s3(cluster: Any) -> TrainerS3:
+    """Tiny models and datasets in MinIO under a fresh prefix for this session."""
+    prefix = f"trainer-tests/{uuid.uuid4().hex[:8]}"
+    fixtures.upload(cluster.s3_bucket, prefix)
+    return TrainerS3(bucket=cluster.s3_bucket, base=f"s3://{cluster.s3_bucket}/{prefix}", s3=S3())
+
+
+def causal_spec(ts: TrainerS3, method_type: str = "lora", **overrides: Any) -> dict[str, Any]:
+    """The counting task (prompt-completion) on the tiny Llama."""
+    spec: dict[str, Any] = {
+        "task": "causal-lm",
+        "model": {"s3Uri": ts.uri("models/tiny-llama") + "/"},
+        "dataset": {
+            "s3Uri": ts.uri("datasets/counting/train.jsonl"),
+            "format": "prompt-completion",
+            "maxSeqLength": 64,
+            "validation": {"s3Uri": ts.uri("datasets/counting/validation.jsonl")},
+        },
+        "method": {"type": method_type},
+        "hyperparameters": {
+            "maxSteps": 6,
+            "batchSize": 8,
+            "learningRate": 0.003,
+            "lrScheduler": "constant",
+            "loggingSteps": 2,
+            "evalStrategy": "steps",
+            "evalSteps": 6,
+            "saveStrategy": "steps",
+            "saveSteps": 3,
+        },
+        "output": {"uri": ts.uri("output"), "mergedDtype": "float32"},
+    }
+    return merge(spec, overrides)
+
+
+def classification_spec(
+    ts: TrainerS3, method_type: str = "full", **overrides: Any
+) -> dict[str, Any]:
+    """The topics task (keywords decide the class) on the tiny BERT."""
+    spec: dict[str, Any] = {
+        "task": "sequence-classification",
+        "classification": {"labelNames": LABELS},
+        "model": {"s3Uri": ts.uri("models/tiny-bert") + "/"},
+        "dataset": {
+            "s3Uri": ts.uri("datasets/topics/train.jsonl"),
+            "format": "classification",
+            "maxSeqLength": 32,
+            "validation": {"s3Uri": ts.uri("datasets/topics/validation.jsonl")},
+        },
+        "method": {"type": method_type},
+        "hyperparameters": {
+            "maxSteps": 6,
+            "batchSize": 16,
+            "learningRate": 0.003,
+            "lrScheduler": "constant",
+            "loggingSteps": 2,
+            "evalStrategy": "steps",
+            "evalSteps": 6,
+            "saveStrategy": "steps",
+            "saveSteps": 3,
+        },
+        "output": {"uri": ts.uri("output"), "mergedDtype": "float32"},
+    }
+    return merge(spec, overrides)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into a copy of `base` (a None value deletes the key)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,231 @@
+"""Termination message, redaction, exit codes for config errors, checkpoint bookkeeping,
+progress reporting (rate limit, body, failures), metrics, chat template checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kubetune_trainer import result
+from kubetune_trainer.__main__ import main
+from kubetune_trainer.checkpoints import steps_in_listing, to_delete
+from kubetune_trainer.config import DatasetSpec
+from kubetune_trainer.errors import ConfigError
+from kubetune_trainer.logs import RedactingFilter, redact
+from kubetune_trainer.metrics import accuracy, classification_metrics, macro_f1, perplexity
+from kubetune_trainer.progress import ProgressReporter, patch_body
+
+# --------------------------------------------------------------------------- result
+
+
+def test_result_drops_non_numbers_and_fits_4k() -> None:
+    r = result.build(
+        outcome="Failed",
+        reason="DatasetError",
+        message="x" * 10000,
+        retryable=False,
+        artifacts={"adapterUri": "s3://b/a/", "mergedModelUri": None, "other": "no"},
+        metrics={"eval_loss": 1.5, "nan": float("nan"), "flag": True, "s": "str", "n": 3},
+    )
+    assert r["artifacts"] == {"adapterUri": "s3://b/a/"}
+    assert r["metrics"] == {"eval_loss": 1.5, "n": 3}
+    text = result.encode(r)
+    assert len(text.encode()) <= 4096
+    back = json.loads(text)
+    assert back["reason"] == "DatasetError" and back["outcome"] == "Failed"
+    assert back["message"].endswith("[truncated]")
+    many = result.build(
+        outcome="Succeeded",
+        reason="Completed",
+        message="ok",
+        retryable=False,
+        metrics={f"metric_{i}": float(i) for i in range(400)} | {"eval_loss": 0.5},
+    )
+    small = json.loads(result.encode(many))
+    assert small["metrics"]["eval_loss"] == 0.5 and small["message"] == "ok"
+    assert len(result.encode(many).encode()) <= 4096
+
+
+def test_result_multibyte_message_fits() -> None:
+    r = result.build(outcome="Failed", reason="X", message="é" * 5000, retryable=True)
+    assert len(result.encode(r).encode()) <= 4096
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def test_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefgh")
+    assert redact("key=very-secret-value tok=hf_abcdefgh") == "key=*** tok=***"
+    rec = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "creds %s", ("very-secret-value",), None
+    )
+    RedactingFilter().filter(rec)
+    assert rec.getMessage() == "creds ***"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def test_bad_config_exits_10_with_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    term = tmp_path / "term"
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(term))
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"job": {"namespace": "n", "name": "x"}, "spec": {"task": "nope"}}))
+    assert main(["--config", str(cfg)]) == 10
+    t = json.loads(term.read_text())
+    assert t["outcome"] == "Failed" and t["reason"] == "ConfigError" and t["retryable"] is False
+    assert "spec.task" in t["message"] or "spec.model" in t["message"]
+    assert main(["--config", str(tmp_path / "missing.json")]) == 10
+    assert "not found" in json.loads(term.read_text())["message"]
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["--config", str(tmp_path / "bad.json")]) == 10
+    assert "not readable JSON" in json.loads(term.read_text())["message"]
+    monkeypatch.delenv("KUBETUNE_CONFIG", raising=False)
+    assert main([]) == 10
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_listing_and_pruning() -> None:
+    keys = [
+        "checkpoint-10/adapter_model.safetensors",
+        "checkpoint-10/COMPLETE",
+        "checkpoint-20/COMPLETE",
+        "checkpoint-30/COMPLETE",
+        "checkpoint-25/optimizer.pt",  # dead upload, older than the newest complete
+        "checkpoint-40/trainer_state.json",  # upload in progress
+        "other/file",
+    ]
+    steps, complete = steps_in_listing(keys)
+    assert steps == {10, 20, 25, 30, 40} and complete == {10, 20, 30}
+    assert to_delete(steps, complete, keep=2, best=None) == [10, 25]
+    assert to_delete(steps, complete, keep=2, best=10) == [25]
+    assert to_delete(steps, complete, keep=1, best=None) == [10, 20, 25]
+    assert to_delete(set(), set(), keep=2, best=None) == []
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class FakeApi:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.kwargs: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **kw: Any) -> None:
+        self.calls.append(args)
+        self.kwargs.append(kw)
+        if self.fail:
+            raise RuntimeError("connection refused")
+
+
+def test_progress_body_is_camel_case() -> None:
+    body = patch_body({"run": 2, "step": 5, "total_steps": 10, "eval_loss": 1.0, "stage": "train"})
+    assert body == {
+        "status": {
+            "progress": {"run": 2, "step": 5, "totalSteps": 10, "evalLoss": 1.0, "stage": "train"}
+        }
+    }
+
+
+def test_progress_rate_limited_and_forced() -> None:
+    rep = ProgressReporter("ns", "job", 1, interval=30.0)
+    api = FakeApi()
+    rep._api = api
+    rep.update(force=True, stage="train", step=0, total_steps=100)
+    rep.flush()
+    for step in range(1, 50):
+        rep.update(step=step, loss=1.0 / step)
+    time.sleep(0.3)
+    assert len(api.calls) == 1  # within the interval: nothing more
+    rep.update(force=True, stage="upload")
+    rep.flush()
+    rep.close()
+    assert len(api.calls) == 2
+    group, version, ns, plural, name, body = api.calls[-1]
+    assert (group, version, ns, plural, name) == (
+        "kubetune.io",
+        "v1alpha1",
+        "ns",
+        "finetunejobs",
+        "job",
+    )
+    progress = body["status"]["progress"]
+    assert progress["step"] == 49 and progress["stage"] == "upload" and progress["run"] == 1
+    assert progress["updatedAt"].endswith("Z")
+    assert api.kwargs[-1]["_content_type"] == "application/merge-patch+json"
+
+
+def test_progress_failures_never_raise() -> None:
+    rep = ProgressReporter("ns", "job", 1, interval=0.0)
+    rep._api = FakeApi(fail=True)
+    for i in range(5):
+        rep.update(step=i)
+    rep.flush()
+    rep.close()
+    assert rep.failures >= 1 and rep.sent == 0
+
+
+def test_progress_disabled_sends_nothing() -> None:
+    rep = ProgressReporter("ns", "job", 1, interval=0.0, enabled=False)
+    rep.update(step=1)
+    rep.close()
+    assert rep.sent == 0 and rep._thread is None
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics() -> None:
+    preds = np.array([0, 1, 1, 2, 2, 2])
+    labels = np.array([0, 1, 2, 2, 2, 0])
+    assert accuracy(preds, labels) == pytest.approx(4 / 6)
+    # per class F1: c0 2*1/(2+0+1)=2/3, c1 2/(2+1)=2/3, c2 2*2/(4+1+1)=2/3
+    assert macro_f1(preds, labels, 4) == pytest.approx(2 / 3)
+    assert perplexity(1.0) == pytest.approx(math.e)
+    assert perplexity(None) is None and perplexity(float("nan")) is None
+
+    class EP:
+        predictions = np.array([[0.1, 0.9], [0.8, 0.2]])
+        label_ids = np.array([1, 1])
+
+    assert classification_metrics(2)(EP()) == {"accuracy": 0.5, "f1": pytest.approx(1 / 3)}
+
+
+# --------------------------------------------------------------------------- chat templates
+
+
+def test_chat_template_checks_with_the_tiny_tokenizer() -> None:
+    from kubetune_trainer.modelload import check_chat_template
+    from kubetune_trainer.testing.tiny import build_llama_tokenizer
+
+    tok = build_llama_tokenizer()
+    msgs = DatasetSpec.model_validate({"s3Uri": "s3://bkt/d.jsonl", "format": "messages"})
+    check_chat_template(tok, msgs)  # has {% generation %} markers
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "18 19"}]
+    out = tok.apply_chat_template(turns, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tok.decode(masked) == "18 19<|end|>"  # the answer and its stop token are trained
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ConfigError, match="generation"):
+        check_chat_template(tok, msgs)
+    no_ao = DatasetSpec.model_validate(
+        {"s3Uri": "s3://bkt/d.jsonl", "format": "messages", "assistantOnlyLoss": False}
+    )
+    check_chat_template(tok, no_ao)
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="no chat template"):
+        check_chat_template(tok, no_ao)
