@@ -174,6 +174,14 @@ def suite(name: str) -> list[dict[str, Any]]:
             baseline("8b", "lora"),
             ours("8b", "lora", micro_batch=8, grad_accum=2),
         ]
+    if name == "final":
+        # last device call: the 8B LoRA pair (30 steps), a memory-lean QLoRA variant, 1B compile
+        return [
+            baseline("8b", "lora", steps=30),
+            ours("8b", "lora", micro_batch=8, grad_accum=2, steps=30),
+            ours("8b", "qlora", variant="ours-mb4x4", micro_batch=4, grad_accum=4, steps=20),
+            ours("1b", "lora", variant="ours-compile", compile=True, steps=20),
+        ]
     if name == "8b-ablations":
         s = {"steps": 20}
         return [

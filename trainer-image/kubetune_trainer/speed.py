@@ -286,11 +286,20 @@ def varlen_attention_forward(
         )
     _, hq, t, d = query.shape
     hkv = key.shape[1]
-    q = query.transpose(1, 2).reshape(t, hq, d)
-    k = key.transpose(1, 2).reshape(t, hkv, d)
-    v = value.transpose(1, 2).reshape(t, hkv, d)
+    # FlashAttention takes 16-bit inputs only; fp32 q/k/v happen when norms were upcast to fp32
+    # (k-bit training preparation): compute in the autocast dtype, return the caller's dtype.
+    dtype = query.dtype
+    if dtype not in (torch.float16, torch.bfloat16):
+        dtype = (
+            torch.get_autocast_dtype("cuda")
+            if torch.is_autocast_enabled("cuda")
+            else torch.bfloat16
+        )
+    q = query.transpose(1, 2).reshape(t, hq, d).to(dtype)
+    k = key.transpose(1, 2).reshape(t, hkv, d).to(dtype)
+    v = value.transpose(1, 2).reshape(t, hkv, d).to(dtype)
     out = _varlen_call(q, k, v, cu.to(query.device, torch.int32), int(max_len), scaling)
-    return out.reshape(1, t, hq, d), None
+    return out.reshape(1, t, hq, d).to(query.dtype), None
 
 
 def _probe_gqa_native() -> bool:
