@@ -257,6 +257,7 @@ def test_rbac_cluster_wide(cluster: Cluster, namespace: str) -> None:
                 namespace,
                 "kubetune-operator",
             )
+            # Cluster-wide Kopf does not follow namespaces, so it gets no access to them.
             assert not can_i(cluster, user, "list", "namespaces", None)
             escalation_check(cluster, user, work)
     finally:
@@ -268,6 +269,8 @@ def test_rbac_namespaced(cluster: Cluster, namespace: str, other_namespaces: lis
     with applied_rbac(cluster, namespace, {"watchNamespaces": [watched]}) as user:
         assert_rules(cluster, user, watched, rbac_contract.WORKLOAD_RULES)
         assert_rules(cluster, user, None, rbac_contract.CRD_RULES)
+        assert_rules(cluster, user, None, rbac_contract.NAMESPACE_RULES)
+        assert not can_i(cluster, user, "get", "namespaces", None, unwatched)
         assert_lease(cluster, user, namespace)
         assert_forbidden(cluster, user, watched)
         for verb in ("get", "list", "watch", "patch"):

@@ -37,6 +37,8 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+# Namespaced mode only: Kopf follows the watched namespaces by name (cluster-wide it does not).
+NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 # Leader election: in the release namespace only; get/update only on the chart's Lease.
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
 
@@ -84,8 +86,8 @@ def test_cluster_wide_mode_grants_exactly_the_contract() -> None:
 def test_namespaced_mode_grants_only_in_watched_namespaces() -> None:
     granted = bound_rules(render({"watchNamespaces": ["ml-a", "ml-b"]}))
     assert set(granted) == {"*", "ml-a", "ml-b", RELEASE_NS}
-    # Nothing cluster-wide except reading CRDs.
-    assert granted["*"] == CRD_RULES
+    # Nothing cluster-wide except reading CRDs and namespace names.
+    assert granted["*"] == {**CRD_RULES, **NAMESPACE_RULES}
     assert granted["ml-a"] == WORKLOAD_RULES
     assert granted["ml-b"] == WORKLOAD_RULES
     assert granted[RELEASE_NS] == LEASE_RULES
@@ -153,7 +155,7 @@ def test_install_doc_lists_the_granted_rules() -> None:
         group = "" if group == "core" else group
         for res in re.findall(r"`([^`]+)`", cells[1]):
             rows[(group, res)] = set(re.findall(r"`([^`]+)`", cells[2]))
-    assert rows == {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
+    assert rows == {**WORKLOAD_RULES, **CRD_RULES, **NAMESPACE_RULES, **LEASE_RULES}
 
 
 # -------------------------------------------------------------- against the operator code
