@@ -177,7 +177,7 @@ def can_i(
         )
     )
     answer = client.AuthorizationV1Api(cluster.api_client()).create_subject_access_review(review)
-    return bool(answer.status.allowed)
+    return bool(answer.status and answer.status.allowed)
 
 
 def resource_arg(group: str, resource: str) -> str:

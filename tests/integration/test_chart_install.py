@@ -29,6 +29,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -213,12 +214,13 @@ def test_helm_install_trains_quickstart(
             assert lease["spec"]["holderIdentity"] == pod_name
 
             # Probes and metrics on the chart's ports.
+            def answered(url: str) -> tuple[int, str] | None:
+                code, body = http_get(url)
+                return (code, body) if code else None
+
             for path in ("/healthz", "/readyz"):
-                code, body = cluster.wait_for(
-                    lambda p=path: (r := http_get(f"http://127.0.0.1:{health_port}{p}"))[0] and r,
-                    timeout=60,
-                    what=f"{path} on {health_port}",
-                )
+                url = f"http://127.0.0.1:{health_port}{path}"
+                code, body = cluster.wait_for(partial(answered, url), timeout=60, what=url)
                 assert code == 200, (path, body)
             code, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
             assert code == 200 and "kubetune_" in body
@@ -235,7 +237,9 @@ def test_helm_install_trains_quickstart(
             while time.monotonic() < deadline:
                 obj = cluster.kubectl_json("get", "ftj", name, namespace=jobs_ns)
                 st = obj.get("status") or {}
-                ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+                ready: dict[str, Any] = next(
+                    (c for c in st.get("conditions") or [] if c["type"] == "Ready"), {}
+                )
                 verdict = health.argocd_health(obj)["status"]
                 flux = health.kstatus(obj)
                 entry = (st.get("phase"), ready.get("reason"), verdict, flux)
