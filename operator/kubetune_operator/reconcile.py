@@ -29,7 +29,7 @@ from . import logging as klog
 from . import metrics
 from .api import API_GROUP, API_VERSION, PLURAL
 from .controller import Requeue, handle_reconcile
-from .k8s import Kube
+from .k8s import ApiError, Kube
 from .leader import LeaderElector
 from .render import ANN_FINETUNEJOB, LABEL_JOB
 from .settings import OperatorSettings
@@ -64,6 +64,7 @@ class Runtime:
     async def start(self) -> None:
         metrics.serve(self.settings.metrics_port)
         await self._serve_health()
+        await self._wait_for_crd()
         if self.elector is not None:
             await self.elector.acquire()
             self._tasks.append(asyncio.create_task(self.elector.keep(self._lost_lease)))
@@ -84,6 +85,24 @@ class Runtime:
             await asyncio.to_thread(self.elector.release)
         if self._health is not None:
             await self._health.cleanup()
+
+    async def _wait_for_crd(self) -> None:
+        """Kopf serves only resources it found at start when scanning is off: wait for ours."""
+        url = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{API_GROUP}"
+        announced = False
+        while True:
+            try:
+                crd = await asyncio.to_thread(self.kube.get, url)
+            except ApiError as e:
+                crd = None
+                log.warning("could not read the FineTuneJob CRD: %s", e.message)
+            conds = ((crd or {}).get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                return
+            if not announced:
+                log.warning("waiting for the CRD %s.%s to be installed (crds/)", PLURAL, API_GROUP)
+                announced = True
+            await asyncio.sleep(2)
 
     def _lost_lease(self) -> None:
         # Another replica may already be acting: stop at once, as client-go does.
@@ -184,6 +203,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = OperatorSettings()
     klog.setup(config.log_level)
     configure_kopf(settings)
+    # With explicit namespaces, serve exactly those: no cluster-wide namespace/CRD scanning
+    # (which would need list rights on namespaces that a namespaced install does not have).
+    settings.scanning.disabled = bool(config.namespaces)
     _runtime = Runtime(config)
     await _runtime.start()
 

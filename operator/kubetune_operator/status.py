@@ -363,7 +363,17 @@ def run_state(
                     metrics=metrics,
                     completion_time=when,
                 )
-            last_words = f"; last attempt: {failure[0]}: {failure[1]}" if failure else ""
+            if failure is None:
+                # The failed pod is gone: it was deleted (kubectl delete pod, node drain without
+                # eviction) and the Job counted it as a failure.
+                return RunState(
+                    Phase.FAILED.value,
+                    Reason.POD_KILLED.value,
+                    f"the run's pod was deleted before the trainer finished; {failed} failed "
+                    f"attempt(s), backoffLimit {limit} reached",
+                    completion_time=when,
+                )
+            last_words = f"; last attempt: {failure[0]}: {failure[1]}"
             return RunState(
                 Phase.FAILED.value,
                 Reason.BACKOFF_LIMIT_EXCEEDED.value,
@@ -399,7 +409,15 @@ def run_state(
 
     live = [p for p in _by_age(pods) if _pod_phase(p) in ("Pending", "Running")]
     live = [p for p in live if not p["metadata"].get("deletionTimestamp")] or live
-    failed_count = int(jstatus.get("failed") or 0)
+    failed_pods = [p for p in pods if _pod_phase(p) == "Failed"]
+    failed_count = max(int(jstatus.get("failed") or 0), len(failed_pods))
+    if not live and any(_pod_phase(p) == "Succeeded" for p in pods):
+        # The trainer has exited 0; the Job controller has not marked the Job Complete yet.
+        return RunState(
+            Phase.RUNNING.value,
+            Reason.TRAINING.value,
+            "the trainer finished; waiting for the Job to complete",
+        )
     running = [p for p in live if _pod_phase(p) == "Running"]
     if running:
         pod = running[-1]
@@ -489,6 +507,8 @@ def conditions(
     out = []
     for ctype, true, creason, cmessage in desired:
         value = "True" if true else "False"
+        if not true and ctype != ConditionType.READY:
+            cmessage = ""
         before = old.get(ctype.value) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else None
         out.append(
