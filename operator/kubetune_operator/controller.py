@@ -231,4 +231,8 @@ def handle_reconcile(
                 derived.status.get("phase"),
                 derived.status.get("message"),
             )
-    return Outcome(phase=derived.status.get("phase"), patched=patch is not None)
+    return Outcome(
+        phase=derived.status.get("phase"),
+        patched=patch is not None,
+        requeue_after=1.0 if decision.deferred else None,
+    )

@@ -72,6 +72,7 @@ class Decision:
     suspend: bool | None = None  # set the current Job's spec.suspend (user intent changed)
     queued_generation: int | None = None  # Queue: a generation waiting for the current run
     ignored: bool = False  # Ignore: a changed spec that will not run
+    deferred: bool = False  # a new run waits until the ended run's outcome is in the status
 
 
 def decide(
@@ -114,6 +115,12 @@ def decide(
             d.ignored = True
         elif policy == OnSpecChange.QUEUE.value and active:
             d.queued_generation = generation
+        elif not active and not (recorded == current and status.get("phase") in TERMINAL):
+            # The current run has ended but its outcome is not recorded yet: record it first
+            # (this pass), start the next run in the next pass, so history tells what happened.
+            d.deferred = True
+            if policy == OnSpecChange.QUEUE.value:
+                d.queued_generation = generation
         else:  # Restart, or Queue with the current run over
             d.start = current + 1
             d.supersede = active

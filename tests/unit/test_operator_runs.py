@@ -111,6 +111,10 @@ def test_queue_waits_for_the_running_run_then_starts() -> None:
     f = ftj(new, generation=3, run=1, specHash=h(old), phase="Running")
     d = runs.decide(f, [job(1, h(old))], h(new), True)
     assert d.start is None and d.queued_generation == 3 and d.delete == []
+    # Run 1 ended: first its outcome is recorded, then run 2 starts.
+    d = runs.decide(f, [job(1, h(old), done="Failed")], h(new), True)
+    assert d.start is None and d.deferred and d.queued_generation == 3
+    f["status"]["phase"] = "Failed"
     d = runs.decide(f, [job(1, h(old), done="Failed")], h(new), True)
     assert d.start == 2 and not d.supersede and d.queued_generation is None
 
