@@ -47,7 +47,7 @@ integration: venv tools
 test: venv tools lint typecheck check-crds
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-cluster-up: tools
+cluster-up: venv tools
 	hack/cluster up
 
 cluster-down:
