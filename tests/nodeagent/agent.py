@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated host environment variables that pods inherit",
     )
     p.add_argument(
+        "--cgroup-parent",
+        default="kubetune",
+        help="memory cgroups go to <parent>/<node>/<pod uid>/<container> (unique per cluster)",
+    )
+    p.add_argument(
         "--no-mount-ns", action="store_true", help="do not run containers in mount namespaces"
     )
     p.add_argument(
@@ -128,7 +133,7 @@ class Agent:
         entrypoints = [
             (re.compile(k), list(v)) for k, v in json.loads(args.entrypoints or "{}").items()
         ]
-        self.cgroups = MemoryCgroups(self.node)
+        self.cgroups = MemoryCgroups(f"{args.cgroup_parent.strip('/')}/{self.node}")
         self.allocatable = {
             "cpu": str(args.cpu),
             "memory": str(args.memory),

@@ -74,19 +74,19 @@ class Cgroup:
 
 
 class MemoryCgroups:
-    """Creates per-container memory cgroups under <root>/kubetune/<node>/."""
+    """Creates per-container memory cgroups under <root>/<prefix>/ (kubetune/<id>/<node>)."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, prefix: str) -> None:
         self.version = 0
         self.base: Path | None = None
         v1 = Path("/sys/fs/cgroup/memory")
         v2 = Path("/sys/fs/cgroup")
         try:
             if (v1 / "memory.limit_in_bytes").exists():
-                self.version, self.base = 1, v1 / "kubetune" / node
+                self.version, self.base = 1, v1 / prefix
             elif "memory" in (v2 / "cgroup.controllers").read_text().split():
-                self.version, self.base = 2, v2 / "kubetune" / node
-                self._enable_v2(v2)
+                self.version, self.base = 2, v2 / prefix
+                self._enable_v2(v2, prefix)
             if self.base is not None:
                 self.base.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -99,10 +99,10 @@ class MemoryCgroups:
     def available(self) -> bool:
         return self.base is not None
 
-    def _enable_v2(self, root: Path) -> None:
-        # Delegate the memory controller down to kubetune/<node>/ so leaves can set memory.max.
+    def _enable_v2(self, root: Path, prefix: str) -> None:
+        # Delegate the memory controller down to <prefix>/ so leaves can set memory.max.
         path = root
-        for part in ("kubetune", self.base.name if self.base else ""):
+        for part in prefix.strip("/").split("/"):
             with contextlib.suppress(OSError):
                 (path / "cgroup.subtree_control").write_text("+memory")
             path = path / part
