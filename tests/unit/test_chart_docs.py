@@ -60,3 +60,36 @@ def test_readme_permission_table_is_the_install_table() -> None:
         readme.split("<!-- rbac-table -->")[1].strip()
         == install.split("<!-- rbac-table -->")[1].strip()
     )
+
+
+def test_readme_walks_a_newcomer_through() -> None:
+    readme = read("README.md")
+    for needle in (
+        "helm install kubetune ./helm/kubetune",
+        "create secret generic s3-credentials",
+        "AWS_ACCESS_KEY_ID",
+        "kubectl apply -n team-a -f examples/quickstart.yaml",
+        "kubectl get ftj -n team-a -w",
+        "kubectl describe ftj",
+        "aws s3 ls",
+        "boto3",
+        "vllm serve ./merged",
+        "--load-format runai_streamer",
+        "(docs/api.md)",
+        "(docs/troubleshooting.md)",
+        "Deleting a FineTuneJob keeps its artifacts",
+    ):
+        assert needle in readme, needle
+
+
+def test_readme_artifact_paths_follow_the_layout() -> None:
+    """The S3 paths the README shows are where the trainer writes (config.run_prefix)."""
+    from kubetune_trainer.config import run_prefix
+
+    readme = read("README.md")
+    prefix = run_prefix("s3://kubetune/output", "team-a", "quickstart", 1)
+    assert prefix == "s3://kubetune/output/team-a/quickstart/run-1/"
+    for sub in ("adapter/", "merged/", "manifest.json"):
+        assert prefix + sub in readme, sub
+    quickstart = read("examples/quickstart.yaml")
+    assert "uri: s3://kubetune/output" in quickstart
