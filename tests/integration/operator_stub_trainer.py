@@ -20,6 +20,7 @@ KUBECONFIG the node agent provides), exactly as the real trainer does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -99,6 +100,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if action == "ok":
+        # Proves the Secret values arrived (as env from secretKeyRef) without printing them.
+        digests = {
+            k: hashlib.sha256(os.environ[k].encode()).hexdigest()
+            for k in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN")
+            if k in os.environ
+        }
+        print("secret digests " + json.dumps(digests, sort_keys=True), flush=True)
         report(cfg, 0, steps, "train")
         time.sleep(steps / 10)
         report(cfg, steps, steps, "upload")
