@@ -153,6 +153,9 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     from .save import MERGEABLE, save_and_merge
 
     cfg, spec = ctx.cfg, ctx.cfg.spec
+    from .speed import configure_allocator
+
+    configure_allocator()  # before anything initialises CUDA (speed.py, docs/benchmarks.md)
     for stale in ("artifacts", "checkpoints", "resume"):
         shutil.rmtree(ctx.work / stale, ignore_errors=True)
     ctx.artifacts.mkdir(parents=True, exist_ok=True)
