@@ -412,13 +412,13 @@ def pod_spec(
             "configMap": {"name": config_map_name(owner.name, run.number), "defaultMode": 0o444},
         },
         {"name": "workspace", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(spec, settings)}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "workspace", "mountPath": WORKSPACE},
-        {"name": "tmp", "mountPath": "/tmp"},
+        # /tmp is /workspace/tmp (TMPDIR): one scratch volume, and the directory exists.
+        {"name": "workspace", "mountPath": "/tmp", "subPath": "tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     for i, claim in enumerate(_pvc_claims(spec)):

@@ -299,7 +299,8 @@ class Ftj:
             f"involvedObject.kind=FineTuneJob,involvedObject.name={self.name}",
             namespace=self.namespace,
         )["items"]  # fmt: skip
-        return sorted(items, key=lambda e: (e.get("lastTimestamp") or "", e["metadata"]["name"]))
+        # Creation order: resourceVersions grow (timestamps have only second precision).
+        return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
     def event_reasons(self) -> list[str]:
         return [e["reason"] for e in self.events()]

@@ -136,6 +136,7 @@ def test_pod_security_is_restricted_and_cannot_be_widened() -> None:
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert {"/workspace", "/tmp", "/dev/shm", "/etc/kubetune"} <= set(mounts)
     assert mounts["/etc/kubetune"]["readOnly"] is True
+    assert mounts["/tmp"] == {"name": "workspace", "mountPath": "/tmp", "subPath": "tmp"}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
     assert vols["config"]["configMap"]["name"] == "llama-sft-run-3"
