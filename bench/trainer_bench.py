@@ -114,8 +114,10 @@ def baseline(model: str, method: str, **kw: Any) -> dict[str, Any]:
 
 
 def ours(model: str, method: str, **kw: Any) -> dict[str, Any]:
-    """kubetune's defaults (speed.plan on an H100): padding-free rows through varlen attention,
-    Liger RMSNorm/RoPE/SwiGLU, the same 16 rows per optimizer step in one micro-batch."""
+    """What docs/benchmarks.md calls "ours": the trainer's defaults on an H100 (speed.plan:
+    padding-free rows through varlen attention, expandable segments) plus Liger RMSNorm/RoPE/
+    SwiGLU (measured not faster, so off in the trainer since) and the same 16 rows per optimizer
+    step in one micro-batch."""
     case = {
         **DEFAULT_CASE,
         "model": model,
