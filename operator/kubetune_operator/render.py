@@ -330,7 +330,7 @@ def env(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         },
         {"name": "HOME", "value": WORKSPACE},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/hf"},
+        {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
         {"name": "TMPDIR", "value": f"{WORKSPACE}/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]

@@ -111,6 +111,7 @@ class Operator:
     name: str = "op-a"
     stub: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None  # default: kubetune-operator
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     health_port: int = 0
@@ -158,7 +159,7 @@ class Operator:
         assert self.proc is None or self.proc.poll() is not None
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "kubetune-operator")],
+            self.command or [str(VENV_BIN / "kubetune-operator")],
             env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,

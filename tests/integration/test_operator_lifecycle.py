@@ -12,6 +12,7 @@ import time
 import pytest
 from clusterlib import Cluster
 from operator_harness import (  # noqa: F401 (fixtures)
+    VENV_BIN,
     Ftj,
     Operators,
     op_identity_fixture,
@@ -119,3 +120,14 @@ def test_delete_removes_every_child(cluster: Cluster, namespace: str, operators:
         return out
 
     wait_gone(cluster, children, "children of the deleted FineTuneJob", timeout=90)
+
+
+def test_kopf_run_module(cluster: Cluster, namespace: str, operators: Operators) -> None:
+    """`kopf run -m kubetune_operator` works too (handlers register on import)."""
+    kopf = str(VENV_BIN / "kopf")
+    operators.new(command=[kopf, "run", "-m", "kubetune_operator", "--namespace", namespace])
+    cluster.apply(stub_ftj("via-kopf"), namespace=namespace)
+    assert (
+        Ftj(cluster, namespace, "via-kopf").wait_phase("Succeeded", "Failed")["phase"]
+        == "Succeeded"
+    )
