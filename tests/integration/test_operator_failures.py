@@ -175,3 +175,24 @@ def test_gpu_without_gpu_node_is_pending_unschedulable_then_runs_on_one(
         assert ftj.pods()[0]["spec"]["nodeName"] == node
     finally:
         cluster.remove_node(node)
+
+
+def test_image_that_cannot_be_pulled_is_pending_with_the_reason(
+    cluster: Cluster, namespace: str, operators: Operators
+) -> None:
+    operators.new()
+    image = "registry.invalid/kubetune/trainer:missing"
+    cluster.apply(stub_ftj("no-image", resources={"image": image}), namespace=namespace)
+    ftj = Ftj(cluster, namespace, "no-image")
+
+    def backoff() -> dict[str, Any] | None:
+        c = ftj.condition("Ready")
+        return (
+            c
+            if ftj.status().get("phase") == "Pending" and c.get("reason") == "ImagePullBackOff"
+            else None
+        )
+
+    cond = ftj.wait(backoff, "Pending/ImagePullBackOff", timeout=60)
+    assert "cannot pull the trainer image" in cond["message"], cond
+    assert any(e["reason"] == "ImagePullBackOff" and e["type"] == "Warning" for e in ftj.events())

@@ -452,3 +452,18 @@ def test_merge_patch() -> None:
     assert patch == {"b": {"y": None, "z": 3}, "c": [2], "d": None}
     assert _merge(old, patch) == new
     assert status.merge_patch(new, new) is None
+
+
+def test_finished_pod_before_the_job_completes_is_still_running() -> None:
+    done = pod(phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps(GOOD)})
+    out = derive(
+        ftj({"run": 1, "phase": "Running"}), Decision(current_run=1), job(succeeded=1), [done]
+    )
+    assert out.status["phase"] == "Running"
+
+
+def test_created_suspended() -> None:
+    f = ftj({}, runPolicy={"suspend": True})
+    out = derive(f, Decision(current_run=1, start=1), job(suspend=True), [])
+    assert out.status["phase"] == "Suspended"
+    assert cond(out.status, "Suspended")["reason"] == "Suspended"
