@@ -192,6 +192,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Reconnect a watch that has been silent for longer than the API server's bookmark period.
     settings.watching.inactivity_timeout = 70.0
     settings.watching.server_timeout = 300
+    # Watch only our Jobs and Pods (server-side selection), not every pod in the cluster.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_JOB
+    settings.watching.label_selectors["v1", "pods"] = LABEL_JOB
 
 
 # ---------------------------------------------------------------------------- handlers
