@@ -13,6 +13,7 @@ trainer reject the same input with the same message. `tests/` checks that the tw
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -58,19 +59,22 @@ MAX_NAME_LENGTH = 52
 
 
 def _wire_int(value: Any) -> Any:
-    """Integers as the API server sees them: JSON numbers with an integral value (1 and 1.0 are
-    both accepted there), never booleans or strings (pydantic's lax mode would coerce "1")."""
-    if isinstance(value, bool | str | bytes):
-        raise ValueError("must be an integer")
+    """JSON integers only: not 8.0, "8" or true (pydantic's lax mode would take all three).
+
+    The API server's OpenAPI check lets an integral float (8.0) through, but its CEL evaluation
+    fails on one ("expected int, got float64") wherever a rule reads the field; so the CRD
+    refuses floats uniformly with a rule on every integer field (_INT_RULE) and so do we. kubectl
+    never sends 8.0: it turns YAML `8.0` into JSON `8`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError('must be an integer (8, not 8.0 or "8")')
     return value
 
 
 def _int_or_string(value: Any) -> Any:
-    """A quantity may be written as a JSON integer (`cpu: 8`), as in core/v1; it is kept as str."""
-    if isinstance(value, bool):
+    """A quantity may be written as a JSON integer (`cpu: 8`), as in core/v1; it is kept as str.
+    Not as a float, not even 8.0 (see _wire_int)."""
+    if isinstance(value, bool | float):
         raise ValueError("must be a quantity string or a non-negative integer")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
     if isinstance(value, int):
         if not 0 <= value <= INT64_MAX:
             raise ValueError("must be a quantity string or a non-negative integer")
@@ -78,22 +82,40 @@ def _int_or_string(value: Any) -> Any:
     return value
 
 
-def prune_nulls(value: Any) -> Any:
-    """What the API server stores of a free-form (preserve-unknown-fields) value: keys whose
-    value is null are dropped, at every depth; null list elements stay."""
+def stored_json(value: Any) -> Any:
+    """A free-form (preserve-unknown-fields) value as the API server stores and returns it:
+    keys whose value is null are dropped at every depth (null list elements stay); numbers go
+    through Go's float64/int64, so an integer beyond int64 becomes a float and an integral float
+    within int64 comes back as an integer (1.0 -> 1)."""
     if isinstance(value, dict):
-        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+        return {k: stored_json(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [prune_nulls(v) for v in value]
+        return [stored_json(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value <= INT64_MAX:
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError("number out of range") from None
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
+        # Go writes the shortest decimal that round-trips (as repr does), then reads an int64:
+        # 4.738154416028131e+16 comes back as 47381544160281310, not int(value).
+        return int(Decimal(repr(value)))
     return value
 
 
 # A free-form JSON object (inline dataset rows, a pod affinity), as the API server keeps it.
-JsonObject = Annotated[dict[str, Any], BeforeValidator(prune_nulls)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(stored_json)]
 
 # JSON-typed scalars for the spec: pydantic's lax mode turns "1", "true" or "yes" into numbers and
 # booleans, which the API server (and thus `kubectl apply`) refuses; these refuse them too.
-WireInt = Annotated[int, BeforeValidator(_wire_int)]
+_INT_RULE = {"rule": "type(self) == int", "message": "must be an integer (8, not 8.0)"}
+WireInt = Annotated[
+    int,
+    Field(json_schema_extra={"x-kubernetes-validations": [_INT_RULE]}),
+    BeforeValidator(_wire_int),
+]
 WireFloat = Annotated[float, Strict()]
 WireBool = Annotated[bool, Strict()]
 
@@ -104,7 +126,16 @@ Quantity = Annotated[
     Field(
         pattern=QUANTITY_PATTERN,
         max_length=64,
-        json_schema_extra={"x-kubernetes-int-or-string": True, "minimum": 0},
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "minimum": 0,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int || type(self) == string",
+                    "message": "must be a quantity string or an integer (8, not 8.0)",
+                }
+            ],
+        },
     ),
     BeforeValidator(_int_or_string),
 ]
