@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import Cluster
+from kubernetes.client.exceptions import ApiException
 from kubetune_operator import crdgen
-from kubetune_operator.api import FineTuneJob
+from kubetune_operator.api import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / crdgen.CRD_PATHS[0]
@@ -33,6 +34,32 @@ def _load_cases() -> ModuleType:
 
 
 cases = _load_cases()
+
+
+def api_dry_run(custom: Any, doc: dict[str, Any]) -> tuple[bool, str, dict[str, Any] | None]:
+    """A dry-run create through the API client, with strict field validation, sending the JSON
+    exactly as given (kubectl would turn 8.0 into 8): (accepted, error, object as stored)."""
+    try:
+        stored = custom.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, DRY_RUN_NAMESPACE, PLURAL, doc,
+            dry_run="All", field_validation="Strict",
+        )  # fmt: skip
+    except ApiException as e:
+        if e.status in (400, 422):  # strict decoding error, Invalid
+            body = str(e.body)
+            return False, str(json.loads(body).get("message", body)), None
+        raise
+    return True, "", stored
+
+
+def _has_integral_float(node: Any) -> bool:
+    if isinstance(node, float):
+        return node.is_integer()
+    if isinstance(node, dict):
+        return any(_has_integral_float(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_integral_float(v) for v in node)
+    return False
 
 
 def dry_run(cluster: Cluster, doc: dict[str, Any]) -> tuple[bool, str, dict[str, Any] | None]:
@@ -77,6 +104,11 @@ def crd(cluster: Cluster) -> Cluster:
     return cluster
 
 
+@pytest.fixture(scope="module")
+def custom(crd: Cluster) -> Any:
+    return crd.custom()
+
+
 def test_crd_is_established_and_structural(crd: Cluster) -> None:
     obj = crd.kubectl_json("get", "crd", crdgen.CRD_NAME)
     conditions = {c["type"]: c for c in obj["status"]["conditions"]}
@@ -91,28 +123,33 @@ def test_crd_is_established_and_structural(crd: Cluster) -> None:
 @pytest.mark.parametrize(
     ("ops", "path", "fragment"), [b[1:] for b in cases.BAD], ids=[b[0] for b in cases.BAD]
 )
-def test_bad_manifest_refused_by_kubectl_apply(
-    crd: Cluster, ops: list[Any], path: str, fragment: str | None
+def test_bad_manifest_refused_naming_the_field(
+    crd: Cluster, custom: Any, ops: list[Any], path: str, fragment: str | None
 ) -> None:
     doc = cases.apply_ops(ops)
-    ok, err, _ = dry_run(crd, doc)
-    assert not ok, f"the API server accepted it:\n{json.dumps(doc['spec'], indent=1)[:2000]}"
-    # The API server names the field: `spec.a.b: Invalid value`, `spec.a[0].b: ...`,
-    # `unknown field "spec.a.b"`, `spec.a: Required value`.
-    named = f"{path}:" in err or f"{path}[" in err or f'"{path}"' in err
-    assert named, f"error does not name {path}:\n{err}"
-    if fragment:
-        assert fragment in err, err
+    attempts = [("API", api_dry_run(custom, doc))]
+    if not _has_integral_float(doc):  # kubectl would send 8.0 as 8
+        attempts.append(("kubectl apply", dry_run(crd, doc)))
+    for how, (ok, err, _) in attempts:
+        assert not ok, f"{how}: accepted:\n{json.dumps(doc['spec'], indent=1)[:2000]}"
+        # The API server names the field: `spec.a.b: Invalid value`, `spec.a[0].b: ...`,
+        # `unknown field "spec.a.b"`, `spec.a: Required value`.
+        named = f"{path}:" in err or f"{path}[" in err or f'"{path}"' in err
+        assert named, f"{how}: error does not name {path}:\n{err}"
+        if fragment:
+            assert fragment in err, f"{how}: {err}"
     assert cases.python_error(doc) is not None, "the Python models accept what the server refuses"
 
 
 @pytest.mark.parametrize("ops", [g[1] for g in cases.GOOD], ids=[g[0] for g in cases.GOOD])
-def test_good_manifest_accepted_with_the_same_defaults(crd: Cluster, ops: list[Any]) -> None:
+def test_good_manifest_accepted_with_the_same_defaults(
+    crd: Cluster, custom: Any, ops: list[Any]
+) -> None:
     doc = cases.apply_ops(ops)
-    ok, err, stored = dry_run(crd, doc)
-    assert ok, err
-    assert stored is not None
-    assert_same_defaults(doc, stored)
+    for ok, err, stored in (api_dry_run(custom, doc), dry_run(crd, doc)):
+        assert ok, err
+        assert stored is not None
+        assert_same_defaults(doc, stored)
 
 
 def assert_same_defaults(doc: dict[str, Any], stored: dict[str, Any]) -> None:

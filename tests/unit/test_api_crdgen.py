@@ -136,6 +136,20 @@ def test_numeric_bounds_are_openapi_v3_0() -> None:
                 assert abs(node[key]) <= 2**53, f"{path}: {key} {node[key]} is not exact"
 
 
+def test_integers_refuse_floats_on_the_server_too() -> None:
+    """The API server's OpenAPI check lets 8.0 through for an integer, its CEL evaluation does
+    not: every integer (and quantity) in the spec carries a rule that makes it refuse 8.0
+    everywhere, as the models do."""
+    for path, node in NODES:
+        if not path.startswith(".spec") or "enum" in node:
+            continue
+        rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+        if node.get("type") == "integer":
+            assert "type(self) == int" in rules, path
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type(self) == int || type(self) == string" in rules, path
+
+
 def test_quantities_are_int_or_string() -> None:
     cpu = SPEC["properties"]["resources"]["properties"]["cpu"]
     assert cpu["x-kubernetes-int-or-string"] is True and "type" not in cpu
