@@ -426,6 +426,21 @@ def _reachable(start: Schema, defs: dict[str, Schema]) -> list[str]:
     return seen
 
 
+def _examples_md(root: Path = REPO_ROOT) -> list[str]:
+    """A list of examples/*.yaml with the first line of each one's leading comment."""
+    lines = ["## Examples", "", "| File | What it shows |", "|---|---|"]
+    for path in sorted((root / "examples").glob("*.yaml")):
+        paragraph = []
+        for line in path.read_text().splitlines():
+            text = line.lstrip("#").strip()
+            if not line.startswith("#") or not text:
+                break
+            paragraph.append(text)
+        first = re.split(r"(?<=\.)\s", " ".join(paragraph), maxsplit=1)[0]
+        lines.append(f"| [`examples/{path.name}`](../examples/{path.name}) | {_md(first)} |")
+    return [*lines, ""]
+
+
 def render_docs() -> str:
     raw = json_schema(FineTuneJob)
     defs = raw["$defs"]
@@ -480,6 +495,7 @@ def render_docs() -> str:
         + ", ".join(f"`{f['jsonPath'].lstrip('.')}`" for f in SELECTABLE_FIELDS)
         + " (e.g. `kubectl get ftj --field-selector spec.method.type=qlora`).",
         "",
+        *_examples_md(),
         "## Spec",
         "",
     ]
