@@ -1412,6 +1412,11 @@ class FineTuneJobSpec(Spec):
                 "evalStrategy needs dataset.validation",
                 ".hyperparameters.evalStrategy",
             ),
+            # Transition rules (oldSelf): checked on update only, and only where the object
+            # holding the rule exists before and after. They sit on the spec, which always
+            # does, and the fields always exist too (task has a default, output.uri is
+            # required); on a field's own schema a rule would be skipped when it is added or
+            # removed. tests/integration/test_api_crd.py updates a live object to check them.
             cel(
                 "self.task == oldSelf.task", "task is immutable: create a new FineTuneJob", ".task"
             ),
