@@ -37,8 +37,6 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-# Namespaced mode only: Kopf follows the watched namespaces by name (cluster-wide it does not).
-NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 # Leader election: in the release namespace only; get/update only on the chart's Lease.
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
 
@@ -86,8 +84,9 @@ def test_cluster_wide_mode_grants_exactly_the_contract() -> None:
 def test_namespaced_mode_grants_only_in_watched_namespaces() -> None:
     granted = bound_rules(render({"watchNamespaces": ["ml-a", "ml-b"]}))
     assert set(granted) == {"*", "ml-a", "ml-b", RELEASE_NS}
-    # Nothing cluster-wide except reading CRDs and namespace names.
-    assert granted["*"] == {**CRD_RULES, **NAMESPACE_RULES}
+    # Nothing cluster-wide except reading CRDs (Kopf's namespace scanning is off when the
+    # operator is given namespaces, so Namespace objects are not needed).
+    assert granted["*"] == CRD_RULES
     assert granted["ml-a"] == WORKLOAD_RULES
     assert granted["ml-b"] == WORKLOAD_RULES
     assert granted[RELEASE_NS] == LEASE_RULES
@@ -155,7 +154,7 @@ def test_install_doc_lists_the_granted_rules() -> None:
         group = "" if group == "core" else group
         for res in re.findall(r"`([^`]+)`", cells[1]):
             rows[(group, res)] = set(re.findall(r"`([^`]+)`", cells[2]))
-    assert rows == {**WORKLOAD_RULES, **CRD_RULES, **NAMESPACE_RULES, **LEASE_RULES}
+    assert rows == {**WORKLOAD_RULES, **CRD_RULES, **LEASE_RULES}
 
 
 # -------------------------------------------------------------- against the operator code
@@ -214,6 +213,16 @@ def test_operator_requests_are_granted() -> None:
         assert verb in granted[kinds[kind]]
     # Status is written with merge patches through the status subresource.
     assert "patch_status" in src and "patch" in granted[("kubetune.io", "finetunejobs/status")]
+
+
+def test_namespaced_mode_turns_kopf_scanning_off() -> None:
+    """Namespaced installs grant no access to Namespace objects; that holds only while the
+    operator disables Kopf's namespace scanning when it is given namespaces."""
+    src = operator_source()
+    assert re.search(r"scanning\.disabled\s*=\s*bool\(\s*config\.namespaces\s*\)", src), (
+        "the operator no longer disables Kopf scanning for explicit namespaces: namespaced "
+        "installs would need list/watch on namespaces (see helm/kubetune/templates/rbac.yaml)"
+    )
 
 
 def test_kopf_watches_are_granted() -> None:
