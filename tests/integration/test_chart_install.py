@@ -7,8 +7,10 @@ scheduler), the test node agent runs it exactly as the Deployment says (command
 `kubetune-operator`, the rendered env, the chart's ServiceAccount with a TokenRequest-bound token
 mounted where in-cluster config looks for it). The operator then runs examples/quickstart.yaml
 unchanged, so the S3 endpoint and credentials Secret come from the chart's values. Namespaced
-mode (`watchNamespaces`), so the operator only ever sees this test's namespace; the cluster-wide
-rules are the same template and are checked by test_chart_apply.py.
+mode (`watchNamespaces`) by default, so the operator only ever sees this test's namespace and
+cannot disturb other tests sharing the cluster; the cluster-wide rules are the same template and
+are checked by test_chart_apply.py. `KUBETUNE_CHART_E2E_MODE=cluster-wide` installs the default
+(cluster-wide) mode instead, for a run on an otherwise idle cluster.
 
 Along the way: the Lease is held by the pod, /healthz, /readyz and /metrics answer on the chart's
 ports, Events are posted, the trainer's progress arrives (through the per-job Role the operator
@@ -43,6 +45,7 @@ CHART = REPO / "helm" / "kubetune"
 RELEASE = "kt-e2e"
 SECRET = "s3-credentials"
 TRAIN_TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "1200"))
+CLUSTER_WIDE = os.environ.get("KUBETUNE_CHART_E2E_MODE", "namespaced") == "cluster-wide"
 
 pytestmark = pytest.mark.slow
 
@@ -171,8 +174,8 @@ def test_helm_install_trains_quickstart(
     )  # fmt: skip
 
     metrics_port, health_port = free_port(), free_port()
-    values = {
-        "watchNamespaces": [jobs_ns],
+    values: dict[str, Any] = {
+        "watchNamespaces": [] if CLUSTER_WIDE else [jobs_ns],
         # One replica: the node agent runs pods in the host's network namespace, so two
         # replicas on one node would collide on the ports.
         "replicas": 1,
@@ -182,7 +185,12 @@ def test_helm_install_trains_quickstart(
                "credentialsSecret": SECRET},
     }  # fmt: skip
     with installed(cluster, release_ns, values) as install_out:
-        assert "NOTES:" in install_out and f"It watches FineTuneJobs in: {jobs_ns}." in install_out
+        assert "NOTES:" in install_out
+        assert (
+            "It watches FineTuneJobs in all namespaces."
+            if CLUSTER_WIDE
+            else f"It watches FineTuneJobs in: {jobs_ns}."
+        ) in install_out
 
         # The operator runs as the Deployment says, under the chart's ServiceAccount.
         dep = cluster.kubectl_json("get", "deployment", RELEASE + "-kubetune", namespace=release_ns)
