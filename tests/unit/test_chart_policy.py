@@ -27,7 +27,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "everything-on": {
         "networkPolicy": {"enabled": True, "apiServerCidrs": ["10.96.0.1/32"]},
         "metrics": {"port": 8080, "serviceMonitor": {"enabled": True}},
-        "image": {"repository": "ghcr.io/kubetune/operator", "pullPolicy": "Always"},
+        "image": {
+            "repository": "ghcr.io/kubetune/operator",
+            "pullPolicy": "Always",
+            "digest": "sha256:" + "0" * 64,
+        },
     },
 }
 
@@ -128,13 +132,18 @@ def test_checkov_skips_carry_reasons(tmp_path: Path) -> None:
         assert check in CHECKOV_EXCEPTIONS and len(reason) > 20 and "=" not in reason, value
 
 
-def test_network_policy_exception_only_while_it_is_off(tmp_path: Path) -> None:
+def test_exceptions_only_while_they_apply(tmp_path: Path) -> None:
+    """The NetworkPolicy and pull-policy exceptions disappear once the values meet the check."""
     off = deployment_annotations(rendered(tmp_path, "default"))
     on = deployment_annotations(rendered(tmp_path, "everything-on"))
-    assert "pod-networkpolicy" in off["kube-score/ignore"]
-    assert "pod-networkpolicy" not in on["kube-score/ignore"]
-    assert any("CKV2_K8S_6" in v for v in off.values())
-    assert not any("CKV2_K8S_6" in v for v in on.values())
+    assert set(off["kube-score/ignore"].split(",")) == {
+        "pod-networkpolicy",
+        "container-image-pull-policy",
+    }
+    assert "kube-score/ignore" not in on
+    for check in ("CKV2_K8S_6", "CKV_K8S_15", "CKV_K8S_43"):
+        assert any(check in v for v in off.values())
+        assert not any(check in v for v in on.values())
 
 
 # ------------------------------------------------------------------------------- kube-score
@@ -193,8 +202,8 @@ def test_kube_score_no_critical(tmp_path: Path, variant: str) -> None:
                 warnings.append(line)
     assert not critical, "kube-score CRITICAL:\n" + "\n".join(critical)
     assert not warnings, "kube-score WARNING:\n" + "\n".join(warnings)
-    ann = deployment_annotations(d)["kube-score/ignore"].split(",")
-    assert set(ann) <= KUBE_SCORE_EXCEPTIONS, ann
+    ann = deployment_annotations(d).get("kube-score/ignore", "").split(",")
+    assert set(ann) - {""} <= KUBE_SCORE_EXCEPTIONS, ann
 
 
 # --------------------------------------------------------------------------------- hadolint
