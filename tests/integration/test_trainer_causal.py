@@ -201,3 +201,100 @@ def test_messages_template_without_generation_markers_is_a_config_error(
     t = run.termination
     assert t is not None and t["reason"] == "ConfigError" and t["retryable"] is False
     assert "{% generation %}" in t["message"] and "assistantOnlyLoss" in t["message"]
+
+
+def test_early_stopping_stops_before_max_steps(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """threshold 100: no evaluation can count as an improvement, so with patience 1 training
+    stops at the second evaluation (step 4 of 60), keeping the best (first) checkpoint."""
+    spec = causal_spec(
+        trainer_s3,
+        "lora",
+        hyperparameters={
+            "maxSteps": 60,
+            "evalSteps": 2,
+            "saveSteps": 2,
+            "earlyStopping": {"patience": 1, "threshold": 100},
+        },
+    )
+    cfg = harness.trainer_config(spec, name=unique("early"), work_dir=tmp_path / "w")
+    run = harness.run(cfg, tmp_path / "run")
+    assert run.returncode == 0, run.output[-4000:]
+    m = run.termination["metrics"]  # type: ignore[index]
+    assert m["train_steps"] == 4, m
+
+
+def test_packing_and_gradient_checkpointing(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Text rows packed into 64-token sequences (trl bfd), activations recomputed."""
+    spec = causal_spec(
+        trainer_s3,
+        "lora",
+        dataset={
+            "s3Uri": trainer_s3.uri("datasets/quickstart/train.jsonl"),
+            "format": "text",
+            "packing": True,
+            "validation": {"s3Uri": None, "splitFraction": 0.1},
+        },
+        hyperparameters={"gradientCheckpointing": True, "maxSteps": 4, "evalSteps": 4},
+    )
+    cfg = harness.trainer_config(spec, name=unique("packing"), work_dir=tmp_path / "w")
+    run = harness.run(cfg, tmp_path / "run")
+    assert run.returncode == 0, run.output[-4000:]
+    m = run.termination["metrics"]  # type: ignore[index]
+    assert m["train_steps"] == 4 and m["eval_loss"] > 0
+
+
+def test_parquet_shards_pvc_model_and_csv_validation(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Training data as a prefix of parquet shards in S3, the model and a CSV validation file
+    on a (locally mounted) PVC."""
+    import pandas as pd
+    from kubetune_trainer.testing import synthetic, tiny
+
+    shards = trainer_s3.uri(f"shards/{unique('pq')}")
+    rows = synthetic.counting_rows(96, seed=3)
+    for i in range(3):
+        f = tmp_path / f"part-{i}.parquet"
+        pd.DataFrame(rows[i * 32 : (i + 1) * 32]).to_parquet(f)
+        trainer_s3.put(f"{shards}/part-{i:05d}.parquet", f.read_bytes())
+    trainer_s3.put(f"{shards}/_SUCCESS", b"")
+    pvc_root = tmp_path / "pvc"
+    claim = pvc_root / "models-claim"
+    claim.mkdir(parents=True)
+    (claim / "tiny-llama").symlink_to(tiny.tiny_llama(), target_is_directory=True)
+    data_claim = pvc_root / "data-claim" / "eval"
+    data_claim.mkdir(parents=True)
+    pd.DataFrame(synthetic.counting_rows(16, seed=4)).to_csv(data_claim / "val.csv", index=False)
+    spec = causal_spec(
+        trainer_s3,
+        "lora",
+        model={"s3Uri": None, "pvc": {"claimName": "models-claim", "path": "/tiny-llama"}},
+        dataset={
+            "s3Uri": shards + "/",
+            "validation": {
+                "s3Uri": None,
+                "pvc": {"claimName": "data-claim", "path": "/eval/val.csv"},
+            },
+        },
+        hyperparameters={"maxSteps": 2, "evalSteps": 2, "saveStrategy": "no"},
+    )
+    cfg = harness.trainer_config(spec, name=unique("shards"), work_dir=tmp_path / "w")
+    run = harness.run(cfg, tmp_path / "run", env={"KUBETUNE_PVC_ROOT": str(pvc_root)})
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.lines("dataset: 3 shard(s) from")
+    manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
+    assert [f["name"] for f in manifest["datasets"]["train"]["files"]] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert manifest["datasets"]["validation"]["rows"] == 16
+    assert manifest["baseModel"]["kind"] == "pvc"
+    assert manifest["baseModel"]["source"] == "pvc://models-claim/tiny-llama"

@@ -34,11 +34,11 @@ def test_full_fine_tune_beats_chance(
         trainer_s3,
         "full",
         hyperparameters={
-            "maxSteps": 80,
+            "maxSteps": 150,
             "learningRate": 0.001,
-            "loggingSteps": 20,
-            "evalSteps": 40,
-            "saveSteps": 40,
+            "loggingSteps": 25,
+            "evalSteps": 75,
+            "saveSteps": 75,
         },
     )
     cfg = harness.trainer_config(spec, name=unique("bert-full"), work_dir=tmp_path / "w")
@@ -79,11 +79,12 @@ def test_lora_with_modules_to_save_beats_chance(
         "lora",
         method={"lora": {"r": 16, "alpha": 32, "dropout": 0.0, "modulesToSave": ["classifier"]}},
         hyperparameters={
-            "maxSteps": 100,
+            # measured over seeds 42/1/2 with these settings: 0.95/0.86/0.91 accuracy
+            "maxSteps": 200,
             "learningRate": 0.005,
-            "loggingSteps": 20,
-            "evalSteps": 50,
-            "saveSteps": 50,
+            "loggingSteps": 25,
+            "evalSteps": 100,
+            "saveSteps": 100,
         },
     )
     cfg = harness.trainer_config(spec, name=unique("bert-lora"), work_dir=tmp_path / "w")

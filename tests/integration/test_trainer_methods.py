@@ -100,7 +100,13 @@ def test_causal_method_trains_and_artifacts_load(
     trainer_s3: TrainerS3,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    spec = causal_spec(trainer_s3, method, method=CAUSAL_METHODS[method])
+    spec = causal_spec(
+        trainer_s3,
+        method,
+        method=CAUSAL_METHODS[method],
+        # k-bit preparation with activation checkpointing, as the QLoRA recipe runs it
+        hyperparameters={"gradientCheckpointing": method == "qlora"},
+    )
     cfg = harness.trainer_config(spec, name=unique(method), work_dir=tmp_path / "w")
     run = harness.run(cfg, tmp_path / "run")
     assert run.returncode == 0, run.output[-4000:]
@@ -112,18 +118,17 @@ def test_causal_method_trains_and_artifacts_load(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["bitfit", "ia3", "prefix-tuning"])
-def test_classification_method_trains_and_artifacts_load(
-    method: str,
+def test_bitfit_classification_trains_and_artifacts_load(
     trainer_s3: TrainerS3,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    spec = classification_spec(trainer_s3, method)
-    cfg = harness.trainer_config(spec, name=unique("cls-" + method), work_dir=tmp_path / "w")
+    """BitFit where it applies (BERT has biases); the new head trains too."""
+    spec = classification_spec(trainer_s3, "bitfit")
+    cfg = harness.trainer_config(spec, name=unique("cls-bitfit"), work_dir=tmp_path / "w")
     run = harness.run(cfg, tmp_path / "run")
     assert run.returncode == 0, run.output[-4000:]
-    print(f"\n[cls {method}] {run.termination['message']} ({run.seconds:.1f}s)")  # type: ignore[index]
-    _check_artifacts(trainer_s3, cfg, method, tmp_path, "sequence-classification")
+    print(f"\n[cls bitfit] {run.termination['message']} ({run.seconds:.1f}s)")  # type: ignore[index]
+    _check_artifacts(trainer_s3, cfg, "bitfit", tmp_path, "sequence-classification")
 
 
 def test_bitfit_on_a_model_without_biases_is_a_config_error(

@@ -301,3 +301,13 @@ def test_hub_patterns_and_digests() -> None:
 def test_dataset_spec_defaults_used_by_the_trainer() -> None:
     d = DatasetSpec.model_validate({"s3Uri": "s3://bkt/d.jsonl"})
     assert d.completion_only_loss and d.assistant_only_loss and d.bad_rows == "fail"
+
+
+def test_merge_device(tmp_path: Path) -> None:
+    from kubetune_trainer.save import merge_device
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    assert merge_device(tmp_path, "bfloat16", None) == "cpu"
+    assert merge_device(tmp_path, "bfloat16", 10_000) == "cuda"
+    assert merge_device(tmp_path, "bfloat16", 1_200) == "cpu"  # no headroom
+    assert merge_device(tmp_path, "float32", 2_000) == "cpu"  # float32 doubles it

@@ -229,3 +229,40 @@ def test_chat_template_checks_with_the_tiny_tokenizer() -> None:
     tok.chat_template = None
     with pytest.raises(ConfigError, match="no chat template"):
         check_chat_template(tok, no_ao)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def test_preflight_refuses_what_cannot_work() -> None:
+    import importlib.util
+
+    from kubetune_trainer.config import TrainerConfig
+    from kubetune_trainer.pipeline import preflight
+
+    def cfg(**spec: Any) -> TrainerConfig:
+        base: dict[str, Any] = {
+            "model": {"s3Uri": "s3://bkt/m/"},
+            "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
+            "output": {"uri": "s3://bkt/out"},
+        }
+        base.update(spec)
+        return TrainerConfig.model_validate(
+            {"job": {"namespace": "n", "name": "j"}, "spec": base, "runPrefix": "s3://bkt/out/"}
+        )
+
+    preflight(cfg())
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        preflight(
+            cfg(method={"type": "prompt-tuning"}, output={"uri": "s3://bkt/o", "adapter": False})
+        )
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(ConfigError, match="mlflow package is not installed"):
+            preflight(
+                cfg(
+                    tracking={
+                        "reportTo": ["mlflow"],
+                        "mlflow": {"trackingUri": "http://mlflow:5000"},
+                    }
+                )
+            )

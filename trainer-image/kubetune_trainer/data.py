@@ -349,7 +349,9 @@ def prepare(
                 f"dataset.validation.splitFraction {val.split_fraction} of {len(train)} rows leaves "
                 "no validation or no training rows"
             )
-        parts = train.train_test_split(test_size=n_eval, seed=spec.shuffle_seed or seed)
+        parts = train.train_test_split(
+            test_size=n_eval, seed=spec.shuffle_seed if spec.shuffle_seed is not None else seed
+        )
         train, evald = parts["train"], parts["test"]
         info["validation"] = {"splitFraction": val.split_fraction, "rows": len(evald)}
     elif eval_src is not None:

@@ -143,14 +143,18 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
     )
     try:
         return _run(ctx, local_rank, multi)
+    except BaseException:
+        reporter.update(force=True, stage="failed")
+        raise
     finally:
         reporter.close()
 
 
 def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
+    # Only what the data stage needs is imported up front (fast failure on bad data); the
+    # modules that pull in torch/transformers/peft come after it.
     from . import data as data_mod
-    from . import logs, methods, modelload, sources, train
-    from .save import MERGEABLE, save_and_merge
+    from . import logs, sources
 
     cfg, spec = ctx.cfg, ctx.cfg.spec
     from .speed import configure_allocator
@@ -196,8 +200,10 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
 
     # load + build -------------------------------------------------------------------------
     import torch
+    from transformers import set_seed
 
-    from . import speed
+    from . import methods, modelload, speed, train
+    from .save import MERGEABLE, merge_stage, release, save_stage
 
     cuda = torch.cuda.is_available()
     precision = modelload.resolve_precision(
@@ -215,6 +221,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     ctx.speed = plan.as_dict()
     log.info("speed: %s", "; ".join(plan.reasons))
     ctx.report(stage="load")
+    seed = spec.hyperparameters.seed
+    set_seed(seed)  # newly initialised heads are part of the run's reproducibility
     tokenizer = modelload.load_tokenizer(
         resolved.path, spec.dataset, spec.model.trust_remote_code, resolved.source
     )
@@ -233,6 +241,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     if plan.liger and speed.apply_liger(loaded.model):
         log.info("speed: Liger kernels applied")
     ctx.report(stage="build")
+    set_seed(seed)  # adapter initialisation too
     model = methods.apply(
         loaded,
         spec.method,
@@ -270,12 +279,16 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     if not ctx.is_main:
         return {}
     trained = trainer.model
-    del trainer, outcome
+    # Nothing else may keep the training copy (or its optimizer state) alive through the
+    # merge, which loads the base model again.
+    del trainer, outcome, model, loaded
 
     # save + merge + upload ----------------------------------------------------------------
     t = MethodType(spec.method.type)
-    save_and_merge(ctx, trained, tokenizer)
+    save_stage(ctx, trained, tokenizer)
     del trained
+    release()
+    merge_stage(ctx, tokenizer)
     metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
     (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
     ctx.report(stage="upload")

@@ -78,8 +78,11 @@ def merge(
     if classification is not None:
         id2label, label2id = label_maps(classification)
         kwargs.update(num_labels=classification.count, id2label=id2label, label2id=label2id)
-    if torch.cuda.is_available():
+    free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    device = merge_device(base_path, dtype, free)
+    if device == "cuda":
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    log.info("merging on %s in %s", device, dtype)
     base = model_class(task).from_pretrained(str(base_path), **kwargs)
     if classification is not None and getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = tokenizer.pad_token_id
@@ -91,37 +94,51 @@ def merge(
     log.info("merged model saved (%s)", dtype)
 
 
-def save_and_merge(
-    ctx: Any,  # pipeline.Context
-    model: Any,
-    tokenizer: Any,
-) -> None:
-    """Write artifacts/adapter and/or artifacts/merged per method and output settings."""
+def save_stage(ctx: Any, model: Any, tokenizer: Any) -> None:
+    """artifacts/adapter for adapter methods; artifacts/merged (the whole model) otherwise."""
+    spec = ctx.cfg.spec
+    ctx.report(stage="save")
+    if MethodType(spec.method.type) in ADAPTER_METHODS:
+        save_adapter(model, tokenizer, ctx.artifacts / "adapter")
+    else:
+        save_full(model, tokenizer, ctx.artifacts / "merged", str(spec.output.merged_dtype))
+
+
+def merge_stage(ctx: Any, tokenizer: Any) -> None:
+    """artifacts/merged from the saved adapter (the training copy is gone by now); drops the
+    adapter afterwards when output.adapter is false."""
     spec = ctx.cfg.spec
     out = spec.output
     t = MethodType(spec.method.type)
+    if t not in ADAPTER_METHODS:
+        return
     adapter_dir = ctx.artifacts / "adapter"
-    merged_dir = ctx.artifacts / "merged"
-    if t in ADAPTER_METHODS:
-        ctx.report(stage="save")
-        save_adapter(model, tokenizer, adapter_dir)
-        release(model)
-        if out.merged_model and t in MERGEABLE:
-            ctx.report(stage="merge")
-            merge(
-                ctx.model_path,
-                adapter_dir,
-                merged_dir,
-                task=str(spec.task),
-                dtype=str(out.merged_dtype),
-                classification=spec.classification,
-                trust_remote_code=spec.model.trust_remote_code,
-                tokenizer=tokenizer,
-            )
-        elif out.merged_model:
-            log.info("method %s cannot be merged into the weights: adapter only", t.value)
-        if not out.adapter:
-            shutil.rmtree(adapter_dir)
-    else:
-        ctx.report(stage="save")
-        save_full(model, tokenizer, merged_dir, str(out.merged_dtype))
+    if out.merged_model and t in MERGEABLE:
+        ctx.report(stage="merge")
+        merge(
+            ctx.model_path,
+            adapter_dir,
+            ctx.artifacts / "merged",
+            task=str(spec.task),
+            dtype=str(out.merged_dtype),
+            classification=spec.classification,
+            trust_remote_code=spec.model.trust_remote_code,
+            tokenizer=tokenizer,
+        )
+    elif out.merged_model:
+        log.info("method %s cannot be merged into the weights: adapter only", t.value)
+    if not out.adapter:
+        shutil.rmtree(adapter_dir)
+
+
+def merge_device(base_path: Path, dtype: str, free_gpu_bytes: int | None) -> str:
+    """cuda when the base model in `dtype` fits comfortably in free GPU memory, else cpu
+    (after qlora the bf16 model can be 4x what trained on the GPU)."""
+    if free_gpu_bytes is None:
+        return "cpu"
+    stored = sum(p.stat().st_size for p in base_path.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in base_path.glob("*.bin")
+    )
+    # weights are usually stored in 16 bits; float32 doubles them
+    need = stored * (2 if dtype == "float32" else 1)
+    return "cuda" if need * 1.3 < free_gpu_bytes else "cpu"
