@@ -196,12 +196,13 @@ def handle_reconcile(
     if spec is not None and spec.resources.gpu_resource_name:
         gpu_resources.add(spec.resources.gpu_resource_name)
     display = getattr(spec.model, "display", None) if spec is not None else None
+    now = now or datetime.now(UTC)
     derived = status.derive(
         ftj,
         decision,
         current,
         pods,
-        now=now or datetime.now(UTC),
+        now=now,
         gpu_resources=gpu_resources,
         problem=problem,
         model=display() if callable(display) else None,
@@ -231,8 +232,23 @@ def handle_reconcile(
                 derived.status.get("phase"),
                 derived.status.get("message"),
             )
+    # runPolicy.ttlSecondsAfterFinished: finished Jobs go only after their outcome is recorded.
+    ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    expired, next_expiry = runs.expired_jobs(
+        jobs,
+        int(derived.status.get("run") or 0),
+        derived.status.get("phase") in runs.TERMINAL,
+        ttl if isinstance(ttl, int) else None,
+        now,
+    )
+    for job_name in expired:
+        log.info("deleting Job %s: ttlSecondsAfterFinished (%ss) passed", job_name, ttl)
+        kube.delete("Job", namespace, job_name, propagation="Background")
+        kube.delete("ConfigMap", namespace, job_name)
+    waits = [1.0] if decision.deferred else []
+    if next_expiry is not None:
+        waits.append(next_expiry + 0.5)
+    requeue = min(waits) if waits else None
     return Outcome(
-        phase=derived.status.get("phase"),
-        patched=patch is not None,
-        requeue_after=1.0 if decision.deferred else None,
+        phase=derived.status.get("phase"), patched=patch is not None, requeue_after=requeue
     )

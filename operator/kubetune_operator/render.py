@@ -484,7 +484,7 @@ def pod_spec(
 def job(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> dict[str, Any]:
-    """The batch/v1 Job of run `run`."""
+    """The batch/v1 Job of run `run` (without ttlSecondsAfterFinished: see below)."""
     policy = spec.run_policy
     suspend = bool(policy.suspend)
     job_spec: dict[str, Any] = {
@@ -521,8 +521,9 @@ def job(
     }
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    # runPolicy.ttlSecondsAfterFinished is applied by the operator (runs.expired_jobs), not as
+    # the Job's own TTL: the TTL controller could delete a Job, and with it the pod holding the
+    # trainer's result, before the operator has read it (e.g. while the operator restarts).
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from kubetune_trainer.config import FineTuneJobSpec, OnSpecChange
@@ -137,3 +138,45 @@ def decide(
         if applied != ("true" if suspend else "false"):
             d.suspend = suspend
     return d
+
+
+def finished_at(job: dict[str, Any]) -> datetime | None:
+    """When the Job's Complete/Failed condition became True."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            stamp = cond.get("lastTransitionTime") or (job.get("status") or {}).get(
+                "completionTime"
+            )
+            if stamp:
+                return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return None
+
+
+def expired_jobs(
+    jobs: list[dict[str, Any]],
+    recorded_run: int,
+    recorded_terminal: bool,
+    ttl_seconds: int | None,
+    now: datetime,
+) -> tuple[list[str], float | None]:
+    """runPolicy.ttlSecondsAfterFinished, applied by the operator: the finished Jobs to delete
+    now, and in how many seconds the next one expires. A Job is deleted only once its outcome
+    is in the status (runs before `recorded_run` are in history; run `recorded_run` needs
+    `recorded_terminal`), so the result in its pod is never lost to the TTL."""
+    if ttl_seconds is None:
+        return [], None
+    delete: list[str] = []
+    soonest: float | None = None
+    for job in jobs:
+        run = run_of(job)
+        when = finished_at(job)
+        if when is None or job_deleting(job) or run > recorded_run:
+            continue
+        if run == recorded_run and not recorded_terminal:
+            continue
+        left = (when - now).total_seconds() + ttl_seconds
+        if left <= 0:
+            delete.append(job["metadata"]["name"])
+        else:
+            soonest = left if soonest is None else min(soonest, left)
+    return sorted(delete), soonest

@@ -155,13 +155,25 @@ def test_finished_run_removed_by_ttl_never_runs_again(
     cluster: Cluster, namespace: str, operators: Operators
 ) -> None:
     op = operators.new()
-    cluster.apply(
-        stub_ftj("ttl", "ok", runPolicy={"ttlSecondsAfterFinished": 0}), namespace=namespace
+    manifest = stub_ftj(
+        "ttl", "ok", hyperparameters={"maxSteps": 30}, runPolicy={"ttlSecondsAfterFinished": 0}
     )
+    cluster.apply(manifest, namespace=namespace)
     ftj = Ftj(cluster, namespace, "ttl")
-    st = ftj.wait_phase("Succeeded")
-    ftj.wait(lambda: not ftj.jobs(), "the TTL controller to delete the Job", timeout=60)
-    # Also across an operator restart (state is in the status, not in the Job's existence).
+    ftj.wait_phase("Running")
+    # The run ends while the operator is down: with TTL 0 the result must still be recorded
+    # (the operator, not the TTL controller, deletes the Job, after reading the result).
+    op.kill()
+    ftj.wait(lambda: cluster.job_condition(namespace, "ttl-run-1") == "Complete", "Job complete")
+    time.sleep(3)
+    assert [j["metadata"]["name"] for j in ftj.jobs()] == ["ttl-run-1"]
+    op.start()
+    st = ftj.wait_phase("Succeeded", "Failed")
+    assert st["phase"] == "Succeeded" and st["artifacts"]["mergedModelUri"].endswith(
+        "/ttl/run-1/merged/"
+    )
+    ftj.wait(lambda: not ftj.jobs(), "the Job deleted after its result was recorded", timeout=30)
+    # Finished, Job gone: nothing runs again, also across a restart (state is in the status).
     op.stop()
     op.start()
     time.sleep(12)

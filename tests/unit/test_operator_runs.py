@@ -154,3 +154,22 @@ def test_jobs_being_deleted_are_not_deleted_again() -> None:
     f = ftj(new, generation=2, run=2, specHash=h(new), phase="Running")
     d = runs.decide(f, [job(1, h(old), deleting=True), job(2, h(new))], h(new), True)
     assert d.delete == [] and d.start is None
+
+
+def test_ttl_deletes_finished_jobs_only_after_their_outcome_is_recorded() -> None:
+    from datetime import UTC, datetime
+
+    def done(run: int, at: str) -> dict[str, Any]:
+        j = job(run, "h", done="Complete")
+        j["status"]["conditions"][0]["lastTransitionTime"] = at
+        return j
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    jobs = [done(1, "2026-01-01T11:00:00Z"), done(2, "2026-01-01T11:59:30Z")]
+    # Run 2's outcome is not in the status yet: only run 1 (in history) may go.
+    assert runs.expired_jobs(jobs, 2, False, 60, now) == (["j-run-1"], None)
+    assert runs.expired_jobs(jobs, 2, True, 60, now) == (["j-run-1"], 30.0)
+    assert runs.expired_jobs(jobs, 2, True, 0, now) == (["j-run-1", "j-run-2"], None)
+    assert runs.expired_jobs(jobs, 2, True, None, now) == ([], None)
+    running = job(3, "h")
+    assert runs.expired_jobs([running], 3, False, 0, now) == ([], None)
