@@ -70,6 +70,10 @@ def setup(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "fsspec", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Not actionable in a pod: bitsandbytes' optional CPU kernel package (the trainer says
+    # itself when qlora runs on CPU) and checkpoint rotation's filesystem mtime probe.
+    for quiet in ("bitsandbytes.backends.cpu.ops", "transformers.trainer_utils"):
+        logging.getLogger(quiet).setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

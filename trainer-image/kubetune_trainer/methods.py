@@ -162,6 +162,27 @@ def bitfit(model: Any, task: str) -> None:
         )
 
 
+def keep_cpu_4bit_trainable(model: Any) -> int:
+    """bitsandbytes (0.50) repacks 4-bit weights for its CPU inference kernel on the first
+    eval-mode forward on CPUs with AVX512-BF16, and never unpacks them for training: later
+    training steps then run through `gemv_4bit`, which has no autograd kernel, and the
+    adapters get wrong gradients (measured: 80% relative error, some none at all). Evaluation
+    happens before and during training, so turn the repacking off on every 4-bit layer.
+    Returns the number of layers changed."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(
+            module, "support_avx512bf16_for_cpu", False
+        ):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def apply(
     loaded: Any,
     method: MethodSpec,
@@ -175,6 +196,7 @@ def apply(
     if t == MethodType.QLORA:
         from peft import prepare_model_for_kbit_training
 
+        keep_cpu_4bit_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )

@@ -159,6 +159,11 @@ def check_chat_template(tok: Any, dataset: DatasetSpec) -> None:
 # ------------------------------------------------------------------------------------ model
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -236,12 +241,25 @@ def load_model(
         kwargs["device_map"] = {"": device_index if device_index is not None else "cpu"}
         if not torch.cuda.is_available():
             log.info("qlora without a GPU: bitsandbytes runs the 4-bit layers on CPU (slow)")
+    # transformers prints a multi-line load report for the expected missing head; the checks
+    # below decide what is expected and say it in one line.
+    # (A filter, not a level: transformers runs extra checks when that logger's level is set.)
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _DropLoadReport()
+    report_logger.addFilter(report_filter)
     try:
         model, info = model_class(task).from_pretrained(str(path), **kwargs)
     except ValueError as e:
         raise ModelError(f"model {source}: cannot load ({e})") from e
     except (OSError, KeyError, RuntimeError, TypeError, ImportError) as e:
         raise ModelError(f"model {source}: cannot load ({type(e).__name__}: {e})") from e
+    finally:
+        report_logger.removeFilter(report_filter)
+    heads = sorted(
+        k for k in info.get("missing_keys", ()) if is_cls and k.startswith(HEAD_PREFIXES)
+    )
+    if heads:
+        log.info("new classification head (trained from scratch): %s", ", ".join(heads))
     missing = sorted(
         k for k in info.get("missing_keys", ()) if not k.startswith(HEAD_PREFIXES) or not is_cls
     )

@@ -67,6 +67,7 @@ def upload(bucket: str, prefix: str = "") -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m kubetune_trainer.testing.fixtures")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("upload", help="build (cached) and upload models and datasets")
