@@ -38,9 +38,9 @@ def _models() -> tuple[Any, Any]:
     )
     torch.manual_seed(0)
     loaded = LoadedModel(m4, None, "llama", "llama", "bfloat16", True)
-    quant = apply(loaded, method, "causal-lm", str(path), gradient_checkpointing=False)
+    quant: Any = apply(loaded, method, "causal-lm", str(path), gradient_checkpointing=False)
     # reference: float32 model with the dequantized weights and the same adapter
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref_params = dict(ref.named_parameters())
     for name, module in quant.base_model.model.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
