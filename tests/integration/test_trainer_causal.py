@@ -298,3 +298,32 @@ def test_parquet_shards_pvc_model_and_csv_validation(
     assert manifest["datasets"]["validation"]["rows"] == 16
     assert manifest["baseModel"]["kind"] == "pvc"
     assert manifest["baseModel"]["source"] == "pvc://models-claim/tiny-llama"
+
+
+def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+    """dataset.textTemplate builds each row's text from its columns (inline rows here)."""
+    rows = [{"quote": f"the capital of {c} is {t} .", "author": "atlas"} for c, t in
+            [("france", "paris"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]]  # fmt: skip
+    spec = causal_spec(
+        trainer_s3,
+        "lora",
+        dataset={
+            "s3Uri": None,
+            "inline": rows,
+            "format": "text",
+            "textTemplate": "Quote: {quote} Author: {author}",
+            "validation": None,
+        },
+        hyperparameters={
+            "maxSteps": 2,
+            "evalStrategy": "no",
+            "evalSteps": None,
+            "saveStrategy": "no",
+        },
+    )
+    cfg = harness.trainer_config(spec, name=unique("template"), work_dir=tmp_path / "w")
+    run = harness.run(cfg, tmp_path / "run")
+    assert run.returncode == 0, run.output[-4000:]
+    manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
+    assert manifest["datasets"]["train"]["source"] == "inline (dataset)"
+    assert manifest["datasets"]["train"]["usedRows"] == 4

@@ -311,3 +311,23 @@ def test_merge_device(tmp_path: Path) -> None:
     assert merge_device(tmp_path, "bfloat16", 10_000) == "cuda"
     assert merge_device(tmp_path, "bfloat16", 1_200) == "cpu"  # no headroom
     assert merge_device(tmp_path, "float32", 2_000) == "cpu"  # float32 doubles it
+
+
+def test_classification_lora_trains_and_saves_the_head_without_being_told() -> None:
+    """PEFT's SEQ_CLS task type puts classifier/score into modules_to_save by itself."""
+    from kubetune_trainer.methods import apply
+    from kubetune_trainer.modelload import LoadedModel
+    from peft import get_peft_model_state_dict
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    cfg.num_labels = 3
+    loaded = LoadedModel(BertForSequenceClassification(cfg), None, "bert", "bert", "float32", False)
+    model = apply(loaded, MethodSpec(type="lora"), "sequence-classification", "/m", False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("classifier" in n and "modules_to_save" in n for n in trainable), trainable
+    saved = get_peft_model_state_dict(model)
+    assert any(k.startswith("base_model.model.classifier") for k in saved), list(saved)
