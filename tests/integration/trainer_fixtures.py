@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,15 @@ class TrainerS3:
 
 
 @pytest.fixture(scope="session")
-def trainer_s3(cluster: Any) -> TrainerS3:
-    """Tiny models and datasets in MinIO under a fresh prefix for this session."""
+def trainer_s3(cluster: Any) -> Iterator[TrainerS3]:
+    """Tiny models and datasets in MinIO under a fresh prefix for this session, removed
+    afterwards (KUBETUNE_KEEP_TEST_ARTIFACTS=1 keeps them for a look)."""
     prefix = f"trainer-tests/{uuid.uuid4().hex[:8]}"
     fixtures.upload(cluster.s3_bucket, prefix)
-    return TrainerS3(bucket=cluster.s3_bucket, base=f"s3://{cluster.s3_bucket}/{prefix}", s3=S3())
+    ts = TrainerS3(bucket=cluster.s3_bucket, base=f"s3://{cluster.s3_bucket}/{prefix}", s3=S3())
+    yield ts
+    if os.environ.get("KUBETUNE_KEEP_TEST_ARTIFACTS") != "1":
+        ts.s3.delete_prefix(ts.base)
 
 
 def causal_spec(ts: TrainerS3, method_type: str = "lora", **overrides: Any) -> dict[str, Any]:

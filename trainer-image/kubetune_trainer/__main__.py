@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.output_dir:
         os.environ["KUBETUNE_LOCAL_ARTIFACTS"] = args.output_dir
-    logs.setup(getattr(logging, str(args.log_level).upper(), logging.INFO))
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    # Several processes (accelerate launch / torchrun): rank 0 tells the story, the others
+    # speak up only for warnings and errors.
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
+    logs.setup(level)
     if threading_main():
         signal.signal(signal.SIGTERM, _on_sigterm)
     is_main = int(os.environ.get("RANK", "0")) == 0
