@@ -4,7 +4,7 @@ Nothing here talks to the API. Every name is deterministic (`<job>-run-<n>`, `<j
 so creating the same run twice is "409 Already exists", which the caller treats as success.
 
 Security properties that hold by construction (the CRD offers no field to change them):
-  * the pod runs as uid 1000, non-root, no privilege escalation, all capabilities dropped,
+  * the pod runs as uid 10001 (the trainer image's user), non-root, no privilege escalation, all capabilities dropped,
     seccomp RuntimeDefault, read-only root filesystem (scratch lives in emptyDirs);
   * no hostPath, hostNetwork, hostPID, hostIPC or privileged mode is ever rendered;
   * the pod's ServiceAccount is the per-job one (which may only get/patch its own
@@ -53,7 +53,9 @@ CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 WORKSPACE = "/workspace"
 TERMINATION_LOG = "/dev/termination-log"
-TRAINER_UID = 1000
+# The trainer image's non-root user (trainer-image/Dockerfile USER); the pod runs as it so
+# /workspace ownership in the image and fsGroup on the volumes agree.
+TRAINER_UID = 10001
 # Exit codes the trainer uses for errors that cannot succeed on retry (docs/design.md).
 NON_RETRYABLE_EXIT_CODES = list(range(10, 20))
 GRACE_SECONDS = 60

@@ -119,7 +119,7 @@ def test_pod_security_is_restricted_and_cannot_be_widened() -> None:
     )
     pod = render.pod_spec(spec, OWNER, RUN, settings())
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["runAsUser"] == render.TRAINER_UID == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (c,) = pod["containers"]
     sc = c["securityContext"]
