@@ -19,6 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune_trainer.config import Progress
+from kubetune_trainer.errors import (
+    ArtifactsMissing,
+    ConfigError,
+    DatasetError,
+    ModelError,
+    NonFiniteLoss,
+)
+from kubetune_trainer.result import ARTIFACT_KEYS
 from pydantic import ValidationError
 
 from .api import ConditionType, Phase, Reason
@@ -31,23 +39,13 @@ MESSAGE_LIMIT = 2048
 # reconcile between two steps derives the same status (and patches nothing).
 GPU_ACCOUNTING_STEP = 300
 
-# Exit codes of the trainer (docs/design.md) -> reason.
+# Exit codes and result keys of the trainer (docs/design.md), from the trainer's own torch-free
+# definitions so the two sides cannot drift apart.
 EXIT_REASONS = {
-    10: Reason.CONFIG_ERROR.value,
-    11: Reason.DATASET_ERROR.value,
-    12: Reason.MODEL_ERROR.value,
-    13: Reason.NON_FINITE_LOSS.value,
-    14: Reason.ARTIFACTS_MISSING.value,
+    failure.exit_code: failure.reason
+    for failure in (ConfigError, DatasetError, ModelError, NonFiniteLoss, ArtifactsMissing)
 }
 TRAINER_REASONS = {*EXIT_REASONS.values(), Reason.TRAINER_ERROR.value}
-ARTIFACT_KEYS = (
-    "adapterUri",
-    "mergedModelUri",
-    "manifestUri",
-    "manifestSha256",
-    "metricsUri",
-    "checkpointUri",
-)
 _WARNING_REASONS = {
     Reason.UNSCHEDULABLE.value,
     Reason.IMAGE_PULL_BACK_OFF.value,
