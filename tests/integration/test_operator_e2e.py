@@ -53,14 +53,16 @@ def test_quickstart_end_to_end(
     operators.new(stub=False)
     t0 = time.monotonic()
     cluster.kubectl("apply", "-f", str(QUICKSTART), namespace=namespace)
-    wait = cluster.kubectl(
-        "wait", "--for=condition=Succeeded", "ftj/quickstart", "--timeout=900s",
-        namespace=namespace, check=False, timeout=960,
-    )  # fmt: skip
-    elapsed = time.monotonic() - t0
     ftj = Ftj(cluster, namespace, "quickstart")
-    st = ftj.status()
-    if wait.returncode != 0:
+    # Wait for either end, so a failed run fails the test at once (not after kubectl wait's
+    # whole timeout); then the user-facing check: kubectl wait returns 0.
+    st = ftj.wait_phase("Succeeded", "Failed", timeout=900)
+    elapsed = time.monotonic() - t0
+    wait = cluster.kubectl(
+        "wait", "--for=condition=Succeeded", "ftj/quickstart", "--timeout=30s",
+        namespace=namespace, check=False, timeout=60,
+    )  # fmt: skip
+    if st["phase"] != "Succeeded" or wait.returncode != 0:
         pods = ftj.pods()
         log = cluster.pod_log(namespace, pods[-1]["metadata"]["name"], "trainer") if pods else ""
         pytest.fail(
