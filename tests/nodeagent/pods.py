@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,24 @@ from .kube import JSON, ApiError, Kube, pod_path
 from .util import expand, now, parse_quantity, parse_time
 
 log = logging.getLogger("nodeagent.pods")
+
+
+def host_paths_in_use(state_dir: Path) -> list[Path]:
+    """Host paths a container process needs to stay visible in its mount namespace."""
+    checkout = Path(__file__).resolve().parents[2]
+    paths = {state_dir.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    paths.add(checkout)
+    return sorted(paths)
+
+
+def hidden_host_path(dst: str, needed: list[Path]) -> Path | None:
+    """The first of `needed` that a mount at `dst` would cover (dst is it or an ancestor)."""
+    target = Path(dst)
+    for path in needed:
+        if target == path or target in path.parents:
+            return path
+    return None
+
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_MESSAGE_MAX = 4096
@@ -771,7 +790,22 @@ class PodWorker(threading.Thread):
         if r.term_path is not None and term not in paths:
             mounts.append((r.term_path, term, False))
         mounts.sort(key=lambda m: (m[1].count("/"), m[1]))
-        return mounts
+        return [m for m in mounts if not self._hides_host(m[1])]
+
+    def _hides_host(self, dst: str) -> bool:
+        """A stand-in limit: containers share the host's filesystem, so a volume mounted at a
+        path that holds what the process itself runs from (the agent's state dir with the
+        sandbox, the Python environment, the checkout) would hide it, e.g. a pod mounting /tmp
+        on a machine whose checkout lives under /tmp. Such a mount is skipped, with a log line;
+        a kubelet has no such problem (each container has its own root filesystem)."""
+        needed = hidden_host_path(dst, host_paths_in_use(self.ctx.state_dir))
+        if needed is not None:
+            log.warning(
+                "%s/%s: not mounting a volume at %s: it would hide %s, which the container "
+                "runs from on this host (stand-in limit)",
+                self.ns, self.pod_name, dst, needed,
+            )  # fmt: skip
+        return needed is not None
 
     # ------------------------------------------------------------------ env
 

@@ -35,3 +35,18 @@ def test_expand_like_kubelet() -> None:
     assert expand("$(MISSING)", env) == "$(MISSING)"  # unknown references stay as they are
     assert expand("$$(A)", env) == "$(A)"  # $$ escapes
     assert expand("cost: $5", env) == "cost: $5"
+
+
+def test_mount_that_would_hide_the_host_checkout_is_detected() -> None:
+    from pathlib import Path
+
+    from nodeagent.pods import hidden_host_path, host_paths_in_use
+
+    needed = [Path("/tmp/ci/repo"), Path("/root/.cache/kubetune/cluster")]
+    assert hidden_host_path("/tmp", needed) == Path("/tmp/ci/repo")
+    assert hidden_host_path("/tmp/ci/repo", needed) == Path("/tmp/ci/repo")
+    assert hidden_host_path("/root", needed) == Path("/root/.cache/kubetune/cluster")
+    assert hidden_host_path("/workspace", needed) is None
+    assert hidden_host_path("/tmp/ci/repo2", needed) is None
+    in_use = host_paths_in_use(Path("/srv/state"))
+    assert Path("/srv/state") in in_use and Path(__file__).resolve().parents[2] in in_use
