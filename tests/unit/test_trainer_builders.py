@@ -326,8 +326,31 @@ def test_classification_lora_trains_and_saves_the_head_without_being_told() -> N
     )  # fmt: skip
     cfg.num_labels = 3
     loaded = LoadedModel(BertForSequenceClassification(cfg), None, "bert", "bert", "float32", False)
-    model = apply(loaded, MethodSpec(type="lora"), "sequence-classification", "/m", False)
+    model = apply(loaded, MethodSpec(type="lora"), "sequence-classification", "/m")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("classifier" in n and "modules_to_save" in n for n in trainable), trainable
     saved = get_peft_model_state_dict(model)
     assert any(k.startswith("base_model.model.classifier") for k in saved), list(saved)
+
+
+def test_trainable_copies_of_a_16_bit_base_are_fp32() -> None:
+    """On a GPU the frozen base is loaded in bf16; the classifier that LoRA trains as
+    modules_to_save must still get fp32 weights (AdamW steps on bf16 weights round away)."""
+    import torch
+    from kubetune_trainer.methods import apply
+    from kubetune_trainer.modelload import LoadedModel
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    cfg.num_labels = 3
+    bert = BertForSequenceClassification(cfg).to(torch.bfloat16)
+    loaded = LoadedModel(bert, None, "bert", "bert", "bfloat16", False)
+    model = apply(loaded, MethodSpec(type="lora"), "sequence-classification", "/m")
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert any("classifier" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}, trainable
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}

@@ -1,7 +1,7 @@
 """Stage `build`: make the loaded model trainable by the chosen method.
 
 The PEFT configs are built by pure functions from the spec (unit-tested); `apply` does the
-model surgery: k-bit preparation for qlora, `get_peft_model` for adapter methods, freezing for
+model surgery: freezing the 4-bit base for qlora, `get_peft_model` for adapter methods, freezing for
 full (freezeLayers) and bitfit.
 """
 
@@ -162,6 +162,36 @@ def bitfit(model: Any, task: str) -> None:
         )
 
 
+def freeze_base(model: Any) -> None:
+    """k-bit preparation for qlora: freeze the quantized base and nothing more.
+
+    peft's `prepare_model_for_kbit_training` (the seed recipe's) also casts every parameter that
+    is not 4-bit to float32: the embeddings and the LM head, 2 x 525M parameters on a Llama-3-8B,
+    i.e. +2 GiB of GPU memory for frozen weights that autocast turns back into bf16 for every
+    matmul, and fp32 hidden states after the upcast norms. trl's SFTTrainer does none of that
+    for quantized models, and the QLoRA benchmark (docs/benchmarks.md) measured trl's way. The
+    trainable weights get their fp32 copy from `upcast_trainable`; gradient checkpointing is
+    enabled by the Trainer (non-reentrant, so the inputs need no `requires_grad` hook)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def upcast_trainable(model: Any) -> int:
+    """Make every trainable 16-bit parameter float32: optimizer updates on 16-bit weights lose
+    most small steps to rounding. peft already keeps LoRA A/B in fp32 (`autocast_adapter_dtype`);
+    this covers `modulesToSave` copies (a classifier, an LM head) of a 16-bit base, which peft
+    clones in the base's dtype. Autocast still runs their matmuls in 16 bits. Returns the number
+    of parameters cast."""
+    import torch
+
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
 def keep_cpu_4bit_trainable(model: Any) -> int:
     """bitsandbytes (0.50) repacks 4-bit weights for its CPU inference kernel on the first
     eval-mode forward on CPUs with AVX512-BF16, and never unpacks them for training: later
@@ -188,18 +218,13 @@ def apply(
     method: MethodSpec,
     task: str,
     model_path: str,
-    gradient_checkpointing: bool,
 ) -> Any:
     """The trainable model for `method` (a PeftModel for adapter methods)."""
     model = loaded.model
     t = MethodType(method.type)
     if t == MethodType.QLORA:
-        from peft import prepare_model_for_kbit_training
-
         keep_cpu_4bit_trainable(model)
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing
-        )
+        freeze_base(model)
     if t in ADAPTER_METHODS:
         from peft import get_peft_model
 
@@ -208,6 +233,7 @@ def apply(
             model = get_peft_model(model, cfg)
         except ValueError as e:
             raise ConfigError(f"method {t.value}: {e}") from e
+        upcast_trainable(model)
     elif t == MethodType.FULL:
         if method.freeze_layers:
             freeze_layers(model, method.freeze_layers)

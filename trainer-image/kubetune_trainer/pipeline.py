@@ -247,7 +247,6 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         spec.method,
         str(spec.task),
         str(resolved.path),
-        spec.hyperparameters.gradient_checkpointing,
     )
     trainable, total = methods.count_parameters(model)
     ctx.metrics.update(trainable_params=trainable, total_params=total)

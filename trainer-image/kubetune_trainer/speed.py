@@ -314,8 +314,9 @@ def varlen_attention_forward(
         )
     _, hq, t, d = query.shape
     hkv = key.shape[1]
-    # FlashAttention takes 16-bit inputs only; fp32 q/k/v happen when norms were upcast to fp32
-    # (k-bit training preparation): compute in the autocast dtype, return the caller's dtype.
+    # FlashAttention takes 16-bit inputs only; fp32 q/k/v happen when fp32 weights feed the
+    # residual stream (peft's k-bit preparation upcasts the norms; an fp32 trainable embedding):
+    # compute in the autocast dtype, return the caller's dtype.
     dtype = query.dtype
     if dtype not in (torch.float16, torch.bfloat16):
         dtype = (
