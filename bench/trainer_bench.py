@@ -10,10 +10,20 @@ and reports tokens/s after `warmup` steps (real, non-pad tokens), MFU, peak GPU 
 training, step-time percentiles and the loss of every step. See docs/benchmarks.md for the
 formulas, the data distribution and the results.
 
+With `profile_steps=N` a case trains N more optimizer steps after its `steps` and runs
+torch.profiler over each of them (one profiler session per step): the result's `profile` holds,
+per profiled step, the wall time, the summed GPU kernel time, kernel launches, host-device syncs,
+aten op count and the top kernels (top aten ops on CPU), i.e. whether a step is CPU- or GPU-bound.
+The profiled steps are not part of tokens/s, the step-time stats or `losses`.
+
 Examples:
     python bench/trainer_bench.py --suite smoke --device cpu        # tiny model, CPU, checks wiring
+    python bench/trainer_bench.py --suite next --list               # print a suite's cases, run none
+    python bench/trainer_bench.py --suite next --timeout 300 --out /tmp/next.jsonl   # on a GPU
     python bench/trainer_bench.py --suite 1b --out /tmp/1b.jsonl     # on a GPU
     python bench/trainer_bench.py --case model=1b,method=qlora,variant=ours
+    python bench/trainer_bench.py --case model=8b,method=lora,variant=ours-p,profile_steps=2
+    python bench/trainer_bench.py --case model=1b,method=lora,variant=ours-r,compile=regional
 """
 
 from __future__ import annotations
@@ -92,12 +102,30 @@ DEFAULT_CASE: dict[str, Any] = {
     "padding_free": False,
     "liger": False,
     "grad_ckpt": True,  # trl SFTConfig's default
-    "compile": False,
+    "compile": False,  # False | True (trl's torch_compile: whole model) | "regional"
     "quant_path": "replace",  # replace (quantize in place on GPU) | reload (save, from_pretrained)
     "expandable": False,  # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     "seed": 42,
     "device": "cuda",
     "lr": 2e-4,
+    # torch.profiler over this many extra optimizer steps after `steps` (0: off); see run_case.
+    "profile_steps": 0,
+    "offload": False,  # trl SFTConfig(activation_offloading=True): activations to pinned CPU memory
+    # qlora only. none: as SFTTrainer leaves it (16-bit embeddings, norms, LM head); peft:
+    # peft.prepare_model_for_kbit_training first (casts every non-4-bit parameter to float32).
+    "kbit_prep": "none",
+    "optim": "adamw_torch",  # SFTConfig optim, e.g. paged_adamw_8bit
+    "lora_dropout": 0.05,
+    "dtype": "auto",  # model weights: auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
+}
+
+# Values a string-valued case key may take (checked by parse_case and run_case).
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "method": ("lora", "qlora", "full"),
+    "compile": (False, True, "regional"),
+    "kbit_prep": ("none", "peft"),
+    "quant_path": ("replace", "reload"),
+    "dtype": ("auto", "bf16", "fp32"),
 }
 
 
@@ -202,7 +230,55 @@ def suite(name: str) -> list[dict[str, Any]]:
             ours("1b", "lora", variant="ours-ckpt", grad_ckpt=True, **s),
             ours("1b", "qlora", variant="ours-no-ckpt", grad_ckpt=False, **s),
         ]
+    if name in ("next", "next-1b"):
+        return next_cases("8b" if name == "next" else "1b")
     raise SystemExit(f"unknown suite {name!r}")
+
+
+SUITES = (
+    "smoke",
+    "gpu-smoke",
+    "1b",
+    "8b",
+    "final",
+    "8b-ablations",
+    "1b-ablations",
+    "next",
+    "next-1b",
+)
+
+
+def next_cases(model: str) -> list[dict[str, Any]]:
+    """The next device call, in priority order: (a, b) where a step's time goes (profiled QLoRA
+    16 x 1 and LoRA 8 x 2: GPU busy fraction, kernel launches and syncs per step); (c, d) the
+    QLoRA memory target through activation offloading; (e, f) the LoRA MFU target through one
+    large padding-free micro-batch with checkpointing, eager and with each decoder layer compiled;
+    (g) QLoRA with peft's prepare_model_for_kbit_training (fp32 embeddings, norms and LM head), as
+    the trainer used to do. Liger off everywhere (the trainer's default). About 7 minutes on an
+    H100 for 8B (each process ~30 s of start-up, build and quantization; compiling ~70 s)."""
+    off = {"liger": False}
+    mb8 = {"micro_batch": 8, "grad_accum": 2}
+    mb64 = {"micro_batch": 64, "grad_accum": 1, "grad_ckpt": True}
+    return [
+        ours(model, "qlora", variant="ours-profile", steps=8, warmup=3, profile_steps=2, **off),
+        ours(
+            model, "lora", variant="ours-profile", steps=8, warmup=3, profile_steps=2, **mb8, **off
+        ),
+        ours(model, "qlora", variant="ours-mb8x2-offload", offload=True, steps=12, **mb8, **off),
+        ours(model, "qlora", variant="ours-offload", offload=True, steps=12, **off),
+        ours(model, "lora", variant="ours-ckpt-mb64", steps=8, warmup=3, **mb64, **off),
+        ours(
+            model,
+            "lora",
+            variant="ours-ckpt-mb64-regional",
+            compile="regional",
+            steps=10,
+            warmup=5,
+            **mb64,
+            **off,
+        ),
+        ours(model, "qlora", variant="ours-peft-kbit-prep", kbit_prep="peft", steps=12, **off),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +330,8 @@ def llama_config(shape: dict[str, Any], attn: str) -> Any:
 
     s = dict(shape)
     factor = s.pop("rope_scaling_factor")
-    cfg = LlamaConfig(
+    # transformers 5 folds rope_theta/rope_scaling into rope_parameters (checked at runtime)
+    cfg = LlamaConfig(  # type: ignore[call-arg]
         **s,
         max_position_embeddings=131072,
         rms_norm_eps=1e-5,
@@ -306,7 +383,7 @@ def quantize_in_place(model: Any) -> Any:
     replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=qc)
     for name, weight in originals.items():
         mod = model.get_submodule(name)
-        mod.weight = bnb.nn.Params4bit(
+        mod.weight = bnb.nn.Params4bit(  # type: ignore[misc]
             data=weight,
             requires_grad=False,
             quant_type=qc.bnb_4bit_quant_type,
@@ -324,6 +401,13 @@ def quantize_in_place(model: Any) -> Any:
     return model
 
 
+def use_bf16(case: dict[str, Any]) -> bool:
+    """bf16 weights and bf16 mixed precision: on cuda unless dtype=fp32; on cpu only if asked."""
+    if case["dtype"] == "auto":
+        return bool(case["device"] == "cuda")
+    return bool(case["dtype"] == "bf16")
+
+
 def build_model(case: dict[str, Any], workdir: Path) -> tuple[Any, dict[str, float]]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -331,7 +415,7 @@ def build_model(case: dict[str, Any], workdir: Path) -> tuple[Any, dict[str, flo
     timings: dict[str, float] = {}
     cfg = llama_config(MODELS[case["model"]], case["attn"])
     device = torch.device(case["device"])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if use_bf16(case) else torch.float32
     torch.manual_seed(case["seed"])
     t0 = time.perf_counter()
     with device:
@@ -377,7 +461,222 @@ def matmul_params(model: Any, shape: dict[str, Any]) -> tuple[int, int]:
     return n, n_lora
 
 
+# ---------------------------------------------------------------------------------------------
+# Profiling: where a step's time goes
+# ---------------------------------------------------------------------------------------------
+
+BENCH_SYNC = "bench::sync"
+LAUNCH_PREFIXES = (
+    "cudaLaunchKernel",
+    "cuLaunchKernel",
+    "cudaLaunchCooperativeKernel",
+    "cuLaunchCooperativeKernel",
+    "cudaGraphLaunch",
+    "cuGraphLaunch",
+)
+TOP_N = 15
+
+
+def bench_sync(cuda: bool) -> None:
+    """torch.cuda.synchronize(), inside a profiler range named BENCH_SYNC so profile_summary can
+    tell the bench's own step-boundary syncs from the training loop's."""
+    if not cuda:
+        return
+    import torch
+
+    with torch.profiler.record_function(BENCH_SYNC):
+        torch.cuda.synchronize()
+
+
+def _on_cpu(e: Any) -> bool:
+    # DeviceType.CPU / DeviceType.CUDA; str() gives "DeviceType.CPU"
+    return str(getattr(e, "device_type", "CPU")).rsplit(".", 1)[-1] == "CPU"
+
+
+def _span_us(e: Any) -> tuple[float, float]:
+    tr = getattr(e, "time_range", None)
+    if tr is not None:
+        return float(tr.start), float(tr.end)
+    start = float(getattr(e, "start_us", 0.0))  # not a FunctionEvent: best effort
+    return start, start + float(getattr(e, "duration_us", 0.0))
+
+
+def _self_cpu_us(e: Any) -> float:
+    try:
+        return float(e.self_cpu_time_total)
+    except Exception:
+        a, b = _span_us(e)
+        return b - a
+
+
+def _top(rows: dict[str, list[float]], n: int = TOP_N) -> list[dict[str, Any]]:
+    """{name: [count, total_us]} -> the n largest totals as [{name, count, total_s}]."""
+    best = sorted(rows.items(), key=lambda kv: -kv[1][1])[:n]
+    return [{"name": k[:100], "count": int(c), "total_s": t / 1e6} for k, (c, t) in best]
+
+
+def _union_s(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e6
+
+
+def profile_summary(events: Any, wall_s: float) -> dict[str, Any]:
+    """One profiled optimizer step, from torch.profiler's FunctionEvents (`prof.events()`).
+
+    gpu_kernel_s: summed durations of the device's kernels (memcpy/memset apart, in
+    gpu_memcpy_s); gpu_active_s: the union of all device activity (kernels may overlap across
+    streams); gpu_busy_fraction = gpu_kernel_s / wall_s, low means the GPU waits on the CPU.
+    kernel_launches: cudaLaunchKernel-like runtime calls. syncs: the runtime calls that block the
+    CPU until the GPU catches up (names containing "Synchronize", and synchronous cudaMemcpy;
+    a `.item()` is one cudaMemcpyAsync DtoH plus one cudaStreamSynchronize, so it counts once),
+    without the bench's own (inside BENCH_SYNC, or the profiler's own after the last of them);
+    sync_ops: which ops they came from (outermost > innermost enclosing op); dtoh_copies: device
+    to host copies on the GPU timeline (async offload copies included). cpu_op_count: aten ops
+    (nested ones too). top_kernels: the TOP_N kernels by total time, or on a CPU-only profile the
+    aten ops by self CPU time; top_cpu_ops: aten ops by self CPU time (also on CUDA)."""
+    events = list(events)
+    cpu = [e for e in events if _on_cpu(e)]
+    cpu_names = {e.name for e in cpu}
+    # Kineto mirrors record_function ranges (torch's "Optimizer.step#AdamW.step", our BENCH_SYNC)
+    # onto the GPU timeline as annotations spanning their kernels: not kernels themselves.
+    dev = [
+        e
+        for e in events
+        if not _on_cpu(e)
+        and not getattr(e, "is_user_annotation", False)
+        and e.name not in cpu_names
+    ]
+    kernels: dict[str, list[float]] = {}
+    kernel_us = memcpy_us = 0.0
+    dtoh = htod = 0
+    spans = []
+    for e in dev:
+        a, b = _span_us(e)
+        spans.append((a, b))
+        if e.name.startswith(("Memcpy", "Memset")):
+            memcpy_us += b - a
+            dtoh += "DtoH" in e.name
+            htod += "HtoD" in e.name
+            continue
+        kernel_us += b - a
+        row = kernels.setdefault(e.name, [0, 0.0])
+        row[0] += 1
+        row[1] += b - a
+
+    markers = [_span_us(e) for e in cpu if e.name == BENCH_SYNC]
+    last_marker_end = max((b for _, b in markers), default=math.inf)
+
+    def bench_own(e: Any) -> bool:
+        a, b = _span_us(e)
+        return a >= last_marker_end or any(m0 <= a and b <= m1 for m0, m1 in markers)
+
+    aten: dict[str, list[float]] = {}
+    launches = 0
+    launch_us = sync_us = 0.0
+    syncs: dict[str, int] = {}
+    sync_ops: dict[str, int] = {}
+    for e in cpu:
+        name = e.name
+        if name.startswith("aten::"):
+            row = aten.setdefault(name, [0, 0.0])
+            row[0] += 1
+            row[1] += _self_cpu_us(e)
+        elif name.startswith(LAUNCH_PREFIXES):
+            launches += 1
+            a, b = _span_us(e)
+            launch_us += b - a
+        elif ("Synchronize" in name or name == "cudaMemcpy") and not bench_own(e):
+            syncs[name] = syncs.get(name, 0) + 1
+            a, b = _span_us(e)
+            sync_us += b - a
+            chain: list[str] = []
+            parent = getattr(e, "cpu_parent", None)
+            while parent is not None and len(chain) < 50:
+                chain.append(parent.name)
+                parent = getattr(parent, "cpu_parent", None)
+            site = f"{chain[-1]} > {chain[0]}" if len(chain) > 1 else (chain or ["-"])[0]
+            sync_ops[site] = sync_ops.get(site, 0) + 1
+    on_gpu = bool(dev) or launches > 0
+    return {
+        "wall_s": wall_s,
+        "gpu_kernel_s": kernel_us / 1e6,
+        "gpu_busy_fraction": kernel_us / 1e6 / wall_s if wall_s > 0 else 0.0,
+        "gpu_active_s": _union_s(spans),
+        "gpu_memcpy_s": memcpy_us / 1e6,
+        "kernel_launches": launches,
+        "launch_cpu_s": launch_us / 1e6,
+        "syncs": sum(syncs.values()),
+        "syncs_by_call": syncs,
+        "sync_wait_s": sync_us / 1e6,
+        "sync_ops": dict(sorted(sync_ops.items(), key=lambda kv: -kv[1])[:TOP_N]),
+        "dtoh_copies": dtoh,
+        "htod_copies": htod,
+        "cpu_op_count": sum(int(c) for c, _ in aten.values()),
+        "top_kernels": _top(kernels) if on_gpu else _top(aten),
+        "top_cpu_ops": _top(aten),
+        "events": len(events),
+    }
+
+
+def profile_overview(steps: list[dict[str, Any]], step_p50_s: float, grad_accum: int) -> dict:
+    """Means over the profiled steps, per step and per micro-batch. The profiler slows the CPU
+    side, so gpu_busy_fraction is pessimistic; gpu_kernel_s_over_step_p50 sets the (unaffected)
+    kernel time against the unprofiled median step instead."""
+    ok = [s for s in steps if "error" not in s]
+    if not ok:
+        return {}
+
+    def mean(key: str) -> float:
+        return float(sum(s[key] for s in ok) / len(ok))
+
+    out = {
+        k: mean(k)
+        for k in (
+            "wall_s",
+            "gpu_kernel_s",
+            "gpu_busy_fraction",
+            "gpu_active_s",
+            "kernel_launches",
+            "syncs",
+            "sync_wait_s",
+            "cpu_op_count",
+        )
+    }
+    out["kernel_launches_per_micro_batch"] = out["kernel_launches"] / grad_accum
+    out["syncs_per_micro_batch"] = out["syncs"] / grad_accum
+    out["gpu_kernel_s_over_step_p50"] = out["gpu_kernel_s"] / step_p50_s if step_p50_s else 0.0
+    out["profiled_wall_over_step_p50"] = out["wall_s"] / step_p50_s if step_p50_s else 0.0
+    return out
+
+
+def param_bytes(model: Any) -> tuple[dict[str, int], int]:
+    """(bytes by dtype, trainable bytes) of model.parameters(); 4-bit weights are uint8 storage."""
+    by_dtype: dict[str, int] = {}
+    trainable = 0
+    for prm in model.parameters():
+        n = prm.numel() * prm.element_size()
+        key = str(prm.dtype).removeprefix("torch.")
+        by_dtype[key] = by_dtype.get(key, 0) + n
+        trainable += n if prm.requires_grad else 0
+    return dict(sorted(by_dtype.items())), trainable
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Train one case and measure it.
+
+    With profile_steps = P > 0 the trainer runs steps + P optimizer steps: the first `steps` are
+    measured as without profiling (tokens/s, step times, `losses`); each of the P steps after
+    them runs under its own torch.profiler session, from one on_step_end to the next (the same
+    window as the step times: batch fetch, forward/backward of every micro-batch, optimizer, and
+    the trainer's logging of the step before) and goes only into `profile` (and
+    `profile_losses`). The dataset keeps `steps` optimizer steps of rows, so the profiled steps
+    are the start of a second epoch and the measured steps see the same rows in the same order
+    as an unprofiled run; the learning-rate schedule is kept over `steps` (the profiled steps run
+    at lr 0), so `losses` match an unprofiled run's too."""
     import numpy as np
     import torch
     from datasets import Dataset
@@ -385,9 +684,14 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    case = {**DEFAULT_CASE, **case}
+    for key, allowed in CHOICES.items():
+        if case[key] not in allowed:
+            raise ValueError(f"{key}={case[key]!r}: one of {allowed}")
     workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/kubetune-bench")) / str(os.getpid())
     workdir.mkdir(parents=True, exist_ok=True)
     cuda = case["device"] == "cuda"
+    n_steps, n_prof = case["steps"], case["profile_steps"]
     result: dict[str, Any] = {"case": case}
     if case["attn"] == speed.VARLEN_ATTENTION:
         if not speed.register_varlen_attention():
@@ -399,8 +703,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     result["timings"] = timings
     if case["liger"]:
         result["liger_applied"] = speed.apply_liger(model)
+    if case["method"] == "qlora" and case["kbit_prep"] == "peft":
+        from peft import prepare_model_for_kbit_training
 
-    rows_needed = case["steps"] * case["micro_batch"] * case["grad_accum"]
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=case["grad_ckpt"])
+        result["kbit_prep_applied"] = True
+
+    rows_needed = n_steps * case["micro_batch"] * case["grad_accum"]
     rows = synthetic_rows(rows_needed, case["seq_len"], shape["vocab_size"], seed=1234)
     dataset = Dataset.from_dict({"input_ids": rows})
 
@@ -411,7 +720,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         peft_config = LoraConfig(
             r=16,
             lora_alpha=32,
-            lora_dropout=0.05,
+            lora_dropout=case["lora_dropout"],
             target_modules=LORA_TARGETS,
             bias="none",
             task_type="CAUSAL_LM",
@@ -419,7 +728,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     args = SFTConfig(
         output_dir=str(workdir / "out"),
-        max_steps=case["steps"],
+        max_steps=n_steps + n_prof,
         per_device_train_batch_size=case["micro_batch"],
         gradient_accumulation_steps=case["grad_accum"],
         learning_rate=case["lr"],
@@ -429,17 +738,19 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         report_to=[],
         seed=case["seed"],
         data_seed=case["seed"],
-        bf16=cuda,
+        bf16=use_bf16(case),
         use_cpu=not cuda,
         gradient_checkpointing=case["grad_ckpt"],
         padding_free=case["padding_free"],
         # trl refuses max_length with padding-free and no packing; the rows are already clipped.
         max_length=None if case["padding_free"] else case["seq_len"],
-        torch_compile=case["compile"],
+        torch_compile=case["compile"] is True,
+        activation_offloading=case["offload"],
         dataloader_num_workers=0,
         disable_tqdm=True,
-        optim="adamw_torch",
+        optim=case["optim"],
     )
+    t0 = time.perf_counter()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -447,6 +758,35 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         processing_class=tiny_tokenizer(),
         peft_config=peft_config,
     )
+    timings["trainer_init_s"] = time.perf_counter() - t0
+    result["param_bytes_by_dtype"], result["trainable_param_bytes"] = param_bytes(trainer.model)
+
+    # Regional compilation: each decoder layer on its own (after PEFT wrapping and checkpointing
+    # setup, so the LoRA layers are inside), dynamic shapes for the varying token counts.
+    compiled = 0
+    if case["compile"] == "regional":
+        import torch._dynamo
+
+        # the layers share one forward; never fall back to eager for lack of cache entries
+        torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        tuned: Any = trainer.model
+        for module in tuned.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.compile(dynamic=True)
+                compiled += 1
+        if not compiled:
+            raise RuntimeError("compile=regional: no *DecoderLayer module found")
+    result["compiled_layers"] = compiled
+
+    if n_prof:
+        # Keep the schedule over the measured steps (see the docstring); the profiled ones
+        # then run at lr 0: the same kernels, no change to what the measured steps saw.
+        create_scheduler = trainer.create_scheduler
+
+        def measured_schedule(num_training_steps: int, optimizer: Any = None) -> Any:
+            return create_scheduler(num_training_steps=n_steps, optimizer=optimizer)
+
+        trainer.create_scheduler = measured_schedule  # type: ignore[method-assign]
 
     # Count what each micro-batch really holds: the rows' lengths (real tokens) and the padded
     # size. Micro-batches arrive in order, `grad_accum` per optimizer step.
@@ -464,24 +804,60 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     losses: list[float] = []
     step_ends: list[float] = []
 
-    class Timer(TrainerCallback):  # type: ignore[misc]
+    class Timer(TrainerCallback):
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
+            bench_sync(cuda)
             step_ends.append(time.perf_counter())
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
+            bench_sync(cuda)
             step_ends.append(time.perf_counter())
 
-        def on_log(
-            self, _args: Any, _state: Any, _control: Any, logs: Any = None, **k: Any
-        ) -> None:
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **k: Any) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+    profiled: list[dict[str, Any]] = []
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class StepProfiler(TrainerCallback):
+        """One profiler session per profiled step, on_step_end to on_step_end (added after
+        Timer, so a window ends after Timer's sync and starts after Timer's time stamp)."""
+
+        prof: Any = None
+        t0 = 0.0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **k: Any) -> None:
+            step = state.global_step
+            if self.prof is not None:
+                entry: dict[str, Any] = {"step": step}
+                try:
+                    bench_sync(cuda)
+                    wall = time.perf_counter() - self.t0
+                    self.prof.stop()
+                    t = time.perf_counter()
+                    entry.update(profile_summary(self.prof.events(), wall))
+                    entry["analysis_s"] = time.perf_counter() - t
+                except Exception as e:  # a profiler failure must not cost the case
+                    entry["error"] = f"{type(e).__name__}: {e}"
+                profiled.append(entry)
+                self.prof = None
+            if n_steps <= step < n_steps + n_prof:
+                try:
+                    self.prof = torch.profiler.profile(activities=activities)
+                    self.prof.start()
+                except Exception as e:
+                    profiled.append({"step": step + 1, "error": f"{type(e).__name__}: {e}"})
+                    self.prof = None
+                    return
+                bench_sync(cuda)
+                self.t0 = time.perf_counter()
+
     trainer.add_callback(Timer())
+    if n_prof:
+        trainer.add_callback(StepProfiler())
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -492,9 +868,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    if case["compile"]:
+        result["dynamo"] = dynamo_stats()
 
-    steps = len(step_ends) - 1
-    step_times = np.diff(step_ends)
+    # Stats over the measured steps only: the profiled ones (after them) are left out.
+    steps = min(len(step_ends) - 1, n_steps)
+    step_times = np.diff(step_ends)[:steps]
     ga = case["grad_accum"]
     real = [sum(sum(micro[i][0]) for i in range(s * ga, (s + 1) * ga)) for s in range(steps)]
     padded = [sum(micro[i][1] for i in range(s * ga, (s + 1) * ga)) for s in range(steps)]
@@ -514,6 +893,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     flops = (c_lin * n + c_lora * n_lora) * tok_meas + c_attn * shape[
         "num_hidden_layers"
     ] * attn_width * sum(sq[w:])
+    p50 = float(np.percentile(step_times[w:], 50))
     result.update(
         {
             "device_name": torch.cuda.get_device_name() if cuda else "cpu",
@@ -527,12 +907,34 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "real_tokens_per_step_mean": tok_meas / max(1, steps - w),
             "flops_per_token_linear": c_lin * n + c_lora * n_lora,
             "mfu": flops / t_meas / H100_BF16_DENSE_PEAK,
-            "step_time_p50_s": float(np.percentile(step_times[w:], 50)),
+            "step_time_p50_s": p50,
             "step_time_p90_s": float(np.percentile(step_times[w:], 90)),
-            "losses": losses,
+            "losses": losses[:steps],
         }
     )
+    if n_prof:
+        result["profiled_steps_done"] = len(step_ends) - 1 - steps
+        result["profile_losses"] = losses[steps:]
+        result["profile"] = {"steps": profiled, "summary": profile_overview(profiled, p50, ga)}
     return result
+
+
+def dynamo_stats() -> dict[str, Any]:
+    """torch._dynamo's counters after training: graphs compiled, graph breaks and their reasons."""
+    try:
+        from torch._dynamo.utils import counters
+
+        breaks = dict(counters["graph_break"])
+        return {
+            "stats": {k: int(v) for k, v in counters["stats"].items()},
+            "graph_breaks": int(sum(breaks.values())),
+            "graph_break_reasons": {
+                k[:200]: int(v) for k, v in sorted(breaks.items(), key=lambda kv: -kv[1])[:10]
+            },
+            "recompiles": {k[:200]: int(v) for k, v in list(counters["recompiles"].items())[:10]},
+        }
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def verify_quantization(model_name: str) -> dict[str, Any]:
@@ -608,7 +1010,11 @@ def parse_case(text: str) -> dict[str, Any]:
             raise SystemExit(f"unknown case key {key!r}")
         default = DEFAULT_CASE[key]
         value: Any
-        if isinstance(default, bool):
+        if key == "compile" and raw.lower() == "regional":
+            value = "regional"
+        elif isinstance(default, bool):
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise SystemExit(f"{key}={raw!r}: true or false")
             value = raw.lower() in ("1", "true", "yes", "on")
         elif isinstance(default, int):
             value = int(raw)
@@ -616,6 +1022,8 @@ def parse_case(text: str) -> dict[str, Any]:
             value = float(raw)
         else:
             value = raw
+        if key in CHOICES and value not in CHOICES[key]:
+            raise SystemExit(f"{key}={raw!r}: one of {CHOICES[key]}")
         case[key] = value
     return case
 
@@ -627,11 +1035,23 @@ def summary(r: dict[str, Any]) -> str:
         return f"{head} ERROR {r['error'].splitlines()[-1][:120] if r['error'] else ''}"
     mem = r.get("peak_allocated_gib", float("nan"))
     losses = r["losses"]
-    return (
+    line = (
         f"{head} {r['tokens_per_s']:>9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  "
         f"peak {mem:6.2f} GiB  p50 {r['step_time_p50_s']:.3f}s  "
         f"loss {losses[0]:.3f}->{losses[-1]:.3f}"
     )
+    prof = r.get("profile", {}).get("summary")
+    if prof:
+        line += (
+            f"  | profiled: wall {prof['wall_s']:.3f}s kernels {prof['gpu_kernel_s']:.3f}s"
+            f" ({100 * prof['gpu_kernel_s_over_step_p50']:.0f}% of p50)"
+            f" launches {prof['kernel_launches']:.0f} syncs {prof['syncs']:.0f}"
+            f" aten {prof['cpu_op_count']:.0f}"
+        )
+    elif "profile" in r:
+        errors = [s.get("error", "") for s in r["profile"]["steps"]]
+        line += f"  | profile failed: {errors[:1]}"
+    return line
 
 
 def drive(cases: list[dict[str, Any]], out: Path | None, timeout: float) -> int:
@@ -666,12 +1086,13 @@ def drive(cases: list[dict[str, Any]], out: Path | None, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--suite", action="append", default=[], help="smoke, gpu-smoke, 1b, 8b")
+    p.add_argument("--suite", action="append", default=[], help=", ".join(SUITES))
     p.add_argument("--case", action="append", default=[], help="key=value,... (see DEFAULT_CASE)")
     p.add_argument("--only", default="", help="comma-separated variants to keep from the suites")
     p.add_argument("--device", default=None, help="override every case's device (cpu for checks)")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     p.add_argument("--timeout", type=float, default=900, help="seconds per case")
+    p.add_argument("--list", action="store_true", help="print the cases as JSON lines, run none")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--verify-quant", default=None, help="model: compare the two QLoRA load paths")
     a = p.parse_args(argv)
@@ -695,6 +1116,10 @@ def main(argv: list[str] | None = None) -> int:
             c["device"] = a.device
     if not cases:
         p.error("no cases: give --suite or --case")
+    if a.list:
+        for c in cases:
+            print(json.dumps(c), flush=True)
+        return 0
     return drive(cases, a.out, a.timeout)
 
 
