@@ -1,4 +1,4 @@
-"""bench/trainer_bench.py: case parsing, the `next` suite, the profile summary of a GPU step (from
+"""bench/trainer_bench.py and bench/step_profile.py: case parsing, the `next` suite, the profile summary of a GPU step (from
 synthetic profiler events: there is no GPU here), and real CPU runs of the tiny model through
 the bench's own entry point (driver process -> one worker process per case)."""
 
@@ -75,13 +75,18 @@ def test_next_suites() -> None:
     b = _bench()
     for name, model in (("next", "8b"), ("next-1b", "1b")):
         cases = b.suite(name)
-        assert len(cases) == 7
+        assert len(cases) == 8
         assert all(c["liger"] is False for c in cases)
+        # the QLoRA memory ratios need the baseline in the same run, over the same steps and rows
+        qlora = [c for c in cases if c["method"] == "qlora"]
+        assert qlora[0]["variant"] == "baseline"
+        assert {(c["steps"], c["warmup"], c["seed"]) for c in qlora} == {(12, 5, 42)}
         assert all(c["model"] == model for c in cases)
         variants = [(c["method"], c["variant"]) for c in cases]
         assert len(set(variants)) == len(variants)
         assert all(set(c) == set(b.DEFAULT_CASE) for c in cases)
-        assert cases[0]["profile_steps"] == 2 and cases[1]["profile_steps"] == 2
+        profiled = [c["method"] for c in cases if c["profile_steps"]]
+        assert profiled == ["qlora", "lora"]
         assert {c["compile"] for c in cases} == {False, "regional"}
         assert any(c["offload"] for c in cases) and any(c["kbit_prep"] == "peft" for c in cases)
 
@@ -111,7 +116,9 @@ def _ev(name: str, start: float, end: float, cuda: bool = False, **kw: Any) -> S
 def test_profile_summary_of_a_gpu_step() -> None:
     """Kernels, launches, syncs (one .item(); the bench's and the profiler's own syncs left out),
     and a record_function range mirrored on the GPU timeline that must not count as a kernel."""
-    b = _bench()
+    _bench()  # puts bench/ on sys.path
+    import step_profile as b
+
     item = _ev("aten::item", 0, 100)
     dense = _ev("aten::_local_scalar_dense", 10, 90, cpu_parent=item)
     mm = _ev("aten::mm", 100, 150)
