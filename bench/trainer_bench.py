@@ -255,10 +255,11 @@ def next_cases(model: str) -> list[dict[str, Any]]:
     """The next device call, in priority order. QLoRA, all over the same 12 steps so the peaks
     compare: the baseline; ours 16 x 1, then 2 more steps under the profiler (where a step's time
     goes: GPU busy fraction, kernel launches, syncs); the memory target through activation
-    offloading, at 8 x 2 and 16 x 1; ours with peft's prepare_model_for_kbit_training (fp32
-    embeddings, norms and LM head), as the trainer used to do. LoRA: 8 x 2 profiled; the MFU
+    offloading, at 8 x 2 (also without) and 16 x 1. The baseline twice: as trl runs it, and as the seed's
+    recipe does, with peft's prepare_model_for_kbit_training first (fp32 embeddings, norms and LM
+    head: +2 GiB on 8B; the trainer did this too until commit 27be932). LoRA: 8 x 2 profiled; the MFU
     target through one large padding-free micro-batch (64 rows) with checkpointing, eager and
-    with each decoder layer compiled. Liger off everywhere (the trainer's default). About 8
+    with each decoder layer compiled. Liger off everywhere (the trainer's default). About 9
     minutes for 8B (each process ~30 s of start-up, build and quantization; compiling ~70 s)."""
     off = {"liger": False}
     q = {"steps": 12, "warmup": 5, **off}
@@ -266,10 +267,14 @@ def next_cases(model: str) -> list[dict[str, Any]]:
     mb64 = {"micro_batch": 64, "grad_accum": 1, "grad_ckpt": True}
     return [
         baseline(model, "qlora", steps=12, warmup=5),
+        # the seed's QLoRA recipe calls prepare_model_for_kbit_training before SFTTrainer
+        baseline(
+            model, "qlora", variant="baseline-seed-prep", kbit_prep="peft", steps=12, warmup=5
+        ),
         ours(model, "qlora", variant="ours-profile", profile_steps=2, **q),
+        ours(model, "qlora", variant="ours-mb8x2", **mb8, **q),
         ours(model, "qlora", variant="ours-mb8x2-offload", offload=True, **mb8, **q),
         ours(model, "qlora", variant="ours-offload", offload=True, **q),
-        ours(model, "qlora", variant="ours-peft-kbit-prep", kbit_prep="peft", **q),
         ours(
             model, "lora", variant="ours-profile", steps=8, warmup=3, profile_steps=2, **mb8, **off
         ),

@@ -75,7 +75,7 @@ def test_next_suites() -> None:
     b = _bench()
     for name, model in (("next", "8b"), ("next-1b", "1b")):
         cases = b.suite(name)
-        assert len(cases) == 8
+        assert len(cases) == 9
         assert all(c["liger"] is False for c in cases)
         # the QLoRA memory ratios need the baseline in the same run, over the same steps and rows
         qlora = [c for c in cases if c["method"] == "qlora"]
