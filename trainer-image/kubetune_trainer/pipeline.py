@@ -216,6 +216,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             task=str(spec.task),
             model_type=modelload.read_model_type(resolved.path),
             packing=spec.dataset.packing,
+            batch_size=spec.hyperparameters.batch_size,
+            grad_accum=spec.hyperparameters.gradient_accumulation_steps,
         )
     )
     ctx.speed = plan.as_dict()
