@@ -1,8 +1,8 @@
 """Stage `build`: make the loaded model trainable by the chosen method.
 
 The PEFT configs are built by pure functions from the spec (unit-tested); `apply` does the
-model surgery: freezing the 4-bit base for qlora, `get_peft_model` for adapter methods, freezing for
-full (freezeLayers) and bitfit.
+model surgery: freezing the 4-bit base for qlora, `get_peft_model` for adapter methods (with
+fp32 trainable weights), freezing for full (freezeLayers) and bitfit.
 """
 
 from __future__ import annotations
