@@ -3,6 +3,7 @@ progress reporting (rate limit, body, failures), metrics, chat template checks."
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -266,3 +267,35 @@ def test_preflight_refuses_what_cannot_work() -> None:
                     }
                 )
             )
+
+
+def _hold_resolve_lock(work: str, out: str) -> None:
+    import time
+    from pathlib import Path
+
+    from kubetune_trainer.pipeline import _one_rank_at_a_time
+
+    with _one_rank_at_a_time(Path(work)):
+        start = time.monotonic()
+        time.sleep(0.3)
+        Path(out).write_text(f"{start} {time.monotonic()}")
+
+
+def test_local_ranks_resolve_one_at_a_time(tmp_path: Path) -> None:
+    """Ranks of one pod share the work directory; they go through downloads and data
+    preparation one at a time (a file lock: it must hold without a process group)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    outs = [tmp_path / f"rank{i}" for i in range(3)]
+    procs = [
+        ctx.Process(target=_hold_resolve_lock, args=(str(tmp_path / "work"), str(o))) for o in outs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    spans = sorted(tuple(map(float, o.read_text().split())) for o in outs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, spans

@@ -66,7 +66,11 @@ class LocalS3(S3):
     def get_bytes(self, uri: str) -> bytes:
         return self.path(uri).read_bytes()
 
-    def download_file(self, uri: str, dest: str | os.PathLike[str]) -> None:
+    def download_file(
+        self, uri: str, dest: str | os.PathLike[str], size: int | None = None
+    ) -> None:
+        if size is not None and Path(dest).is_file() and Path(dest).stat().st_size == size:
+            return
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(uri), dest)
 

@@ -7,12 +7,15 @@ model is downloaded. Each stage is a module with one job; this file only wires t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,14 +102,21 @@ def _distributed() -> tuple[bool, int | None]:
     return rank == 0, int(local) if local is not None else None
 
 
-def _main_first(enabled: bool) -> Any:
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
-
-    return PartialState().main_process_first()
+@contextlib.contextmanager
+def _one_rank_at_a_time(work: Path) -> Iterator[None]:
+    """Serialize the local ranks of a pod through the downloads and the data preparation: they
+    share the work directory, so the first one through fetches and tokenizes, and the others
+    find the files complete and the datasets cache warm. A file lock, not a collective: it holds
+    before any process group exists (accelerate's main_process_first is a no-op on CPU under
+    torchrun, which let two ranks race on one download), and ranks on other nodes have their
+    own work directory."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".resolve.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _store(out: Any) -> S3:
@@ -166,7 +176,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
 
     # resolve + data ---------------------------------------------------------------------
     ctx.report(stage="resolve")
-    with _main_first(multi):
+    with _one_rank_at_a_time(ctx.work) if multi else contextlib.nullcontext():
         train_src = sources.resolve_data(
             spec.dataset, ctx.work / "data" / "train", ctx.s3, "dataset"
         )

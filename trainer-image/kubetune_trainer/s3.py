@@ -15,6 +15,7 @@ import base64
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,12 +144,24 @@ class S3:
         bucket, key = split_s3_uri(uri)
         return bytes(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    def download_file(self, uri: str, dest: str | os.PathLike[str]) -> None:
+    def download_file(
+        self, uri: str, dest: str | os.PathLike[str], size: int | None = None
+    ) -> None:
+        """Download one object to `dest`. With `size` (the object's), a file of that size already
+        at `dest` is kept (another local rank fetched it, or a retry in the same pod). The bytes
+        go to a temporary name of this process and thread and are renamed into place, so ranks
+        that fetch the same object at once never rename each other's partial file."""
         bucket, key = split_s3_uri(uri)
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dest}.part"
-        self.client.download_file(bucket, key, tmp, Config=self.transfer)
-        os.replace(tmp, dest)
+        target = Path(dest)
+        if size is not None and target.is_file() and target.stat().st_size == size:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.part-{os.getpid()}-{threading.get_ident()}")
+        try:
+            self.client.download_file(bucket, key, str(tmp), Config=self.transfer)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def download_prefix(
         self, uri: str, dest: str | os.PathLike[str], skip: Iterable[str] = ()
@@ -164,10 +177,7 @@ class S3:
 
         def fetch(obj: dict[str, Any]) -> None:
             rel = obj["Key"][len(key_prefix) :]
-            target = dest / rel
-            if target.is_file() and target.stat().st_size == obj["Size"]:
-                return  # already there (a retry in the same pod)
-            self.download_file(f"s3://{bucket}/{obj['Key']}", target)
+            self.download_file(f"s3://{bucket}/{obj['Key']}", dest / rel, size=obj["Size"])
 
         # Large files parallelize inside the transfer manager; small ones across threads.
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(todo)))) as pool:

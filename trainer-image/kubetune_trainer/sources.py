@@ -285,7 +285,8 @@ def _resolve_s3_data(uri: str, file_format: str, dest: Path, s3: S3, what: str) 
     from botocore.exceptions import ClientError
 
     try:
-        if not uri.endswith("/") and s3.head(uri) is not None:
+        head = None if uri.endswith("/") else s3.head(uri)
+        if head is not None:
             name = uri.rsplit("/", 1)[1]
             if builder_for(name, file_format) is None:
                 raise DatasetError(
@@ -293,7 +294,7 @@ def _resolve_s3_data(uri: str, file_format: str, dest: Path, s3: S3, what: str) 
                     "fileFormat (jsonl, json, parquet, csv)"
                 )
             local = dest / name
-            s3.download_file(uri, local)
+            s3.download_file(uri, local, size=head.get("ContentLength"))
             builder = str(builder_for(name, file_format))
             return ResolvedData(
                 source=uri,
@@ -313,8 +314,9 @@ def _resolve_s3_data(uri: str, file_format: str, dest: Path, s3: S3, what: str) 
     rels = [o["Key"][len(key_prefix) :] for o in objects]
     shards, builder = select_shards(rels, file_format, f"{what} {uri}")
     paths = []
+    sizes = {rel: int(o["Size"]) for rel, o in zip(rels, objects, strict=True)}
     for rel in shards:
-        s3.download_file(prefix + rel, dest / rel)
+        s3.download_file(prefix + rel, dest / rel, size=sizes[rel])
         paths.append(dest / rel)
     log.info("%s: %d shard(s) from %s", what, len(paths), uri)
     return ResolvedData(
