@@ -299,3 +299,56 @@ def test_local_ranks_resolve_one_at_a_time(tmp_path: Path) -> None:
     spans = sorted(tuple(map(float, o.read_text().split())) for o in outs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, spans
+
+
+def _tracking_cfg(tmp_path: Path) -> Any:
+    from kubetune_trainer.config import TrainerConfig
+
+    spec = {
+        "task": "causal-lm",
+        "model": {"s3Uri": "s3://bkt/m/"},
+        "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
+        "method": {"type": "lora"},
+        "output": {"uri": "s3://bkt/out"},
+        "tracking": {
+            "reportTo": ["mlflow"],
+            "mlflow": {"trackingUri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "exp"},
+        },
+    }
+    return TrainerConfig.model_validate(
+        {
+            "job": {"namespace": "ns", "name": "job", "run": 3},
+            "spec": spec,
+            "runPrefix": "s3://bkt/o/",
+        }
+    )
+
+
+def test_tracking_run_scope_ends_the_mlflow_run_with_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One named, tagged MLflow run per block, FINISHED with the artifact URIs, or FAILED when
+    the block raises (a real MLflow store: SQLite in tmp_path)."""
+    import mlflow
+    from kubetune_trainer import tracking
+    from mlflow.tracking import MlflowClient
+
+    cfg = _tracking_cfg(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.spec.tracking.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(cfg.spec.tracking.mlflow.tracking_uri)
+    with tracking.run_scope(cfg, ["mlflow"]) as tracked:
+        mlflow.log_metric("loss", 1.5, step=1)
+        tracked.record_artifacts({"adapterUri": "s3://bkt/o/adapter/", "mergedModelUri": ""})
+    with pytest.raises(RuntimeError), tracking.run_scope(cfg, ["mlflow"]):
+        raise RuntimeError("training failed")
+    assert mlflow.active_run() is None
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("exp")
+    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+    ok = runs[0]
+    assert ok.info.run_name == "ns-job-run-3"
+    assert ok.data.tags["kubetune.job"] == "job" and ok.data.tags["kubetune.run"] == "3"
+    assert ok.data.tags["kubetune.adapterUri"] == "s3://bkt/o/adapter/"
+    assert "kubetune.mergedModelUri" not in ok.data.tags  # empty URIs are left out
+    assert ok.data.metrics["loss"] == 1.5

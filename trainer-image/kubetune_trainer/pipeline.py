@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import result as result_mod
+from . import tracking
 from .config import (
     ADAPTER_METHODS,
     MethodType,
-    Reporter,
     TrainerConfig,
 )
 from .errors import ConfigError
@@ -74,25 +74,6 @@ def preflight(cfg: TrainerConfig) -> None:
             raise ConfigError(
                 f"tracking.reportTo {r}: the {pkg} package is not installed in the trainer image"
             )
-
-
-def tracking_env(cfg: TrainerConfig, tensorboard_dir: Path) -> list[str]:
-    """Set the reporters' environment; returns transformers' report_to list."""
-    tr = cfg.spec.tracking
-    report_to = [str(r) for r in tr.report_to]
-    if Reporter.TENSORBOARD in tr.report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir)
-    if tr.mlflow is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = tr.mlflow.tracking_uri
-        if tr.mlflow.experiment:
-            os.environ["MLFLOW_EXPERIMENT_NAME"] = tr.mlflow.experiment
-    if tr.wandb is not None:
-        os.environ["WANDB_PROJECT"] = tr.wandb.project
-        if tr.wandb.entity:
-            os.environ["WANDB_ENTITY"] = tr.wandb.entity
-        if tr.wandb.base_url:
-            os.environ["WANDB_BASE_URL"] = tr.wandb.base_url
-    return report_to
 
 
 def _distributed() -> tuple[bool, int | None]:
@@ -265,74 +246,77 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
 
     # train --------------------------------------------------------------------------------
     ctx.report(stage="train")
-    report_to = tracking_env(cfg, ctx.artifacts / "tensorboard") if ctx.is_main else []
-    trainer = train.build_trainer(
-        spec,
-        model,
-        tokenizer,
-        prepared,
-        output_dir=ctx.work / "checkpoints",
-        precision=precision,
-        cuda=cuda,
-        run_name=spec.tracking.run_name or f"{cfg.job.namespace}-{cfg.job.name}-run-{cfg.job.run}",
-        report_to=report_to,
-        padding_free=plan.padding_free,
-    )
-    store = None
-    ckpt_prefix = cfg.checkpoint_prefix or join(cfg.run_prefix, "checkpoints") + "/"
-    if spec.output.checkpoints:
-        from .checkpoints import CheckpointStore
+    report_to = tracking.tracking_env(cfg, ctx.artifacts / "tensorboard") if ctx.is_main else []
+    # One tracker run from training through the final evaluation and the upload (tracking.py).
+    with tracking.run_scope(cfg, report_to) as tracked:
+        trainer = train.build_trainer(
+            spec,
+            model,
+            tokenizer,
+            prepared,
+            output_dir=ctx.work / "checkpoints",
+            precision=precision,
+            cuda=cuda,
+            run_name=tracking.run_name(cfg),
+            report_to=report_to,
+            padding_free=plan.padding_free,
+        )
+        store = None
+        ckpt_prefix = cfg.checkpoint_prefix or join(cfg.run_prefix, "checkpoints") + "/"
+        if spec.output.checkpoints:
+            from .checkpoints import CheckpointStore
 
-        store = CheckpointStore(ctx.s3, ckpt_prefix, spec.hyperparameters.save_total_limit)
-    outcome = train.run(trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None)
-    ctx.metrics.update(outcome.metrics)
-    ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
-    if not ctx.is_main:
-        return {}
-    trained = trainer.model
-    # Nothing else may keep the training copy (or its optimizer state) alive through the
-    # merge, which loads the base model again.
-    del trainer, outcome, model, loaded
+            store = CheckpointStore(ctx.s3, ckpt_prefix, spec.hyperparameters.save_total_limit)
+        outcome = train.run(trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None)
+        ctx.metrics.update(outcome.metrics)
+        ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
+        if not ctx.is_main:
+            return {}
+        trained = trainer.model
+        # Nothing else may keep the training copy (or its optimizer state) alive through the
+        # merge, which loads the base model again.
+        del trainer, outcome, model, loaded
 
-    # save + merge + upload ----------------------------------------------------------------
-    t = MethodType(spec.method.type)
-    save_stage(ctx, trained, tokenizer)
-    del trained
-    release()
-    merge_stage(ctx, tokenizer)
-    metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
-    (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
-    ctx.report(stage="upload")
-    from .upload import upload
+        # save + merge + upload ----------------------------------------------------------------
+        t = MethodType(spec.method.type)
+        save_stage(ctx, trained, tokenizer)
+        del trained
+        release()
+        merge_stage(ctx, tokenizer)
+        metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
+        (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
+        ctx.report(stage="upload")
+        from .upload import upload
 
-    uris = upload(
-        ctx.s3,
-        ctx.artifacts,
-        cfg,
-        merged_possible=t in MERGEABLE or t not in ADAPTER_METHODS,
-        base_model=ctx.base_model,
-        datasets=ctx.datasets,
-        speed=ctx.speed,
-        metrics=_jsonable(metrics),
-    )
-    if store is not None:
-        uris["checkpointUri"] = store.prefix
-    ctx.artifact_uris = uris
-    ctx.report(stage="done")
-    summary = ", ".join(
-        f"{k} {metrics[k]:.4g}"
-        for k in ("eval_loss", "perplexity", "eval_accuracy", "eval_f1", "train_loss")
-        if isinstance(metrics.get(k), float)
-    )
-    return result_mod.build(
-        outcome="Succeeded",
-        reason="Completed",
-        message=f"trained {metrics.get('train_steps', '?')} steps"
-        + (f": {summary}" if summary else ""),
-        retryable=False,
-        artifacts=uris,
-        metrics=metrics,
-    )
+        uris = upload(
+            ctx.s3,
+            ctx.artifacts,
+            cfg,
+            merged_possible=t in MERGEABLE or t not in ADAPTER_METHODS,
+            base_model=ctx.base_model,
+            datasets=ctx.datasets,
+            speed=ctx.speed,
+            metrics=_jsonable(metrics),
+        )
+        if store is not None:
+            uris["checkpointUri"] = store.prefix
+        ctx.artifact_uris = uris
+        tracked.record_artifacts(uris)
+        ctx.report(stage="done")
+        summary = ", ".join(
+            f"{k} {metrics[k]:.4g}"
+            for k in ("eval_loss", "perplexity", "eval_accuracy", "eval_f1", "train_loss")
+            if isinstance(metrics.get(k), float)
+        )
+        return result_mod.build(
+            outcome="Succeeded",
+            reason="Completed",
+            message=f"trained {metrics.get('train_steps', '?')} steps"
+            + (f": {summary}" if summary else ""),
+            retryable=False,
+            artifacts=uris,
+            metrics=metrics,
+        )
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
