@@ -235,7 +235,7 @@ def test_chat_template_checks_with_the_tiny_tokenizer() -> None:
 # --------------------------------------------------------------------------- preflight
 
 
-def test_preflight_refuses_what_cannot_work() -> None:
+def test_preflight_refuses_what_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     from kubetune_trainer.config import TrainerConfig
@@ -257,16 +257,17 @@ def test_preflight_refuses_what_cannot_work() -> None:
         preflight(
             cfg(method={"type": "prompt-tuning"}, output={"uri": "s3://bkt/o", "adapter": False})
         )
-    if importlib.util.find_spec("mlflow") is None:
-        with pytest.raises(ConfigError, match="mlflow package is not installed"):
-            preflight(
-                cfg(
-                    tracking={
-                        "reportTo": ["mlflow"],
-                        "mlflow": {"trackingUri": "http://mlflow:5000"},
-                    }
-                )
-            )
+    # A custom trainer image without the MLflow client (ours has it): refused before any work.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match="mlflow package is not installed"):
+        preflight(
+            cfg(tracking={"reportTo": ["mlflow"], "mlflow": {"trackingUri": "http://mlflow:5000"}})
+        )
 
 
 def _hold_resolve_lock(work: str, out: str) -> None:
