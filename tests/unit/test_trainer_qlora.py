@@ -18,20 +18,10 @@ def _models() -> tuple[Any, Any]:
     from kubetune_trainer.config import MethodSpec
     from kubetune_trainer.methods import apply
     from kubetune_trainer.modelload import LoadedModel
-    from kubetune_trainer.testing import tiny
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    path = tiny.tiny_llama()
-    q = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    m4 = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=q, device_map={"": "cpu"}, dtype=torch.bfloat16
-    )
+    m4, path = _nf4_tiny_llama()
     assert isinstance(m4.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     method = MethodSpec.model_validate(
         {"type": "qlora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
