@@ -120,6 +120,10 @@ DEFAULT_CASE: dict[str, Any] = {
     "optim": "adamw_torch",  # SFTConfig optim, e.g. paged_adamw_8bit
     "lora_dropout": 0.05,
     "dtype": "auto",  # model weights: auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
+    # PEFT casts each LoRA layer's input to the adapter's dtype (fp32) before dropout and A;
+    # autocast casts it back to bf16 for the matmul. False turns that off (peft's
+    # cast_input_dtype_enabled): two fewer kernels per LoRA layer and pass, no fp32 copies.
+    "input_cast": True,
 }
 
 # Values a string-valued case key may take (checked by parse_case and run_case).
@@ -253,14 +257,15 @@ SUITES = (
 
 def next_cases(model: str) -> list[dict[str, Any]]:
     """The next device call, in priority order. QLoRA, all over the same 12 steps so the peaks
-    compare: the baseline; ours 16 x 1, then 2 more steps under the profiler (where a step's time
-    goes: GPU busy fraction, kernel launches, syncs); the memory target through activation
-    offloading, at 8 x 2 (also without) and 16 x 1. The baseline twice: as trl runs it, and as the seed's
-    recipe does, with peft's prepare_model_for_kbit_training first (fp32 embeddings, norms and LM
-    head: +2 GiB on 8B; the trainer did this too until commit 27be932). LoRA: 8 x 2 profiled; the MFU
-    target through one large padding-free micro-batch (64 rows) with checkpointing, eager and
-    with each decoder layer compiled. Liger off everywhere (the trainer's default). About 9
-    minutes for 8B (each process ~30 s of start-up, build and quantization; compiling ~70 s)."""
+    compare: the baseline twice, as trl runs it and as the seed's recipe does (peft's
+    prepare_model_for_kbit_training first: fp32 embeddings, norms and LM head, +2 GiB on 8B; the
+    trainer did this too until commit 27be932); ours 16 x 1, then 2 more steps under the profiler
+    (where a step's time goes: GPU busy fraction, kernel launches, syncs); ours at 8 x 2, and
+    without PEFT's fp32 input casts; the memory target through activation offloading at 8 x 2 and
+    16 x 1. LoRA: 8 x 2 profiled; the MFU target through one large padding-free micro-batch (64
+    rows) with checkpointing, eager and with each decoder layer compiled. Liger off everywhere
+    (the trainer's default). About 10 minutes for 8B (each process ~30 s of start-up, build and
+    quantization; compiling ~70 s); run the rest with --only if the call is cut short."""
     off = {"liger": False}
     q = {"steps": 12, "warmup": 5, **off}
     mb8 = {"micro_batch": 8, "grad_accum": 2}
@@ -273,6 +278,7 @@ def next_cases(model: str) -> list[dict[str, Any]]:
         ),
         ours(model, "qlora", variant="ours-profile", profile_steps=2, **q),
         ours(model, "qlora", variant="ours-mb8x2", **mb8, **q),
+        ours(model, "qlora", variant="ours-no-input-cast", input_cast=False, **q),
         ours(model, "qlora", variant="ours-mb8x2-offload", offload=True, **mb8, **q),
         ours(model, "qlora", variant="ours-offload", offload=True, **q),
         ours(
@@ -596,6 +602,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         if not compiled:
             raise RuntimeError("compile=regional: no *DecoderLayer module found")
     result["compiled_layers"] = compiled
+    if not case["input_cast"]:
+        peft_model: Any = trainer.model
+        lora_layers = [m for m in peft_model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+        for m in lora_layers:
+            m.cast_input_dtype_enabled = False
+        result["input_cast_disabled_layers"] = len(lora_layers)
 
     if n_prof:
         # Keep the schedule over the measured steps (see the docstring); the profiled ones

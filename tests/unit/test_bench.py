@@ -50,7 +50,7 @@ def test_parse_case_new_keys() -> None:
     b = _bench()
     c = b.parse_case(
         "model=8b,method=qlora,variant=ours-x,compile=regional,kbit_prep=peft,offload=true,"
-        "profile_steps=2,optim=paged_adamw_8bit,lora_dropout=0.1,dtype=bf16"
+        "profile_steps=2,optim=paged_adamw_8bit,lora_dropout=0.1,dtype=bf16,input_cast=false"
     )
     assert c["compile"] == "regional"
     assert c["kbit_prep"] == "peft"
@@ -59,6 +59,7 @@ def test_parse_case_new_keys() -> None:
     assert c["optim"] == "paged_adamw_8bit"
     assert c["lora_dropout"] == 0.1
     assert c["dtype"] == "bf16"
+    assert c["input_cast"] is False
     assert c["padding_free"] is True  # ours' defaults underneath
     assert b.parse_case("compile=true")["compile"] is True
     assert b.parse_case("compile=false")["compile"] is False
@@ -75,7 +76,7 @@ def test_next_suites() -> None:
     b = _bench()
     for name, model in (("next", "8b"), ("next-1b", "1b")):
         cases = b.suite(name)
-        assert len(cases) == 9
+        assert len(cases) == 10
         assert all(c["liger"] is False for c in cases)
         # the QLoRA memory ratios need the baseline in the same run, over the same steps and rows
         qlora = [c for c in cases if c["method"] == "qlora"]
@@ -199,7 +200,11 @@ def test_cpu_qlora_kbit_prep_peft_upcasts_to_fp32(tmp_path: Path) -> None:
     (and the tied LM head) in bf16; peft's prepare_model_for_kbit_training makes them fp32."""
     base = f"{CPU_CASE},method=qlora,steps=2,warmup=1,dtype=bf16"
     none, peft = _run(
-        tmp_path, "--case", f"{base},kbit_prep=none", "--case", f"{base},kbit_prep=peft"
+        tmp_path,
+        "--case",
+        f"{base},kbit_prep=none",
+        "--case",
+        f"{base},kbit_prep=peft,input_cast=false",
     )
     assert none["param_bytes_by_dtype"].get("float32", 0) == 0
     assert peft["param_bytes_by_dtype"]["float32"] > 0
@@ -207,3 +212,5 @@ def test_cpu_qlora_kbit_prep_peft_upcasts_to_fp32(tmp_path: Path) -> None:
     assert none["trainable_param_bytes"] == peft["trainable_param_bytes"] > 0
     assert peft.get("kbit_prep_applied") is True and "kbit_prep_applied" not in none
     assert none["steps_done"] == peft["steps_done"] == 2
+    # input_cast=false reaches every LoRA layer (2 layers x 7 projections of the tiny model)
+    assert peft["input_cast_disabled_layers"] == 14 and "input_cast_disabled_layers" not in none
