@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,26 @@ def test_tracking_run_scope_ends_the_mlflow_run_with_the_outcome(
     assert ok.data.tags["kubetune.adapterUri"] == "s3://bkt/o/adapter/"
     assert "kubetune.mergedModelUri" not in ok.data.tags  # empty URIs are left out
     assert ok.data.metrics["loss"] == 1.5
+
+
+def test_tracking_server_away_fails_before_training_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at the tracking URI: the job fails at once (retryable), saying which spec
+    field points there, instead of training for hours and failing at the first log."""
+    import mlflow
+    from kubetune_trainer import tracking
+    from kubetune_trainer.errors import TrainerError
+
+    cfg = _tracking_cfg(tmp_path)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    refused = pytest.raises(TrainerError, match=r"tracking\.mlflow\.trackingUri: cannot start")
+    with refused as e, tracking.run_scope(cfg, ["mlflow"]):
+        pytest.fail("the block must not run")
+    assert e.value.retryable
+    assert mlflow.active_run() is None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Reporter, TrainerConfig
+from .errors import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,16 @@ def job_tags(cfg: TrainerConfig) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def _starting(field: str, what: str) -> Iterator[None]:
+    """A tracker that cannot start a run fails the job before training, naming the spec field;
+    retryable, since a tracking server is often only briefly away."""
+    try:
+        yield
+    except Exception as e:
+        raise TrainerError(f"{field}: cannot start {what}: {type(e).__name__}: {e}") from e
+
+
 class TrackedRun:
     """The open tracker runs of this process (MLflow, W&B), for what the pipeline adds later."""
 
@@ -83,21 +94,23 @@ def run_scope(cfg: TrainerConfig, report_to: list[str]) -> Iterator[TrackedRun]:
     ok = False
     try:
         if Reporter.MLFLOW in report_to:
-            import mlflow
+            with _starting("tracking.mlflow.trackingUri", "an MLflow run"):
+                import mlflow
 
-            experiment = cfg.spec.tracking.mlflow and cfg.spec.tracking.mlflow.experiment
-            if experiment:
-                mlflow.set_experiment(experiment)
-            run = mlflow.start_run(run_name=name, tags=tags)
+                experiment = cfg.spec.tracking.mlflow and cfg.spec.tracking.mlflow.experiment
+                if experiment:
+                    mlflow.set_experiment(experiment)
+                run = mlflow.start_run(run_name=name, tags=tags)
             tracked.mlflow = mlflow
             log.info("MLflow run %s (%s) at %s", run.info.run_id, name, mlflow.get_tracking_uri())
         if Reporter.WANDB in report_to:
-            import wandb
+            with _starting("tracking.wandb", "a W&B run"):
+                import wandb
 
-            # W&B tags are short labels (64 characters at most); the job goes into the config.
-            tracked.wandb = wandb.init(
-                name=name, tags=[f"job:{cfg.job.name}"[:64]], config={"kubetune": tags}
-            )
+                # W&B tags are short labels (64 characters at most); the job goes into the config.
+                tracked.wandb = wandb.init(
+                    name=name, tags=[f"job:{cfg.job.name}"[:64]], config={"kubetune": tags}
+                )
             log.info("W&B run %s (%s)", tracked.wandb.id, name)
         yield tracked
         ok = True
