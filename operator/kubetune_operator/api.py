@@ -228,7 +228,14 @@ class FineTuneJob(Spec):
     kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="FineTuneJob")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired state.")
-    status: FineTuneJobStatus | None = Field(default=None, description="Observed state.")
+    # The CRD defaults `status` to observedGeneration 0 (applied when the API server reads the
+    # object), so before the operator's first write kstatus/Flux read InProgress (generation 1
+    # not observed yet) instead of Current, and Argo CD reads Progressing.
+    status: FineTuneJobStatus | None = Field(
+        default=None,
+        description="Observed state.",
+        json_schema_extra={"default": {"observedGeneration": 0}},
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FineTuneJob:

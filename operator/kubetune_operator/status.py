@@ -479,13 +479,20 @@ def conditions(
     problem: tuple[str, str] | None = None,
     waiting: str | None = None,
 ) -> list[dict[str, Any]]:
-    """All condition types, kstatus-compatible: Reconciling=True while work is in progress,
-    Stalled=True when it cannot progress without a change, Ready=True once Succeeded."""
+    """All condition types, following kstatus' contract (what Flux and most deploy tools read):
+
+    - `Stalled=True` when the object cannot progress without a change: the run failed, or the
+      current generation's spec cannot run (`problem`), even while an older run is still active;
+    - `Reconciling=True` while work is in progress and nothing is stalled: Pending, Running,
+      suspended (by `runPolicy.suspend` or by a queue: not done, so a Flux `wait` keeps
+      waiting), or a queued generation waiting for the current run;
+    - never both: Stalled wins, so kstatus reads Failed at once instead of InProgress;
+    - `Ready` is the summary: True only when the run Succeeded and nothing is pending or stalled.
+    """
     phase, reason, message = state.phase, state.reason, state.message
-    terminal = phase in TERMINAL
-    user_suspended = phase == Phase.SUSPENDED.value and reason == Reason.SUSPENDED.value
-    reconciling = (not terminal and not user_suspended) or waiting is not None
     stalled = phase == Phase.FAILED.value or problem is not None
+    reconciling = not stalled and (phase not in TERMINAL or waiting is not None)
+    ready = phase == Phase.SUCCEEDED.value and not stalled and not reconciling
     rec_reason, rec_message = (reason, message)
     if waiting is not None:
         rec_reason, rec_message = Reason.QUEUED.value, waiting
@@ -493,7 +500,7 @@ def conditions(
     if problem is not None:
         st_reason, st_message = problem
     desired = [
-        (ConditionType.READY, phase == Phase.SUCCEEDED.value, reason, message),
+        (ConditionType.READY, ready, reason, message),
         (ConditionType.RUNNING, phase == Phase.RUNNING.value, reason, message),
         (ConditionType.SUCCEEDED, phase == Phase.SUCCEEDED.value, reason, message),
         (ConditionType.FAILED, phase == Phase.FAILED.value, reason, message),

@@ -16,7 +16,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 from clusterlib import Cluster
 
@@ -45,7 +44,8 @@ def quickstart(name: str) -> dict[str, Any]:
 
 
 def derived_status(phase: str, reason: str, generation: int, **extra: Any) -> dict[str, Any]:
-    status = pytest.importorskip("kubetune_operator.status", reason="operator not landed")
+    from kubetune_operator import status
+
     state = status.RunState(phase, reason, f"{reason} happened")
     return {
         "phase": phase,
@@ -78,7 +78,7 @@ CASES = [
     ("Succeeded", "Completed", "Healthy", "Current"),
     ("Failed", "OOMKilled", "Degraded", "Failed"),
     ("Failed", "BackoffLimitExceeded", "Degraded", "Failed"),
-    ("Suspended", "Suspended", "Suspended", "Current"),
+    ("Suspended", "Suspended", "Suspended", "InProgress"),
     ("Suspended", "Preempted", "Suspended", "InProgress"),
 ]
 

@@ -1,8 +1,9 @@
 -- Argo CD health check for kubetune.io/FineTuneJob (argocd-cm key
 -- resource.customizations.health.kubetune.io_FineTuneJob; docs/gitops.md embeds this file).
 --   Healthy     phase Succeeded (artifacts are in S3)
---   Degraded    phase Failed
+--   Degraded    condition Stalled=True (phase Failed, or a spec that cannot run)
 --   Suspended   phase Suspended (spec.runPolicy.suspend, or preempted by a queue)
+--               (kstatus/Flux: InProgress, since the model is not there yet)
 --   Progressing anything else: no status yet, Pending, Running, or a spec change the
 --               operator has not observed yet
 local hs = { status = "Progressing", message = "Waiting for the kubetune operator" }
@@ -48,6 +49,16 @@ if obj.metadata ~= nil then
 end
 if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
   hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+-- Stalled=True: the run failed, or the current spec cannot run (e.g. a ServiceAccount or
+-- Secret that is not allowed), even while an older run is still active or has succeeded.
+-- kstatus (Flux) reads the same condition as Failed.
+local stalled = condition("Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled)
   return hs
 end
 
