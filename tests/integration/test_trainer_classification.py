@@ -118,3 +118,35 @@ def test_lora_with_modules_to_save_beats_chance(
     with torch.no_grad():
         assert torch.allclose(tuned(**enc).logits, merged(**enc).logits, atol=1e-4)
     assert _predict(merged, tok, texts) == ["finance", "cooking"]
+
+
+def test_default_max_seq_length_above_bert_positions_is_clamped_not_a_crash(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The default maxSeqLength (1024) on a BERT with 128 positions, rows longer than that:
+    the run trains at 128 and says so in its message and manifest (it used to fail inside the
+    embeddings on the first long row)."""
+    spec = classification_spec(trainer_s3, "full", hyperparameters={"maxSteps": 2})
+    for key in ("evalStrategy", "evalSteps"):
+        del spec["hyperparameters"][key]
+    long_row = " ".join(["the team scored a goal"] * 80)  # ~400 tokens
+    spec["dataset"] = {
+        "inline": [
+            {"text": long_row, "label": "sports"},
+            {"text": "rain today", "label": "weather"},
+        ]
+        * 8,
+        "format": "classification",
+    }
+    cfg = harness.trainer_config(spec, name=unique("bert-clamp"), work_dir=tmp_path / "w")
+    run = harness.run(cfg, tmp_path / "run")
+    assert run.returncode == 0, run.output[-4000:]
+    message = run.termination["message"]  # type: ignore[index]
+    assert "dataset.maxSeqLength 1024 is above the model's position limit 128" in message
+    manifest = trainer_s3.json(cfg["runPrefix"] + "manifest.json")
+    assert manifest["datasets"]["maxSeqLength"] == {
+        "requested": 1024,
+        "effective": 128,
+        "modelLimit": 128,
+    }

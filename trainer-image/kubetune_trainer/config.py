@@ -575,7 +575,9 @@ class DatasetSpec(DataSource):
         default=1024,
         ge=16,
         le=131072,
-        description="Longest tokenized sequence; longer rows are truncated.",
+        description="Longest tokenized sequence; longer rows are truncated. Above the model's "
+        "position limit (e.g. 512 for BERT) it is clamped to that limit, with a warning in the "
+        "run's final status message and `datasets.maxSeqLength` in its manifest.",
     )
     packing: WireBool = Field(
         default=False,
@@ -801,7 +803,8 @@ class MethodSpec(Spec):
         default=None,
         ge=0,
         le=1000,
-        description="full only: keep the embeddings and the lowest N transformer layers frozen.",
+        description="full only: keep the whole embedding stage (word, position and token-type "
+        "embeddings, embedding norms) and the lowest N transformer layers frozen.",
     )
     lora: LoraSpec | None = Field(
         default=None, description="LoRA settings for lora/qlora/dora (defaults if omitted)."

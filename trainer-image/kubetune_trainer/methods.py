@@ -134,12 +134,22 @@ def _decoder_layers(model: Any) -> Any:
 
 
 def freeze_layers(model: Any, n: int) -> None:
-    """Freeze the input embeddings and the lowest `n` transformer layers."""
+    """Freeze everything below the lowest `n` transformer layers' top: the whole embedding stage
+    (word, position and token-type embeddings, and the embedding LayerNorm of BERT-like and
+    BLOOM models, not only `get_input_embeddings()`) and layers 0..n-1.
+
+    "The embedding stage" is every parameter registered before the first layer's: models
+    register their modules in forward order, so this covers each family without a name list."""
     layers = _decoder_layers(model)
     if layers is None:
         raise ConfigError("method.freezeLayers: cannot find the model's layer list")
     if n > len(layers):
         raise ConfigError(f"method.freezeLayers {n}: the model has only {len(layers)} layers")
+    first = {id(p) for p in layers[0].parameters()}
+    for p in model.parameters():
+        if id(p) in first:
+            break
+        p.requires_grad_(False)
     for p in model.get_input_embeddings().parameters():
         p.requires_grad_(False)
     for layer in layers[:n]:

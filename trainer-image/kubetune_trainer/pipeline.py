@@ -24,6 +24,7 @@ from . import result as result_mod
 from . import tracking
 from .config import (
     ADAPTER_METHODS,
+    FineTuneJobSpec,
     MethodType,
     TrainerConfig,
 )
@@ -49,6 +50,7 @@ class Context:
     datasets: dict[str, Any] = field(default_factory=dict)
     artifact_uris: dict[str, Any] = field(default_factory=dict)
     speed: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # shown in the final status message
 
     @property
     def artifacts(self) -> Path:
@@ -188,6 +190,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         "kind": resolved.kind,
         "revision": resolved.revision,
     }
+    spec = _clamp_seq_len(ctx, spec, resolved.path)
 
     # load + build -------------------------------------------------------------------------
     import torch
@@ -312,11 +315,28 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             outcome="Succeeded",
             reason="Completed",
             message=f"trained {metrics.get('train_steps', '?')} steps"
-            + (f": {summary}" if summary else ""),
+            + (f": {summary}" if summary else "")
+            + "".join(f" (warning: {w})" for w in ctx.warnings),
             retryable=False,
             artifacts=uris,
             metrics=metrics,
         )
+
+
+def _clamp_seq_len(ctx: Context, spec: FineTuneJobSpec, model_dir: Path) -> FineTuneJobSpec:
+    """dataset.maxSeqLength within the model's position limit (seqlen.py), recorded in the
+    manifest (`datasets.maxSeqLength`) and, when clamped, warned about in the log and status."""
+    from . import seqlen
+
+    seq = seqlen.resolve(spec.dataset.max_seq_length, model_dir)
+    ctx.datasets["maxSeqLength"] = seq.record()
+    warning = seq.warning()
+    if warning is None:
+        return spec
+    log.warning("%s", warning)
+    ctx.warnings.append(warning)
+    dataset = spec.dataset.model_copy(update={"max_seq_length": seq.effective})
+    return spec.model_copy(update={"dataset": dataset})
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
