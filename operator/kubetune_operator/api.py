@@ -87,6 +87,7 @@ class Reason(StrEnum):
     CONFIG_ERROR = "ConfigError"
     ARTIFACTS_MISSING = "ArtifactsMissing"
     NON_FINITE_LOSS = "NonFiniteLoss"
+    GPU_OUT_OF_MEMORY = "GpuOutOfMemory"
     POD_KILLED = "PodKilled"
     JOB_DELETED = "JobDeleted"
     # Suspend / spec changes

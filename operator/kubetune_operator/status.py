@@ -23,6 +23,7 @@ from kubetune_trainer.errors import (
     ArtifactsMissing,
     ConfigError,
     DatasetError,
+    GpuOutOfMemory,
     ModelError,
     NonFiniteLoss,
 )
@@ -43,7 +44,14 @@ GPU_ACCOUNTING_STEP = 300
 # definitions so the two sides cannot drift apart.
 EXIT_REASONS = {
     failure.exit_code: failure.reason
-    for failure in (ConfigError, DatasetError, ModelError, NonFiniteLoss, ArtifactsMissing)
+    for failure in (
+        ConfigError,
+        DatasetError,
+        ModelError,
+        NonFiniteLoss,
+        ArtifactsMissing,
+        GpuOutOfMemory,
+    )
 }
 TRAINER_REASONS = {*EXIT_REASONS.values(), Reason.TRAINER_ERROR.value}
 _WARNING_REASONS = {

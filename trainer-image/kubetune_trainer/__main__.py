@@ -21,7 +21,14 @@ from typing import Any
 
 from . import logs
 from . import result as result_mod
-from .errors import ConfigError, TrainerError, TrainerFailure
+from .errors import (
+    ConfigError,
+    GpuOutOfMemory,
+    TrainerError,
+    TrainerFailure,
+    gpu_oom_message,
+    is_gpu_oom,
+)
 
 log = logging.getLogger("kubetune")
 
@@ -95,7 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         from . import pipeline
 
-        res = pipeline.run(cfg)
+        try:
+            res = pipeline.run(cfg)
+        except Exception as e:
+            if not is_gpu_oom(e):
+                raise
+            hp = cfg.spec.hyperparameters
+            raise GpuOutOfMemory(
+                gpu_oom_message(
+                    hp.batch_size,
+                    hp.gradient_accumulation_steps,
+                    cfg.spec.dataset.max_seq_length,
+                    str(cfg.spec.method.type),
+                )
+            ) from e
         log.info("succeeded: %s", res.get("message"))
     except TrainerFailure as e:
         code = e.exit_code
