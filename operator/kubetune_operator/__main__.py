@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if args and args[0] == "--version":
+        from kubetune_trainer.version import version_line
+
+        print(version_line("kubetune-operator"))
+        return 0
     try:
         settings = OperatorSettings()
     except (ValidationError, ValueError) as e:
