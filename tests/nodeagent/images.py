@@ -9,8 +9,10 @@ What the container gets, as a kubelet + container runtime would give it:
   account token at /var/run/secrets/kubernetes.io/serviceaccount and its own termination-log
   file at `terminationMessagePath`;
 - the resolved env (values, fieldRefs, configMap/secret refs, envFrom) and nothing of the
-  agent's own environment; values are passed through podman's environment (`-e NAME`), never on
-  a command line or in a file;
+  agent's own environment; values are never on a command line: they go through an env file
+  (mode 0600 in the pod's sandbox, beside its secret volumes, removed when the container ends),
+  or, for a value with a newline (which env files cannot hold), through podman's environment
+  (`--env NAME`);
 - `securityContext`: runAsUser/runAsGroup (container over pod), fsGroup/supplementalGroups,
   readOnlyRootFilesystem, allowPrivilegeEscalation=false, capabilities drop/add;
 - `resources.limits.memory` as the container's memory limit (OOMKilled is read back);
@@ -97,6 +99,7 @@ def run_args(
     image: str,
     pod_spec: JSON,
     container: JSON,
+    env_file: Path | None,
     env_names: Sequence[str],
     mounts: Sequence[tuple[Path, str, bool]],
     memory_limit: int | None,
@@ -132,6 +135,8 @@ def run_args(
         args += ["--memory", str(memory_limit), "--memory-swap", str(memory_limit)]
     for src, dst, ro in mounts:
         args += ["--volume", f"{src}:{dst}:{'ro' if ro else 'rw'}"]
+    if env_file is not None:
+        args += ["--env-file", str(env_file)]
     for n in env_names:
         args += ["--env", n]
     workdir = container.get("workingDir")
@@ -154,6 +159,20 @@ def container_env(resolved: Mapping[str, str], agent_env: Mapping[str, str]) -> 
         for k, v in resolved.items()
         if k not in drop and not (k in agent_env and agent_env[k] == v)
     }
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> list[str]:
+    """Write the single-line values to `path` (0600); return the names of the others."""
+    lines, rest = [], []
+    for k, v in sorted(env.items()):
+        if "\n" in v or "\r" in v:
+            rest.append(k)
+        else:
+            lines.append(f"{k}={v}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    return rest
 
 
 def oom_killed(images: LocalImages, name: str) -> bool:

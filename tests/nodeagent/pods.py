@@ -713,6 +713,8 @@ class PodWorker(threading.Thread):
         assert self.ctx.images is not None and r.log_path is not None
         images_mod.remove(self.ctx.images, r.podman_name)  # a leftover of an agent restart
         cenv = images_mod.container_env(env, self.ctx.base_env)
+        env_file = self.sandbox / "containers" / r.name / f"env.{r.restarts}"
+        multiline = images_mod.write_env_file(env_file, cenv)
         spec = self.pod["spec"]
         podman_argv = self.ctx.images.command(
             *images_mod.run_args(
@@ -720,18 +722,18 @@ class PodWorker(threading.Thread):
                 image=str(r.spec.get("image", "")),
                 pod_spec=spec,
                 container=r.spec,
-                env_names=sorted(cenv),
+                env_file=env_file,
+                env_names=multiline,
                 mounts=self._mounts(r, for_image=True),
                 memory_limit=limit,
                 hostname=self.pod_name,
                 argv=argv,
             )
         )
-        # podman reads the values of `--env NAME` from its own environment.
-        penv = {k: os.environ[k] for k in ("HOME", "KUBETUNE_CONTAINERS") if k in os.environ} | {
-            "PATH": self.ctx.base_env.get("PATH", os.defpath),
-            **cenv,
-        }
+        # podman reads the values of `--env NAME` (multi-line values) from its own environment.
+        penv = {k: os.environ[k] for k in ("HOME", "KUBETUNE_CONTAINERS") if k in os.environ}
+        penv["PATH"] = self.ctx.base_env.get("PATH", os.defpath)
+        penv.update({k: cenv[k] for k in multiline})
         r.container_id = f"podman://{r.podman_name}"
         r.signalled = False
         r.started_at = now()
@@ -778,6 +780,8 @@ class PodWorker(threading.Thread):
                 code == 137 and not r.signalled and _memory_limit(r.spec) is not None
             )
             images_mod.remove(self.ctx.images, r.podman_name)
+            with contextlib.suppress(OSError):
+                (self.sandbox / "containers" / r.name / f"env.{r.restarts}").unlink()
         if r.cgroup is not None:
             oom = r.cgroup.oom_kills() > 0
             r.cgroup.remove()
