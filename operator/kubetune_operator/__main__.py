@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(version_line("kubetune-operator"))
         return 0
+    from kubetune_trainer.extraca import ExtraCAError
+    from kubetune_trainer.extraca import apply as apply_extra_ca
+
+    try:
+        apply_extra_ca()
+    except ExtraCAError as e:
+        print(f"kubetune-operator: invalid configuration: {e}", file=sys.stderr)
+        return 2
     try:
         settings = OperatorSettings()
     except (ValidationError, ValueError) as e:

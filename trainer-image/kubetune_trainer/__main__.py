@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     res: dict[str, Any]
     try:
+        from .extraca import ExtraCAError
+        from .extraca import apply as apply_extra_ca
+
+        try:
+            apply_extra_ca()
+        except ExtraCAError as e:
+            raise ConfigError(str(e)) from e
         cfg = load_config(args.config)
         log.info(
             "kubetune-train: %s/%s run %d (task %s, method %s)",
