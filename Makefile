@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools lint typecheck unit integration test demo crds check-crds cluster-up cluster-down docs
+.PHONY: help venv tools images lint typecheck unit integration test demo crds check-crds cluster-up cluster-down docs
 
 help:
 	@echo "make demo   - bring up the local control plane + MinIO, run the quickstart FineTuneJob end to end"
 	@echo "make test   - ruff, mypy, unit and integration tests (builds tools on first run)"
+	@echo "make images - build the operator and trainer images daemonless (podman + runc), cached"
 
 # The virtualenv is keyed on pyproject.toml so dependency changes reinstall.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +25,13 @@ venv: $(VENV)/.installed
 
 tools:
 	hack/build-tools all
+
+# Operator and trainer (CUDA variant) images; `hack/images trainer-cpu` builds the CPU variant.
+# Cached under ~/.cache/kubetune/containers, keyed on everything each image is built from. The
+# image tests (tests/integration/test_images*.py) call hack/images themselves, so `make test`
+# builds them too.
+images:
+	hack/images base operator trainer
 
 lint: venv
 	$(BIN)/ruff check .

@@ -22,6 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    if args and args[0] == "--version":
+        from kubetune_trainer.version import version_line
+
+        print(version_line("kubetune-operator"))
+        return 0
+    from kubetune_trainer.extraca import ExtraCAError
+    from kubetune_trainer.extraca import apply as apply_extra_ca
+
+    try:
+        apply_extra_ca()
+    except ExtraCAError as e:
+        print(f"kubetune-operator: invalid configuration: {e}", file=sys.stderr)
+        return 2
     try:
         settings = OperatorSettings()
     except (ValidationError, ValueError) as e:

@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -138,7 +138,21 @@ def installed(cluster: Cluster, release_ns: str, values: dict[str, Any]) -> Iter
 def test_helm_install_trains_quickstart(
     cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any
 ) -> None:
-    release_ns, jobs_ns = namespace, jobs_namespace
+    install_and_train_quickstart(cluster, namespace, jobs_namespace, s3)
+
+
+def install_and_train_quickstart(
+    cluster: Cluster,
+    release_ns: str,
+    jobs_ns: str,
+    s3: Any,
+    extra_values: dict[str, Any] | None = None,
+    after_success: Callable[[dict[str, Any]], None] | None = None,
+    before_uninstall: Callable[[], None] | None = None,
+) -> None:
+    """The whole check; test_images_e2e.py runs it again with the locally built images
+    (`extra_values`), inspecting the succeeded run's pods (`after_success`, given the
+    FineTuneJob) and running more jobs on the same install (`before_uninstall`)."""
     health = _unit("test_chart_argocd_health")
 
     require((REPO / "examples" / "quickstart.yaml").exists(), "examples/quickstart.yaml is missing")
@@ -153,8 +167,17 @@ def test_helm_install_trains_quickstart(
 
     # The chart's CRD (helm skips crds/ when the CRD exists, so make it the chart's version).
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
+    # (kubectl wait fails outright while a new CRD has no status.conditions yet: poll instead.)
+    cluster.wait_for(
+        lambda: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in cluster.kubectl_json("get", "crd", "finetunejobs.kubetune.io")
+            .get("status", {})
+            .get("conditions")
+            or []
+        ),
+        timeout=60,
+        what="the FineTuneJob CRD to be Established",
     )
 
     # The tiny model and data the quickstart reads, in MinIO.
@@ -184,6 +207,7 @@ def test_helm_install_trains_quickstart(
         "s3": {"endpoint": cluster.s3_endpoint, "region": cluster.aws_region,
                "credentialsSecret": SECRET},
     }  # fmt: skip
+    values.update(extra_values or {})
     with installed(cluster, release_ns, values) as install_out:
         assert "NOTES:" in install_out
         assert (
@@ -275,6 +299,8 @@ def test_helm_install_trains_quickstart(
                 assert (verdict, flux) == expected[phase], (phase, reason, seen)
             assert seen[-1][:3] == ("Succeeded", "Completed", "Healthy")
             assert progress_seen, f"the trainer's status.progress never arrived: {seen}"
+            if after_success is not None:
+                after_success(obj)
 
             # The artifacts are where status says, complete (manifest written last).
             st = obj["status"]
@@ -307,6 +333,8 @@ def test_helm_install_trains_quickstart(
             # Deleting the FineTuneJob removes it and its children, and keeps the artifacts.
             cluster.kubectl("delete", "ftj", name, "--timeout=120s", namespace=jobs_ns)
             s3.head_object(Bucket=bucket, Key=key)
+            if before_uninstall is not None:
+                before_uninstall()
         finally:
             with contextlib.suppress(Exception):
                 print("---- operator log (tail) ----\n" + operator_log()[-3000:])

@@ -7,8 +7,10 @@ agent fills that gap just far enough for the operator's integration tests to be 
 * it registers a Node (capacity/allocatable cpu, memory, pods and optionally ``nvidia.com/gpu``,
   labels, taints) and keeps it Ready with status heartbeats and a Lease in kube-node-lease, so
   the node-lifecycle controller never taints it;
-* it watches pods bound to its node and runs each container's ``command`` + ``args`` as a local
-  process (images are ignored), in a private mount namespace where the pod's volumes (emptyDir,
+* it watches pods bound to its node and runs each container inside its image when the image
+  exists in the local podman storage (images.py: podman + runc, the image's filesystem and user,
+  the pod's volumes, env, service account and memory limit), otherwise its ``command`` +
+  ``args`` as a local process, in a private mount namespace where the pod's volumes (emptyDir,
   configMap, secret, projected, downwardAPI, hostPath, PVC-as-a-directory) and a per-container
   termination-log file are bind-mounted at the paths the pod spec names, in a memory cgroup that
   enforces ``resources.limits.memory`` (OOMKilled is reported);
@@ -25,8 +27,8 @@ agent fills that gap just far enough for the operator's integration tests to be 
   sets ``\\.invalid([/:]|$)``) never start: ErrImagePull, then ImagePullBackOff;
 * it serves /containerLogs over TLS so ``kubectl logs`` works (follow, tailLines, previous).
 
-It does not emulate: images/filesystems (processes see the host's root fs, run as root, with
-the agent's PATH), networking (no pod IPs or Services: everything is 127.0.0.1), probes,
+It does not emulate: pulling images (only local ones are used; other pods' processes see the
+host's root fs, run as root, with the agent's PATH), networking (no pod IPs or Services: everything is 127.0.0.1), probes,
 exec/attach/port-forward, CPU limits, ConfigMap/Secret volume updates after start, and
 in-place pod resize. Run it as ``PYTHONPATH=tests python -m nodeagent --help``.
 """

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from .cgroups import MemoryCgroups
+from .images import LocalImages
 from .kube import JSON, ApiError, Kube
 from .pods import NodeContext, PodWorker, delete_pod_now
 from .util import now, now_micro
@@ -157,6 +158,7 @@ class Agent:
             node_allocatable=self.allocatable,
             stop=self.stop,
             post_event=self.post_event,
+            images=LocalImages(),
         )
 
     # ------------------------------------------------------------------ node

@@ -35,7 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import images as images_mod
 from .cgroups import Cgroup, MemoryCgroups
+from .images import LocalImages
 from .kube import JSON, ApiError, Kube, pod_path
 from .util import expand, now, parse_quantity, parse_time
 
@@ -84,6 +86,7 @@ class NodeContext:
     node_allocatable: dict[str, str]
     stop: threading.Event
     post_event: Callable[[JSON, str, str, str], None]
+    images: LocalImages | None = None
     backoff_base: float = 2.0
     backoff_max: float = 20.0
 
@@ -145,6 +148,9 @@ class ContainerRun:
     log_path: Path | None = None
     term_path: Path | None = None
     container_id: str = ""
+    # Set when the container runs inside its image (podman; images.py): the container's name.
+    podman_name: str = ""
+    signalled: bool = False
 
     @property
     def name(self) -> str:
@@ -557,7 +563,7 @@ class PodWorker(threading.Thread):
         for r in live:
             if event:
                 self._event("Normal", "Killing", f"Stopping container {r.name}")
-            _signal_run(r, signal.SIGTERM)
+            _signal_run(r, signal.SIGTERM, self.ctx.images)
         deadline = time.monotonic() + grace
         while any(r.running for r in live) and time.monotonic() < deadline:
             if self._gone or self.ctx.stop.is_set():
@@ -568,7 +574,7 @@ class PodWorker(threading.Thread):
             time.sleep(0.1)
         for r in live:
             if r.running:
-                _signal_run(r, signal.SIGKILL)
+                _signal_run(r, signal.SIGKILL, self.ctx.images)
         for r in live:
             if r.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -586,6 +592,9 @@ class PodWorker(threading.Thread):
             self._check()
             try:
                 self._pull(r)
+                image = str(r.spec.get("image", ""))
+                in_image = self.ctx.images is not None and self.ctx.images.exists(image)
+                r.podman_name = f"kt-{self.uid[:13]}-{r.name}-{r.restarts}" if in_image else ""
                 env = self._resolve_env(r)
                 argv = self._argv(r, env)
                 break
@@ -628,6 +637,9 @@ class PodWorker(threading.Thread):
     def _argv(self, r: ContainerRun, env: dict[str, str]) -> list[str]:
         command = list(r.spec.get("command") or [])
         args = list(r.spec.get("args") or [])
+        if not command and r.podman_name:
+            # The image's entrypoint, with the pod's args.
+            return [expand(a, env) for a in args]
         if not command:
             image = str(r.spec.get("image", ""))
             for pattern, entrypoint in self.ctx.entrypoints:
@@ -653,6 +665,9 @@ class PodWorker(threading.Thread):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         r.log_path = self.log_dir / f"{r.name}.{r.restarts}.log"
         limit = _memory_limit(r.spec)
+        if r.podman_name:
+            self._spawn_in_image(r, env, argv, limit)
+            return
         r.cgroup = self.ctx.cgroups.create(self.uid, f"{r.name}-{r.restarts}", limit)
         if limit is not None and r.cgroup is None and r.restarts == 0:
             log.warning(
@@ -691,6 +706,58 @@ class PodWorker(threading.Thread):
         self._event("Normal", "Started", f"Started container {r.name}")
         self.push()
 
+    def _spawn_in_image(
+        self, r: ContainerRun, env: dict[str, str], argv: list[str], limit: int | None
+    ) -> None:
+        """Run the container inside its image with podman (images.py says what it gets)."""
+        assert self.ctx.images is not None and r.log_path is not None
+        images_mod.remove(self.ctx.images, r.podman_name)  # a leftover of an agent restart
+        cenv = images_mod.container_env(env, self.ctx.base_env)
+        env_file = self.sandbox / "containers" / r.name / f"env.{r.restarts}"
+        multiline = images_mod.write_env_file(env_file, cenv)
+        spec = self.pod["spec"]
+        podman_argv = self.ctx.images.command(
+            *images_mod.run_args(
+                name=r.podman_name,
+                image=str(r.spec.get("image", "")),
+                pod_spec=spec,
+                container=r.spec,
+                env_file=env_file,
+                env_names=multiline,
+                mounts=self._mounts(r, for_image=True),
+                memory_limit=limit,
+                hostname=self.pod_name,
+                argv=argv,
+            )
+        )
+        # podman reads the values of `--env NAME` (multi-line values) from its own environment.
+        penv = {k: os.environ[k] for k in ("HOME", "KUBETUNE_CONTAINERS") if k in os.environ}
+        penv["PATH"] = self.ctx.base_env.get("PATH", os.defpath)
+        penv.update({k: cenv[k] for k in multiline})
+        r.container_id = f"podman://{r.podman_name}"
+        r.signalled = False
+        r.started_at = now()
+        with open(r.log_path, "ab") as out:
+            r.proc = subprocess.Popen(
+                podman_argv,
+                env=penv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=str(self._home()),
+            )
+        log.info(
+            "%s/%s: started %s in image %s (pid %d): %s",
+            self.ns, self.pod_name, r.name, r.spec.get("image"), r.proc.pid, shlex.join(argv),
+        )  # fmt: skip
+        r.state = {"running": {"startedAt": r.started_at}}
+        if not r.init:
+            self.phase = "Running"
+        self._event("Normal", "Started", f"Started container {r.name}")
+        self.push()
+
     def _reap(self, r: ContainerRun) -> None:
         """Record a finished container's terminated state and clean up what it left."""
         if r.proc is None:
@@ -706,6 +773,15 @@ class PodWorker(threading.Thread):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(r.proc.pid, signal.SIGKILL)
         oom = False
+        if r.podman_name and self.ctx.images is not None:
+            # runc enforces the limit; podman's OOMKilled flag stays false on this host's
+            # cgroup v1, so a SIGKILL nobody sent to a memory-limited container counts as well.
+            oom = images_mod.oom_killed(self.ctx.images, r.podman_name) or (
+                code == 137 and not r.signalled and _memory_limit(r.spec) is not None
+            )
+            images_mod.remove(self.ctx.images, r.podman_name)
+            with contextlib.suppress(OSError):
+                (self.sandbox / "containers" / r.name / f"env.{r.restarts}").unlink()
         if r.cgroup is not None:
             oom = r.cgroup.oom_kills() > 0
             r.cgroup.remove()
@@ -771,7 +847,7 @@ class PodWorker(threading.Thread):
         lines.append('exec "$@"')
         return "\n".join(lines) + "\n"
 
-    def _mounts(self, r: ContainerRun) -> list[tuple[Path, str, bool]]:
+    def _mounts(self, r: ContainerRun, for_image: bool = False) -> list[tuple[Path, str, bool]]:
         mounts: list[tuple[Path, str, bool]] = []
         for m in r.spec.get("volumeMounts") or []:
             src = self.volume_dirs.get(m["name"])
@@ -790,6 +866,8 @@ class PodWorker(threading.Thread):
         if r.term_path is not None and term not in paths:
             mounts.append((r.term_path, term, False))
         mounts.sort(key=lambda m: (m[1].count("/"), m[1]))
+        if for_image:  # its own root filesystem: no host path to protect
+            return mounts
         return [m for m in mounts if not self._hides_host(m[1])]
 
     def _hides_host(self, dst: str) -> bool:
@@ -967,6 +1045,7 @@ class PodWorker(threading.Thread):
             d = vol_root / name
             if "emptyDir" in v:
                 d.mkdir(exist_ok=True)
+                d.chmod(0o777)  # as kubelet makes it: writable by the pod's (non-root) user
             elif "configMap" in v:
                 src = v["configMap"]
                 obj = self._volume_source("configmaps", src["name"], bool(src.get("optional")))
@@ -1190,7 +1269,12 @@ def _memory_limit(spec: JSON) -> int | None:
     return None if value is None else int(parse_quantity(value))
 
 
-def _signal_run(r: ContainerRun, sig: int) -> None:
+def _signal_run(r: ContainerRun, sig: int, images: LocalImages | None = None) -> None:
+    r.signalled = True
+    if r.podman_name and images is not None and r.running:
+        # The container, not the podman client (SIGKILL to the client would orphan it).
+        images_mod.kill(images, r.podman_name, signal.Signals(sig).name.removeprefix("SIG"))
+        return
     if r.proc is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(r.proc.pid, sig)

@@ -69,6 +69,7 @@ def load_config(path: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune-train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.environ.get("KUBETUNE_CONFIG"))
+    parser.add_argument("--version", action="store_true", help="print version and commit, exit")
     parser.add_argument("--log-level", default=os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--output-dir",
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         "directory (<dir>/<bucket>/<key>) instead of S3",
     )
     args = parser.parse_args(argv)
+    if args.version:
+        from .version import version_line
+
+        print(version_line("kubetune-train"))
+        return 0
     if args.output_dir:
         os.environ["KUBETUNE_LOCAL_ARTIFACTS"] = args.output_dir
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
@@ -91,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     res: dict[str, Any]
     try:
+        from .extraca import ExtraCAError
+        from .extraca import apply as apply_extra_ca
+
+        try:
+            apply_extra_ca()
+        except ExtraCAError as e:
+            raise ConfigError(str(e)) from e
         cfg = load_config(args.config)
         log.info(
             "kubetune-train: %s/%s run %d (task %s, method %s)",
