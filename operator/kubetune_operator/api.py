@@ -72,6 +72,7 @@ class Reason(StrEnum):
     CONTAINER_CREATING = "ContainerCreating"
     INVALID_SPEC = "InvalidSpec"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
+    NAME_CONFLICT = "NameConflict"
     QUEUED = "Queued"
     # Running
     TRAINING = "Training"

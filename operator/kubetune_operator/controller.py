@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune_trainer.config import FineTuneJobSpec
+from kubetune_trainer.config import KIND, FineTuneJobSpec
 from pydantic import ValidationError
 
-from . import metrics, render, runs, status
+from . import ledger, metrics, render, runs, status
 from .api import Reason
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
@@ -76,26 +76,50 @@ def _differs(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return False
 
 
-def ensure(kube: Kube, obj: dict[str, Any], uid: str) -> None:
-    """Create `obj`, or bring an existing one with its name in line (owner, content)."""
+class NameConflict(Exception):
+    """A child's name is taken by an object this FineTuneJob does not control: nothing is
+    touched, the FineTuneJob is Stalled (reason NameConflict) until the name is free."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        super().__init__(
+            f"{kind} {name} already exists and is not controlled by this FineTuneJob; "
+            f"kubetune never adopts or changes it. Delete or rename that {kind}, or rename "
+            "the FineTuneJob"
+        )
+
+
+def _check_ours(existing: dict[str, Any], owner: Owner) -> None:
+    """Return if `existing` is this FineTuneJob's child; else wait for the garbage collector
+    (a child of a deleted namesake) or refuse (anything else)."""
+    if runs.controlled_by(existing, owner.uid):
+        return
+    if runs.left_by_namesake(existing, KIND, owner.name, owner.uid):
+        raise Requeue(2.0, f"{existing['kind']} {existing['metadata']['name']} belongs to an "
+                      "earlier FineTuneJob of this name; waiting for the garbage collector")  # fmt: skip
+    raise NameConflict(existing)
+
+
+def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
+    """Create `obj`, or bring our existing one with its name in line (content). An object of
+    that name that is not ours is never changed (NameConflict)."""
     existing, created = kube.create(obj)
     if created:
         return
-    if runs.owned_by(existing, uid) and not _differs(existing, obj):
+    _check_ours(existing, owner)
+    if not _differs(existing, obj):
         return
     meta = obj["metadata"]
     # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole.
     recreate = obj["kind"] == "ConfigMap" or (
         "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
     )
-    log.info("updating %s %s (owner or content changed)", obj["kind"], meta["name"])
+    log.info("updating %s %s (content changed)", obj["kind"], meta["name"])
     if recreate:
-        kube.delete(obj["kind"], meta["namespace"], meta["name"])
+        kube.delete(obj["kind"], meta["namespace"], meta["name"], uid=existing["metadata"]["uid"])
         kube.create(obj)
     else:
-        patch: dict[str, Any] = {
-            "metadata": {"ownerReferences": meta["ownerReferences"], "labels": meta["labels"]}
-        }
+        patch: dict[str, Any] = {"metadata": {"labels": meta["labels"]}}
         for key in ("rules", "subjects"):
             if key in obj:
                 patch[key] = obj[key]
@@ -108,12 +132,9 @@ def start_run(
     """Create everything run `run` needs; the Job last. Returns the Job (new or existing)."""
     objects = render.run_objects(spec, owner, run, settings)
     for obj in objects[:-1]:
-        ensure(kube, obj, owner.uid)
+        ensure(kube, obj, owner)
     job, created = kube.create(objects[-1])
-    if not runs.owned_by(job, owner.uid):
-        # A Job of an earlier FineTuneJob with this name, not yet garbage-collected.
-        kube.delete("Job", owner.namespace, job["metadata"]["name"])
-        raise Requeue(2.0, f"Job {job['metadata']['name']} belongs to an earlier FineTuneJob")
+    _check_ours(job, owner)
     if created:
         log.info(
             "created Job %s for run %d (generation %d)",
@@ -122,6 +143,15 @@ def start_run(
             run.generation,
         )
     return job
+
+
+def delete_run(kube: Kube, owner: Owner, job_name: str) -> None:
+    """Delete a run's Job and ConfigMap, each only if this FineTuneJob controls it (checked
+    by uid, which the API server enforces as a delete precondition)."""
+    for kind in ("Job", "ConfigMap"):
+        obj = kube.get(path(kind, owner.namespace, job_name))
+        if obj is not None and runs.controlled_by(obj, owner.uid):
+            kube.delete(kind, owner.namespace, job_name, uid=obj["metadata"]["uid"])
 
 
 def _pods(kube: Kube, owner: Owner, run: int, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -146,9 +176,12 @@ def handle_reconcile(
     *,
     now: datetime | None = None,
 ) -> Outcome:
-    ftj = kube.get_finetunejob(namespace, name)
-    if ftj is None:
+    live = kube.get_finetunejob(namespace, name)
+    if live is None:
         return Outcome(phase=None)
+    # Decide and derive from the operator's own record, not from a status the trainer's
+    # identity can write (ledger.py); patches still diff against the live status.
+    ftj = ledger.trusted_view(live)
     meta = ftj["metadata"]
     old_status = ftj.get("status") or {}
     if meta.get("deletionTimestamp"):
@@ -162,18 +195,24 @@ def handle_reconcile(
     jobs = [
         j
         for j in kube.list_objects(path("Job", namespace), render.selector(name))
-        if runs.owned_by(j, owner.uid)
+        if runs.controlled_by(j, owner.uid)
     ]
     decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None)
 
     if decision.start is not None:
         assert spec is not None
-        job = start_run(kube, spec, owner, Run(decision.start, generation, desired_hash), settings)
-        jobs = [j for j in jobs if runs.run_of(j) != decision.start] + [job]
+        try:
+            job = start_run(
+                kube, spec, owner, Run(decision.start, generation, desired_hash), settings
+            )
+            jobs = [j for j in jobs if runs.run_of(j) != decision.start] + [job]
+        except NameConflict as e:
+            log.warning("%s", e)
+            problem = (Reason.NAME_CONFLICT.value, str(e))
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
     for job_name in decision.delete:
         log.info("deleting Job %s of an earlier run", job_name)
-        kube.delete("Job", namespace, job_name, propagation="Background")
-        kube.delete("ConfigMap", namespace, job_name)
+        delete_run(kube, owner, job_name)
     current = next((j for j in jobs if runs.run_of(j) == decision.current_run), None)
     if current is not None and decision.suspend is not None:
         current = kube.merge_patch(
@@ -212,14 +251,20 @@ def handle_reconcile(
         kube.post_event(ftj, ev.type, ev.reason, ev.message, COMPONENT, settings.identity)
         metrics.EVENTS.labels(ev.type, ev.reason).inc()
         log.info("event %s %s: %s", ev.type, ev.reason, ev.message)
-    patch = status.status_patch(ftj, derived)
-    if patch is not None:
-        try:
+    patch = status.status_patch(live, derived)
+    record = ledger.record_patch(live, derived.status)
+    try:
+        # The record first: a crash in between leaves a record newer than the status, which
+        # the next pass re-derives and writes; never a status without its record.
+        if record is not None:
+            kube.merge_patch("FineTuneJob", namespace, name, record)
+        if patch is not None:
             kube.patch_status(namespace, name, patch)
-        except ApiError as e:
-            if e.status == 404:
-                return Outcome(phase=None)
-            raise
+    except ApiError as e:
+        if e.status == 404:
+            return Outcome(phase=None)
+        raise
+    if patch is not None:
         gained = float(derived.status.get("gpuSeconds") or 0) - float(
             old_status.get("gpuSeconds") or 0
         )
@@ -243,8 +288,7 @@ def handle_reconcile(
     )
     for job_name in expired:
         log.info("deleting Job %s: ttlSecondsAfterFinished (%ss) passed", job_name, ttl)
-        kube.delete("Job", namespace, job_name, propagation="Background")
-        kube.delete("ConfigMap", namespace, job_name)
+        delete_run(kube, owner, job_name)
     waits = [1.0] if decision.deferred else []
     if next_expiry is not None:
         waits.append(next_expiry + 0.5)

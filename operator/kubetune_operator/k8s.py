@@ -159,13 +159,23 @@ class Kube:
             return dict(self.request("POST", url, body=obj)), True
         return existing, False
 
-    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete; False if it was already gone."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+    def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        propagation: str = "Background",
+        uid: str | None = None,
+    ) -> bool:
+        """Delete; False if it was already gone, or (with `uid`, a precondition the API server
+        checks) if the object of that name is another one now (409)."""
+        body: JSON = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.request("DELETE", path(kind, namespace, name), body=body, expected=(404,))
+            self.request("DELETE", path(kind, namespace, name), body=body, expected=(404, 409))
         except ApiError as e:
-            if e.status == 404:
+            if e.status in (404, 409):
                 return False
             raise
         return True

@@ -50,6 +50,27 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """True when `obj`'s controller ownerReference names `uid`. Only such a child is ours: a
+    name proves nothing (anyone who can create a Job can pre-create `<job>-run-1`)."""
+    return any(
+        ref.get("uid") == uid and ref.get("controller") is True
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+def left_by_namesake(obj: dict[str, Any], kind: str, name: str, uid: str) -> bool:
+    """A child of an earlier, deleted object of the same kind and name (another uid): the
+    garbage collector removes it, since its owner is gone; it is waited for, never touched."""
+    return any(
+        ref.get("controller") is True
+        and ref.get("kind") == kind
+        and ref.get("name") == name
+        and ref.get("uid") != uid
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
 def job_finished(job: dict[str, Any]) -> str | None:
     """`Complete` or `Failed` once the Job controller says so (after its pods terminated)."""
     for cond in (job.get("status") or {}).get("conditions") or []:

@@ -70,7 +70,8 @@ the operator's API calls by tests/unit/test_chart_rbac.py and proven sufficient 
 tests/integration/test_chart_install.py.
 */}}
 {{- define "kubetune.workloadRules" -}}
-# The custom resource: watch it; patch only for Kopf's own bookkeeping (finalizer cleanup).
+# The custom resource: watch it; patch for Kopf's bookkeeping (finalizer cleanup) and for the
+# operator's status record, an annotation the trainer cannot write (ledger.py).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
   verbs: ["get", "list", "watch", "patch"]
