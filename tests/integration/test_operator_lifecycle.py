@@ -67,10 +67,14 @@ def test_run_succeeds_with_children_events_and_status(
         obj = cluster.kubectl_json("get", kind, name, namespace=namespace)
         assert obj["metadata"]["ownerReferences"][0]["uid"] == owner, kind
 
-    # Kopf keeps no state on the resource: no finalizer, no annotations of its own.
+    # Kopf keeps no state on the resource: no finalizer, no annotations of its own. The one
+    # kubetune annotation is the operator's status record (ledger.py), equal to the status.
     fmeta = ftj.get()["metadata"]
     assert not fmeta.get("finalizers")
-    assert not [a for a in fmeta.get("annotations") or {} if "kopf" in a or "kubetune.io/" in a]
+    ann = fmeta.get("annotations") or {}
+    assert [a for a in ann if "kopf" in a or "kubetune.io/" in a] == ["kubetune.io/status-record"]
+    record = json.loads(ann["kubetune.io/status-record"])
+    assert record == {k: v for k, v in ftj.status().items() if k != "progress"}
 
     # Observability: metrics, health, JSON log lines that name the object.
     code, body = op.http(op.metrics_port, "/metrics")
