@@ -243,7 +243,9 @@ class S3:
         )
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or region
         cfg = Config(
-            retries={"max_attempts": 8, "mode": "standard"},
+            # Few attempts here: connection errors are waited out by RetryingClient for
+            # s3RetrySeconds, and throttling (503 SlowDown) still gets botocore's backoff.
+            retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=self.concurrency * 2,
             connect_timeout=10,
             read_timeout=120,
