@@ -600,7 +600,9 @@ class DatasetSpec(DataSource):
     bad_rows: BadRowPolicy = Field(
         default=BadRowPolicy.FAIL,
         description="fail: stop with an error naming the row and field; skip: drop such rows and "
-        "report how many in the metrics (bad_rows_skipped).",
+        "report how many in the metrics (bad_rows_skipped). Malformed JSON Lines (a line that "
+        "is not a JSON object) are bad rows too: fail reports how many and the first line "
+        "numbers; skip leaves them out and counts them.",
     )
     shuffle_seed: WireInt | None = Field(
         default=None,
