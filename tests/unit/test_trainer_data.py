@@ -201,5 +201,5 @@ def test_bad_rows_skip_skips_malformed_lines_and_counts_them(tmp_path: Path) -> 
     assert p.info["badRowsSkipped"] == 3 and p.info["train"]["rows"] == 10
     assert src.files[0].read_text().count("\n") == 10  # the downloaded file is left as it was
     only_bad = _jsonl(tmp_path, "{oops\n[1]\n", name="bad.jsonl")
-    with pytest.raises(DatasetError, match="no usable rows .2 malformed JSON lines"):
+    with pytest.raises(DatasetError, match=r"no usable rows \(2 malformed JSON lines"):
         prepare(spec, None, only_bad, None, tmp_path / "cache2", seed=1)
