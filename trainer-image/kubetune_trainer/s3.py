@@ -124,8 +124,9 @@ def call_with_retry(
         except Exception as e:
             code = denied_code(e)
             if code is not None:
+                said = "" if code == "AccessDenied" else f"; S3 said {code}"
                 raise StorageAccessDenied(
-                    f"S3 refused access to {what} ({code}): check the credentials in the "
+                    f"AccessDenied: S3 refused access to {what}{said}. Check the credentials in the "
                     "trainer's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY Secret (output.credentials"
                     "SecretRef or the chart's s3.credentialsSecret) and that they may read and "
                     "write this bucket"
