@@ -127,3 +127,40 @@ def test_four_minute_outage_during_upload_ends_succeeded(
     assert manifest_covers_only_complete_files(trainer_s3, prefix) is True
     assert res.termination["artifacts"]["manifestUri"] == prefix + "manifest.json"
     print(f"\n[s3-outage] 240 s outage during upload: Succeeded after {res.seconds:.0f}s")
+
+
+def test_upload_that_outlasts_the_window_is_finished_by_the_next_attempt_without_training(
+    trainer_s3: TrainerS3,  # noqa: F811
+    proxy: S3Proxy,
+    tmp_path: Path,
+) -> None:
+    """A finished training never fails for lack of S3: the attempt whose upload outlasted
+    s3RetrySeconds ends StorageUnavailable (retryable), and the next pod (same config, same
+    uid) loads the COMPLETE final checkpoint, skips training and uploads."""
+    env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_ENDPOINT_URL_S3": proxy.url}
+    cfg = harness.trainer_config(
+        small_spec(trainer_s3), name=unique("reupload"), work_dir=tmp_path / "w", s3_retry_seconds=5
+    )
+    prefix = cfg["runPrefix"]
+    t0 = time.monotonic()
+    proc, term, log = harness.start(cfg, tmp_path / "a1", env)
+    deadline = time.monotonic() + 400
+    while "stage save" not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not finish within 400s"
+        time.sleep(0.05)
+    proxy.down()
+    first = harness.finish(proc, term, log, t0, timeout=300)
+    assert first.returncode == 20, first.output[-3000:]
+    assert first.termination is not None and first.termination["retryable"] is True
+    assert manifest_covers_only_complete_files(trainer_s3, prefix) is None  # no manifest
+
+    proxy.up()
+    cfg2 = json.loads(json.dumps(cfg))
+    cfg2["workDir"] = str(tmp_path / "w2")  # a new pod: an empty emptyDir
+    second = harness.run(cfg2, tmp_path / "a2", env)
+    assert second.returncode == 0, second.output[-4000:]
+    assert second.lines("without training"), second.output[-3000:]
+    assert not second.lines("step 2/6"), "the second attempt must not train"
+    assert second.termination["metrics"]["resumed_from_step"] == 6  # type: ignore[index]
+    assert manifest_covers_only_complete_files(trainer_s3, prefix) is True
