@@ -203,3 +203,15 @@ def test_bad_rows_skip_skips_malformed_lines_and_counts_them(tmp_path: Path) -> 
     only_bad = _jsonl(tmp_path, "{oops\n[1]\n", name="bad.jsonl")
     with pytest.raises(DatasetError, match=r"no usable rows \(2 malformed JSON lines"):
         prepare(spec, None, only_bad, None, tmp_path / "cache2", seed=1)
+
+
+def test_one_malformed_line_message_names_file_line_and_problem(tmp_path: Path) -> None:
+    src = _jsonl(tmp_path, '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": \n')
+    spec = DatasetSpec.model_validate(
+        {"s3Uri": "s3://bucket/train.jsonl", "format": "prompt-completion"}
+    )
+    with pytest.raises(DatasetError) as e:
+        prepare(spec, None, src, None, tmp_path / "cache", seed=1)
+    msg = str(e.value)
+    assert "1 malformed JSON line (train.jsonl line 2;" in msg, msg
+    assert "train.jsonl line 2: invalid JSON" in msg, msg

@@ -196,3 +196,20 @@ def test_operator_maps_the_storage_exit_codes_to_reasons() -> None:
     assert {15, 16} <= set(NON_RETRYABLE_EXIT_CODES) and 20 not in NON_RETRYABLE_EXIT_CODES
     codes = [c for c in EXIT_REASONS]
     assert len(codes) == len(set(codes))
+
+
+def test_pruning_never_touches_another_uids_checkpoint() -> None:
+    s = FakeS3(UID)
+    for step, uid in ((3, OTHER), (6, UID), (9, UID)):
+        s.put(f"out/ckpt/checkpoint-{step}/w.bin", b"w", uid)
+        s.put(
+            f"out/ckpt/checkpoint-{step}/{MARKER}",
+            json.dumps({"step": step, "uid": uid}).encode(),
+            uid,
+        )
+    deleted_markers: list[str] = []
+    s.client.delete_object = lambda Bucket, Key: deleted_markers.append(Key)  # type: ignore[attr-defined]
+    store = CheckpointStore(s, "s3://b/out/ckpt/", keep=2)
+    with pytest.raises(StorageConflict):
+        store.prune()
+    assert deleted_markers == [] and s.deleted == []

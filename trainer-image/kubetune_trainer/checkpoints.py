@@ -118,7 +118,9 @@ class CheckpointStore:
     def prune(self, best: int | None = None) -> None:
         steps, complete = steps_in_listing(self._keys())
         for step in to_delete(steps, complete, self.keep, best):
-            # Marker first: a half-deleted checkpoint must not look complete.
+            # Only this uid's checkpoints (StorageConflict before anything is deleted); then
+            # the marker first: a half-deleted checkpoint must not look complete.
+            self.s3.check_owned(self.uri(step))
             bucket, key = split_s3_uri(join(self.uri(step), MARKER))
             self.s3.client.delete_object(Bucket=bucket, Key=key)
             n = self.s3.delete_prefix(self.uri(step))

@@ -337,20 +337,21 @@ def check_files(
         + (f" (+{len(bad) - SHOW_SKIPPED} more)" if len(bad) > SHOW_SKIPPED else "")
         for p, bad in found
     )
-    first = found[0][1][0][1]
+    first_n, first_problem = found[0][1][0]
+    first = f"{name(found[0][0])} line {first_n}: {first_problem}"
     if bad_rows == BadRowPolicy.FAIL:
         raise DatasetError(
             f"{where}: {skipped} malformed JSON line{'s' if skipped > 1 else ''} ({lines}; the "
-            f"first: {first}); fix the data or set dataset.badRows: skip, which leaves malformed "
+            f"first, {first}); fix the data or set dataset.badRows: skip, which leaves malformed "
             "lines out and counts them with the other bad rows"
         )
     if not files:
         raise DatasetError(
             f"{where}: no usable rows ({skipped} malformed JSON lines skipped: {lines}; the "
-            f"first: {first})"
+            f"first, {first})"
         )
     log.warning(
-        "%s: skipping %d malformed JSON line%s (%s; the first: %s)",
+        "%s: skipping %d malformed JSON line%s (%s; the first, %s)",
         where,
         skipped,
         "s" if skipped > 1 else "",
