@@ -213,3 +213,27 @@ def test_pruning_never_touches_another_uids_checkpoint() -> None:
     with pytest.raises(StorageConflict):
         store.prune()
     assert deleted_markers == [] and s.deleted == []
+
+
+def test_s3_retry_seconds_travels_from_the_operator_setting_to_the_trainer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubetune_operator.render import Owner, Run, trainer_config
+    from kubetune_operator.settings import OperatorSettings
+    from kubetune_trainer.config import FineTuneJobSpec
+
+    monkeypatch.setenv("KUBETUNE_S3_RETRY_SECONDS", "90")
+    settings = OperatorSettings()
+    assert settings.s3_retry_seconds == 90
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"hubId": "org/m"},
+            "dataset": {"s3Uri": "s3://data/train.jsonl"},
+            "output": {"uri": "s3://out/prefix"},
+        }
+    )
+    cfg = trainer_config(
+        spec, Owner("ns", "job", UID), Run(number=1, generation=1, spec_hash="h"), settings
+    )
+    assert cfg.s3_retry_seconds == 90
+    assert cfg.job.uid == UID and cfg.run_prefix == "s3://out/prefix/ns/job/0b7c1c9e/run-1/"
