@@ -89,6 +89,9 @@ class Reason(StrEnum):
     ARTIFACTS_MISSING = "ArtifactsMissing"
     NON_FINITE_LOSS = "NonFiniteLoss"
     GPU_OUT_OF_MEMORY = "GpuOutOfMemory"
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied"
+    STORAGE_CONFLICT = "StorageConflict"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
     POD_KILLED = "PodKilled"
     JOB_DELETED = "JobDeleted"
     # Suspend / spec changes

@@ -236,7 +236,7 @@ def check(spec: FineTuneJobSpec, owner_name: str, settings: OperatorSettings) ->
 def trainer_config(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> TrainerConfig:
-    prefix = run_prefix(spec.output.uri, owner.namespace, owner.name, run.number)
+    prefix = run_prefix(spec.output.uri, owner.namespace, owner.name, owner.uid, run.number)
     return TrainerConfig(
         job=JobIdentity(
             namespace=owner.namespace,
@@ -251,6 +251,7 @@ def trainer_config(
         progress_interval_seconds=settings.progress_interval_seconds,
         report_progress=True,
         work_dir=WORKSPACE,
+        s3_retry_seconds=settings.s3_retry_seconds,
     )
 
 

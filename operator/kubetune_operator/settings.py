@@ -82,6 +82,12 @@ class OperatorSettings(BaseSettings):
     lease_duration_seconds: float = Field(default=15.0, gt=1)
     lease_renew_seconds: float = Field(default=5.0, gt=0)
     progress_interval_seconds: float = Field(default=10.0, ge=0)
+    s3_retry_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long the trainer retries S3 connection errors before the attempt fails "
+        "(KUBETUNE_S3_RETRY_SECONDS).",
+    )
     resync_seconds: float = Field(
         default=60.0, gt=0, description="Safety-net re-reconcile of every FineTuneJob."
     )

@@ -26,6 +26,9 @@ from kubetune_trainer.errors import (
     GpuOutOfMemory,
     ModelError,
     NonFiniteLoss,
+    StorageAccessDenied,
+    StorageConflict,
+    StorageUnavailable,
 )
 from kubetune_trainer.result import ARTIFACT_KEYS
 from pydantic import ValidationError
@@ -51,6 +54,9 @@ EXIT_REASONS = {
         NonFiniteLoss,
         ArtifactsMissing,
         GpuOutOfMemory,
+        StorageAccessDenied,
+        StorageConflict,
+        StorageUnavailable,
     )
 }
 TRAINER_REASONS = {*EXIT_REASONS.values(), Reason.TRAINER_ERROR.value}

@@ -69,7 +69,8 @@ def test_quickstart_end_to_end(
             f"not Succeeded: {json.dumps(st, indent=1)}\n--- trainer log ---\n{log[-6000:]}"
         )
     assert st["phase"] == "Succeeded"
-    prefix = f"s3://{cluster.s3_bucket}/output/{namespace}/quickstart/run-1/"
+    uid8 = ftj.get()["metadata"]["uid"][:8]
+    prefix = f"s3://{cluster.s3_bucket}/output/{namespace}/quickstart/{uid8}/run-1/"
     arts = st["artifacts"]
     assert arts["adapterUri"].startswith(prefix) and arts["mergedModelUri"].startswith(prefix)
     assert any(k.endswith("adapter_model.safetensors") for k in keys(s3, arts["adapterUri"]))

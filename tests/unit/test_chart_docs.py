@@ -87,8 +87,9 @@ def test_readme_artifact_paths_follow_the_layout() -> None:
     from kubetune_trainer.config import run_prefix
 
     readme = read("README.md")
-    prefix = run_prefix("s3://kubetune/output", "team-a", "quickstart", 1)
-    assert prefix == "s3://kubetune/output/team-a/quickstart/run-1/"
+    uid = "3f2a9c1e-5b7d-4c1a-9e2f-0123456789ab"
+    prefix = run_prefix("s3://kubetune/output", "team-a", "quickstart", uid, 1)
+    assert prefix == "s3://kubetune/output/team-a/quickstart/3f2a9c1e/run-1/"
     for sub in ("adapter/", "merged/", "manifest.json"):
         assert prefix + sub in readme, sub
     quickstart = read("examples/quickstart.yaml")

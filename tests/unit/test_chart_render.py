@@ -109,6 +109,7 @@ ALL_SET: dict[str, Any] = {
         "endpoint": "https://minio.example:9000",
         "region": "eu-west-1",
         "credentialsSecret": "s3",
+        "retrySeconds": 120,
     },
     "watchNamespaces": ["ml-a", "ml-b"],
     "metrics": {"port": 9090},
@@ -256,6 +257,7 @@ def test_env_values_follow_values() -> None:
     assert env["KUBETUNE_S3_ENDPOINT"] == "https://minio.example:9000"
     assert env["KUBETUNE_S3_REGION"] == "eu-west-1"
     assert env["KUBETUNE_S3_CREDENTIALS_SECRET"] == "s3"
+    assert env["KUBETUNE_S3_RETRY_SECONDS"] == "120"
     assert env["KUBETUNE_ALLOWED_SERVICE_ACCOUNTS"] == "trainer-a,trainer-b"
     assert env["KUBETUNE_METRICS_PORT"] == "9090"
     assert env["KUBETUNE_HEALTH_PORT"] == "9091"
@@ -280,6 +282,7 @@ def test_defaults_match_design_defaults() -> None:
     assert env["KUBETUNE_LEADER_ELECTION"] == "true"
     assert env["KUBETUNE_LEASE_NAME"] == "kubetune-operator"
     assert env["KUBETUNE_PROGRESS_INTERVAL_SECONDS"] == "10"
+    assert env["KUBETUNE_S3_RETRY_SECONDS"] == "600"
     # Unset by default in design.md: the operator's own defaults apply.
     for unset in (
         "KUBETUNE_DEFAULT_CPU",

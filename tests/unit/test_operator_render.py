@@ -210,8 +210,11 @@ def test_config_map_holds_the_resolved_trainer_config_and_no_secret_values() -> 
     cfg = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
     assert cfg.job.namespace == "team-a" and cfg.job.name == "llama-sft"
     assert cfg.job.run == 3 and cfg.job.generation == 7 and cfg.job.uid == OWNER.uid
-    assert cfg.run_prefix == "s3://bucket/out/team-a/llama-sft/run-3/"
-    assert cfg.checkpoint_prefix == "s3://bucket/out/team-a/llama-sft/run-3/checkpoints/"
+    # the uid's first 8 characters keep a re-created object with the same name apart
+    uid8 = OWNER.uid[:8]
+    assert cfg.run_prefix == f"s3://bucket/out/team-a/llama-sft/{uid8}/run-3/"
+    assert cfg.checkpoint_prefix == f"s3://bucket/out/team-a/llama-sft/{uid8}/run-3/checkpoints/"
+    assert cfg.s3_retry_seconds == 600
     assert cfg.progress_interval_seconds == 3
     assert cfg.spec == spec
     text = cm["data"]["config.json"]

@@ -151,3 +151,67 @@ def test_prepare_split_fraction_and_fingerprint(tmp_path: Path) -> None:
         prepare(
             tiny, None, ResolvedData(source="i", kind="inline", rows=rows[:2]), None, tmp_path, 1
         )
+
+
+def _jsonl(tmp_path: Path, text: str, name: str = "train.jsonl") -> ResolvedData:
+    p = tmp_path / name
+    p.write_text(text)
+    return ResolvedData(source=f"s3://b/{name}", kind="files", builder="json", files=[p])
+
+
+def test_empty_file_is_named_as_empty(tmp_path: Path) -> None:
+    from kubetune_trainer.config import BadRowPolicy
+    from kubetune_trainer.data import check_files
+
+    for text in ("", "\n  \n"):
+        src = _jsonl(tmp_path, text)
+        with pytest.raises(DatasetError) as e:
+            check_files(src, BadRowPolicy.SKIP, tmp_path / "cache", "dataset")
+        assert "train.jsonl is empty" in str(e.value)
+        assert "StopIteration" not in str(e.value)
+
+
+def test_malformed_json_lines_fail_counted_with_their_line_numbers(tmp_path: Path) -> None:
+    rows = [json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(10)]
+    rows[2] = '{"prompt": "p2",'  # line 3
+    rows[6] = "[1, 2]"  # line 7: JSON, but not an object
+    src = _jsonl(tmp_path, "\n".join(rows) + "\n")
+    spec = DatasetSpec.model_validate(
+        {"s3Uri": "s3://bucket/train.jsonl", "format": "prompt-completion"}
+    )
+    with pytest.raises(DatasetError) as e:
+        prepare(spec, None, src, None, tmp_path / "cache", seed=1)
+    msg = str(e.value)
+    assert "2 malformed JSON lines" in msg and "train.jsonl lines 3, 7" in msg, msg
+    assert "dataset.badRows: skip" in msg
+
+
+def test_bad_rows_skip_skips_malformed_lines_and_counts_them(tmp_path: Path) -> None:
+    rows = [json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(10)]
+    rows[2] = '{"prompt": "p2",'
+    rows[6] = "[1, 2]"
+    rows[8] = json.dumps({"prompt": "p8", "completion": None})  # a bad row, not a bad line
+    src = _jsonl(tmp_path, "\n".join(rows) + "\n")
+    spec = DatasetSpec.model_validate(
+        {"s3Uri": "s3://bucket/train.jsonl", "format": "prompt-completion", "badRows": "skip"}
+    )
+    p = prepare(spec, None, src, None, tmp_path / "cache", seed=1)
+    assert len(p.train) == 7
+    assert p.bad_rows_skipped == 3  # two malformed lines + one bad row
+    assert p.info["badRowsSkipped"] == 3 and p.info["train"]["rows"] == 10
+    assert src.files[0].read_text().count("\n") == 10  # the downloaded file is left as it was
+    only_bad = _jsonl(tmp_path, "{oops\n[1]\n", name="bad.jsonl")
+    with pytest.raises(DatasetError, match=r"no usable rows \(2 malformed JSON lines"):
+        prepare(spec, None, only_bad, None, tmp_path / "cache2", seed=1)
+
+
+def test_one_malformed_line_message_names_file_line_and_problem(tmp_path: Path) -> None:
+    src = _jsonl(tmp_path, '{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": \n')
+    spec = DatasetSpec.model_validate(
+        {"s3Uri": "s3://bucket/train.jsonl", "format": "prompt-completion"}
+    )
+    with pytest.raises(DatasetError) as e:
+        prepare(spec, None, src, None, tmp_path / "cache", seed=1)
+    msg = str(e.value)
+    assert "1 malformed JSON line (train.jsonl line 2;" in msg, msg
+    assert "train.jsonl line 2: invalid JSON" in msg, msg

@@ -4,8 +4,9 @@
     accelerate launch -m kubetune_trainer --config ...     (several GPUs)
 
 Exit codes and the termination message follow docs/design.md: 0 success; 10 ConfigError,
-11 DatasetError, 12 ModelError, 13 NonFiniteLoss, 14 ArtifactsMissing (not retryable);
-1 anything else (retryable: the next pod resumes from the last checkpoint).
+11 DatasetError, 12 ModelError, 13 NonFiniteLoss, 14 ArtifactsMissing, 15 StorageAccessDenied,
+16 StorageConflict, 17 GpuOutOfMemory (not retryable); 20 StorageUnavailable and 1 anything
+else (retryable: the next pod resumes from the last checkpoint).
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Checkpoints in S3, so an evicted or retried pod resumes where the last one stopped.
 
 Layout under the checkpoint prefix: checkpoint-<step>/... and, written last,
-checkpoint-<step>/COMPLETE (JSON: step, files, bytes). Only checkpoints with the marker count;
+checkpoint-<step>/COMPLETE (JSON: step, files, bytes, uid). Only checkpoints with the marker count;
 a pod killed mid-upload leaves an incomplete one that resume ignores and pruning removes.
 Pruning keeps the newest `keep` complete checkpoints (saveTotalLimit), plus the best one when
 the trainer tracks it.
+
+A marker names the FineTuneJob uid that wrote it: resume refuses (StorageConflict) a checkpoint
+that names another uid, or none, rather than load another object's weights "without training".
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 from .config import split_s3_uri
+from .errors import StorageConflict
 from .s3 import S3, join
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,27 @@ class CheckpointStore:
 
     def latest(self) -> int | None:
         _, complete = steps_in_listing(self._keys())
-        return max(complete) if complete else None
+        if not complete:
+            return None
+        step = max(complete)
+        self.check_marker(step)
+        return step
+
+    def check_marker(self, step: int) -> None:
+        """StorageConflict when checkpoint `step`'s marker names another uid than this job's."""
+        uid = self.s3.owner_uid
+        if uid is None:
+            return
+        uri = join(self.uri(step), MARKER)
+        try:
+            marker = json.loads(self.s3.get_bytes(uri))
+        except ValueError:
+            marker = {}
+        if marker.get("uid") != uid:
+            raise StorageConflict(
+                f"checkpoint {uri} names FineTuneJob uid {marker.get('uid')!r}, not this "
+                f"job's {uid}: refusing to resume from another object's checkpoint"
+            )
 
     def publish(self, local_dir: Path, step: int, best: int | None = None) -> None:
         t0 = time.monotonic()
@@ -77,6 +101,7 @@ class CheckpointStore:
             "step": step,
             "files": len(uploaded),
             "bytes": nbytes,
+            "uid": self.s3.owner_uid,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.s3.put_bytes(join(self.uri(step), MARKER), json.dumps(marker).encode())
@@ -93,7 +118,9 @@ class CheckpointStore:
     def prune(self, best: int | None = None) -> None:
         steps, complete = steps_in_listing(self._keys())
         for step in to_delete(steps, complete, self.keep, best):
-            # Marker first: a half-deleted checkpoint must not look complete.
+            # Only this uid's checkpoints (StorageConflict before anything is deleted); then
+            # the marker first: a half-deleted checkpoint must not look complete.
+            self.s3.check_owned(self.uri(step))
             bucket, key = split_s3_uri(join(self.uri(step), MARKER))
             self.s3.client.delete_object(Bucket=bucket, Key=key)
             n = self.s3.delete_prefix(self.uri(step))

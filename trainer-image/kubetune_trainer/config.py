@@ -600,7 +600,9 @@ class DatasetSpec(DataSource):
     bad_rows: BadRowPolicy = Field(
         default=BadRowPolicy.FAIL,
         description="fail: stop with an error naming the row and field; skip: drop such rows and "
-        "report how many in the metrics (bad_rows_skipped).",
+        "report how many in the metrics (bad_rows_skipped). Malformed JSON Lines (a line that "
+        "is not a JSON object) are bad rows too: fail reports how many and the first line "
+        "numbers; skip leaves them out and counts them.",
     )
     shuffle_seed: WireInt | None = Field(
         default=None,
@@ -1210,8 +1212,10 @@ class MergedDtype(StrEnum):
 
 
 class OutputSpec(Spec):
-    """Where artifacts go. Each run writes under <uri>/<namespace>/<name>/run-<n>/; artifacts are
-    kept when the FineTuneJob is deleted."""
+    """Where artifacts go. Each run writes under <uri>/<namespace>/<name>/<uid8>/run-<n>/
+    (uid8: the first 8 characters of metadata.uid, so an object re-created with the same name
+    never reads or touches the old one's files); artifacts are kept when the FineTuneJob is
+    deleted."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -1552,7 +1556,9 @@ class TrainerConfig(Spec):
     job: JobIdentity = Field(description="The FineTuneJob and run.")
     spec: FineTuneJobSpec = Field(description="The job's spec, as validated.")
     run_prefix: S3Uri = Field(
-        description="s3:// prefix for this run's artifacts: <output.uri>/<ns>/<name>/run-<n>/."
+        description="s3:// prefix for this run's artifacts: "
+        "<output.uri>/<ns>/<name>/<uid8>/run-<n>/ (uid8: the first 8 characters of the "
+        "FineTuneJob's metadata.uid)."
     )
     checkpoint_prefix: S3Uri | None = Field(
         default=None, description="s3:// prefix where checkpoints go and resume is read from."
@@ -1564,6 +1570,12 @@ class TrainerConfig(Spec):
         default=True, description="Patch status.progress on the FineTuneJob (needs the API)."
     )
     work_dir: str = Field(default="/workspace", description="Scratch directory.")
+    s3_retry_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long S3 connection errors are retried inside the trainer before the "
+        "attempt fails with StorageUnavailable (retryable).",
+    )
 
 
 # Where the operator mounts each PersistentVolumeClaim named by a `pvc` source (model.pvc,
@@ -1583,9 +1595,18 @@ def render_text_template(template: str, row: dict[str, Any]) -> str:
     return template.format_map(row)
 
 
-def run_prefix(output_uri: str, namespace: str, name: str, run: int) -> str:
-    """Where run `run` of `namespace/name` writes its artifacts."""
-    return f"{output_uri.rstrip('/')}/{namespace}/{name}/run-{run}/"
+UID_PREFIX_CHARS = 8
+
+
+def run_prefix(output_uri: str, namespace: str, name: str, uid: str, run: int) -> str:
+    """Where run `run` of the FineTuneJob `namespace/name` with metadata.uid `uid` writes its
+    artifacts. The uid's first 8 characters are part of the path, so an object re-created with
+    the same name (delete and recreate, a GitOps replace) never finds or overwrites the old
+    object's checkpoints and artifacts (docs/design.md, "Storage layout")."""
+    if not uid:
+        raise ValueError("run_prefix needs the FineTuneJob's metadata.uid")
+    short = uid[:UID_PREFIX_CHARS]
+    return f"{output_uri.rstrip('/')}/{namespace}/{name}/{short}/run-{run}/"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -6,6 +6,11 @@ or names the offending field. With badRows fail (default) the first bad row stop
 a DatasetError naming the row index and field; with badRows skip such rows are dropped and
 counted (metric `bad_rows_skipped`). Column names that do not exist fail before any row is
 read, listing the columns that do.
+
+Files are checked before `datasets` reads them (check_files): an empty file is named as such,
+and JSON Lines that are not JSON objects (malformed lines) are counted with their first line
+numbers. badRows covers malformed lines too: with `fail` they stop the run with that count and
+those line numbers, with `skip` they are left out and counted with the other bad rows.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import math
 import os
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +228,139 @@ def _first_bad_json_line(path: Path) -> str | None:
     return None
 
 
+def _is_json_document(path: Path) -> bool:
+    """A .json file that is one JSON document (an array or an object), not JSON Lines."""
+    if not path.name.lower().endswith(".json"):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read(1) not in ("[", "{"):
+                return False
+            f.seek(0)
+            json.load(f)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def scan_json_lines(path: Path) -> tuple[list[str], list[tuple[int, str]]]:
+    """(the good lines, [(line number from 1, problem)] of malformed ones) of a JSON Lines
+    file; blank lines are neither."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    good: list[str] = []
+    bad: list[tuple[int, str]] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                bad.append((n, f"invalid JSON ({e})"))
+                continue
+            if not isinstance(obj, dict):
+                bad.append((n, f"a JSON {type(obj).__name__}, not an object"))
+                continue
+            good.append(line if line.endswith("\n") else line + "\n")
+    return good, bad
+
+
+def _is_empty(path: Path, builder: str | None) -> bool:
+    import gzip
+
+    if path.stat().st_size == 0:
+        return True
+    if builder not in ("json", "csv", "text"):
+        return False
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            return not f.read(1 << 20).strip() and not f.read(1)
+    except OSError:
+        return False
+
+
+def check_files(
+    resolved: ResolvedData, bad_rows: BadRowPolicy, cache_dir: Path, what: str
+) -> tuple[ResolvedData, int]:
+    """Empty files and malformed JSON lines, before `datasets` reads the files. Returns the
+    data to load (with `skip`, cleaned copies of files that had malformed lines) and how many
+    malformed lines were skipped."""
+    if resolved.kind != "files":
+        return resolved, 0
+    where = f"{what} {resolved.source}"
+
+    def name(p: Path) -> str:
+        return p.name if len(resolved.files) == 1 else str(p)
+
+    empty = [p for p in resolved.files if _is_empty(p, resolved.builder)]
+    if empty:
+        raise DatasetError(
+            f"{where}: {name(empty[0])} is empty (0 bytes or only whitespace, no rows)"
+            + (f" ({len(empty) - 1} more empty files)" if len(empty) > 1 else "")
+            + "; upload a file with at least one row, or point dataset at another file"
+        )
+    if resolved.builder != "json":
+        return resolved, 0
+    skipped = 0
+    files: list[Path] = []
+    found: list[tuple[Path, list[tuple[int, str]]]] = []
+    for p in resolved.files:
+        if _is_json_document(p):
+            files.append(p)
+            continue
+        try:
+            good, bad = scan_json_lines(p)
+        except UnicodeDecodeError as e:
+            raise DatasetError(
+                f"{where}: {name(p)}: not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from e
+        except (OSError, EOFError) as e:
+            raise DatasetError(f"{where}: {name(p)}: cannot read ({e})") from e
+        if not bad:
+            files.append(p)
+            continue
+        found.append((p, bad))
+        skipped += len(bad)
+        if bad_rows == BadRowPolicy.SKIP and good:
+            clean = cache_dir / "clean" / what / f"{len(files)}-{p.name.removesuffix('.gz')}"
+            clean.parent.mkdir(parents=True, exist_ok=True)
+            clean.write_text("".join(good), encoding="utf-8")
+            files.append(clean)
+    if not found:
+        return resolved, 0
+    lines = "; ".join(
+        f"{name(p)} line{'s' if len(bad) > 1 else ''} "
+        + ", ".join(str(n) for n, _ in bad[:SHOW_SKIPPED])
+        + (f" (+{len(bad) - SHOW_SKIPPED} more)" if len(bad) > SHOW_SKIPPED else "")
+        for p, bad in found
+    )
+    first_n, first_problem = found[0][1][0]
+    first = f"{name(found[0][0])} line {first_n}: {first_problem}"
+    if bad_rows == BadRowPolicy.FAIL:
+        raise DatasetError(
+            f"{where}: {skipped} malformed JSON line{'s' if skipped > 1 else ''} ({lines}; the "
+            f"first, {first}); fix the data or set dataset.badRows: skip, which leaves malformed "
+            "lines out and counts them with the other bad rows"
+        )
+    if not files:
+        raise DatasetError(
+            f"{where}: no usable rows ({skipped} malformed JSON lines skipped: {lines}; the "
+            f"first, {first})"
+        )
+    log.warning(
+        "%s: skipping %d malformed JSON line%s (%s; the first, %s)",
+        where,
+        skipped,
+        "s" if skipped > 1 else "",
+        lines,
+        first,
+    )
+    return replace(resolved, files=files), skipped
+
+
 def _root_cause(e: BaseException) -> str:
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
@@ -278,12 +416,21 @@ class Prepared:
 
 
 def format_rows(
-    ds: Any, spec: DatasetSpec, cls: ClassificationSpec | None, where: str
+    ds: Any,
+    spec: DatasetSpec,
+    cls: ClassificationSpec | None,
+    where: str,
+    already_skipped: int = 0,
 ) -> tuple[Any, int]:
-    """Check and normalise every row. Returns (dataset of model-ready columns, rows skipped)."""
+    """Check and normalise every row. Returns (dataset of model-ready columns, rows skipped,
+    including `already_skipped` malformed lines left out before loading)."""
     check_columns(list(ds.column_names), spec, where)
     fmt = DataFormat(spec.format)
     if len(ds) == 0:
+        if already_skipped:
+            raise DatasetError(
+                f"{where}: no usable rows ({already_skipped} malformed JSON lines skipped)"
+            )
         raise DatasetError(f"{where}: no rows")
 
     def fn(row: dict[str, Any]) -> dict[str, Any]:
@@ -317,9 +464,10 @@ def format_rows(
         keep = [i for i, msg in enumerate(errors) if not msg]
         mapped = mapped.select(keep)
     mapped = mapped.remove_columns([ERROR])
+    total = len(bad) + already_skipped
     if len(mapped) == 0:
-        raise DatasetError(f"{where}: no usable rows ({len(bad)} bad rows skipped)")
-    return mapped, len(bad)
+        raise DatasetError(f"{where}: no usable rows ({total} bad rows skipped)")
+    return mapped, total
 
 
 def prepare(
@@ -330,14 +478,18 @@ def prepare(
     cache_dir: Path,
     seed: int,
 ) -> Prepared:
-    raw = load_rows(train_src, cache_dir, "dataset")
-    train, skipped = format_rows(raw, spec, cls, f"dataset {train_src.source}")
+    policy = BadRowPolicy(spec.bad_rows)
+    loadable, malformed = check_files(train_src, policy, cache_dir, "dataset")
+    raw = load_rows(loadable, cache_dir, "dataset")
+    train, skipped = format_rows(
+        raw, spec, cls, f"dataset {train_src.source}", already_skipped=malformed
+    )
     info: dict[str, Any] = {
         "train": {
             "source": train_src.source,
             "fingerprint": train_src.fingerprint(),
             "files": train_src.file_info,
-            "rows": len(raw),
+            "rows": len(raw) + malformed,
         }
     }
     evald = None
@@ -355,14 +507,21 @@ def prepare(
         train, evald = parts["train"], parts["test"]
         info["validation"] = {"splitFraction": val.split_fraction, "rows": len(evald)}
     elif eval_src is not None:
-        raw_eval = load_rows(eval_src, cache_dir, "validation")
-        evald, skipped_eval = format_rows(raw_eval, spec, cls, f"validation {eval_src.source}")
+        loadable_eval, malformed_eval = check_files(eval_src, policy, cache_dir, "validation")
+        raw_eval = load_rows(loadable_eval, cache_dir, "validation")
+        evald, skipped_eval = format_rows(
+            raw_eval,
+            spec,
+            cls,
+            f"validation {eval_src.source}",
+            already_skipped=malformed_eval,
+        )
         skipped += skipped_eval
         info["validation"] = {
             "source": eval_src.source,
             "fingerprint": eval_src.fingerprint(),
             "files": eval_src.file_info,
-            "rows": len(raw_eval),
+            "rows": len(raw_eval) + malformed_eval,
         }
     info["train"]["usedRows"] = len(train)
     if evald is not None:

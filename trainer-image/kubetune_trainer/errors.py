@@ -60,6 +60,35 @@ class ArtifactsMissing(TrainerFailure):
     retryable = False
 
 
+class StorageAccessDenied(TrainerFailure):
+    """S3 refused the credentials or the request (AccessDenied, InvalidAccessKeyId,
+    SignatureDoesNotMatch). Not retryable: the next pod has the same credentials."""
+
+    reason = "StorageAccessDenied"
+    exit_code = 15
+    retryable = False
+
+
+class StorageConflict(TrainerFailure):
+    """The run's S3 prefix holds objects that another FineTuneJob (another metadata.uid) wrote.
+    Not retryable, and nothing there is read, resumed from, overwritten or deleted."""
+
+    reason = "StorageConflict"
+    exit_code = 16
+    retryable = False
+
+
+class StorageUnavailable(TrainerFailure):
+    """S3 could not be reached for longer than the retry window (s3RetrySeconds). Retryable:
+    the next pod resumes from the last complete checkpoint; a finished training is uploaded
+    from its final checkpoint without training again. Exit code 20: outside the 10-19 range
+    that the Job's podFailurePolicy treats as final."""
+
+    reason = "StorageUnavailable"
+    exit_code = 20
+    retryable = True
+
+
 class GpuOutOfMemory(TrainerFailure):
     """CUDA ran out of memory. Not retryable: the next pod would run out of memory at the same
     step with the same settings, so the message names the settings to change instead."""

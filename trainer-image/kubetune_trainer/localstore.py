@@ -42,6 +42,12 @@ class LocalS3(S3):
         self.concurrency = 4
         self.extra: dict[str, Any] = {}
         self.client = _Client(self)
+        self.owner_uid: str | None = None
+        self.retry_seconds = 0.0
+
+    def owner_of(self, uri: str) -> str | None:
+        # A developer's directory keeps no object metadata: everything in it is theirs.
+        return self.owner_uid if self.path(uri).is_file() else None
 
     def path(self, uri: str) -> Path:
         bucket, key = split_s3_uri(uri)

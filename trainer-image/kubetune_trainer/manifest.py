@@ -33,6 +33,7 @@ def library_versions() -> dict[str, str]:
 def build(
     *,
     run_prefix: str,
+    job: dict[str, Any],
     files: list[dict[str, Any]],
     config: dict[str, Any],
     base_model: dict[str, Any],
@@ -46,6 +47,7 @@ def build(
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "RunManifest",
         "runPrefix": run_prefix,
+        "job": job,
         "created": created,
         "files": sorted(files, key=lambda f: f["path"]),
         "totalBytes": sum(int(f["size"]) for f in files),

@@ -102,15 +102,25 @@ def _one_rank_at_a_time(work: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _store(out: Any) -> S3:
+def _store(cfg: TrainerConfig) -> S3:
     """S3, or with --output-dir / KUBETUNE_LOCAL_ARTIFACTS (developers only) a local directory
     standing in for it (localstore.py)."""
     from .localstore import ENV, LocalS3
 
+    out = cfg.spec.output
     if os.environ.get(ENV):
         log.warning("artifacts go to the local directory %s, not S3 (%s)", os.environ[ENV], ENV)
-        return LocalS3(os.environ[ENV])
-    return S3(endpoint=out.endpoint, region=out.region, sse=str(out.sse), kms_key_id=out.kms_key_id)
+        local = LocalS3(os.environ[ENV])
+        local.owner_uid = cfg.job.uid
+        return local
+    return S3(
+        endpoint=out.endpoint,
+        region=out.region,
+        sse=str(out.sse),
+        kms_key_id=out.kms_key_id,
+        owner_uid=cfg.job.uid,
+        retry_seconds=cfg.s3_retry_seconds,
+    )
 
 
 def run(cfg: TrainerConfig) -> dict[str, Any]:
@@ -119,7 +129,6 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
     is_main, local_rank = _distributed()
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     work = Path(cfg.work_dir) / f"kubetune-run-{cfg.job.run}"
-    out = cfg.spec.output
     reporter = ProgressReporter(
         cfg.job.namespace,
         cfg.job.name,
@@ -130,7 +139,7 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
     ctx = Context(
         cfg=cfg,
         work=work,
-        s3=_store(out),
+        s3=_store(cfg),
         reporter=reporter,
         is_main=is_main,
     )

@@ -7,6 +7,16 @@ output.endpoint/region as a fallback. Large objects move through boto3's transfe
 
 Every upload carries an S3 SHA-256 checksum (the server verifies each part) and the file's
 hex SHA-256 as object metadata; after the upload a HEAD checks size and digest again.
+
+Ownership: every object the trainer writes carries the FineTuneJob's metadata.uid as object
+metadata (`kubetune-uid`). Deleting under a prefix (cleanup of an earlier attempt, checkpoint
+pruning) first checks that every object there names this uid, and fails with StorageConflict,
+deleting nothing, when one does not.
+
+Outages: each call on `S3.client` retries connection errors (refused, reset, timeouts) for up to
+`retry_seconds` (TrainerConfig.s3RetrySeconds, default 600) from the first failure, then fails
+the attempt with StorageUnavailable (retryable). S3 refusing the credentials or the request
+(AccessDenied and friends) fails at once with StorageAccessDenied, naming the URI.
 """
 
 from __future__ import annotations
@@ -16,19 +26,159 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import split_s3_uri
-from .errors import ArtifactsMissing
+from .errors import ArtifactsMissing, StorageAccessDenied, StorageConflict, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SHA256_META = "sha256"
+OWNER_META = "kubetune-uid"
+DEFAULT_RETRY_SECONDS = 600.0
+DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+}
+
+
+def _chain(e: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """S3 could not be reached or the connection broke: worth waiting out."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    for c in _chain(e):
+        if isinstance(c, BotoConnectionError | HTTPClientError | ConnectionError):
+            return True
+        if type(c).__name__ == "RetriesExceededError":  # s3transfer's streaming download
+            return True
+    return False
+
+
+def denied_code(e: BaseException) -> str | None:
+    """The S3 error code when S3 refused the credentials or the request, else None."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    for c in _chain(e):
+        if isinstance(c, NoCredentialsError):
+            return "NoCredentials"
+        if isinstance(c, ClientError):
+            code = str(c.response.get("Error", {}).get("Code", ""))
+            if code in DENIED_CODES:
+                return "AccessDenied" if code in ("403", "Forbidden") else code
+    return None
+
+
+_LOCATION = {
+    # method: (index of Bucket, index of Key) among positional arguments
+    "upload_file": (1, 2),
+    "download_file": (0, 1),
+}
+
+
+def _target(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    bucket = kwargs.get("Bucket")
+    key = kwargs.get("Key", kwargs.get("Prefix", ""))
+    if bucket is None and method in _LOCATION:
+        b, k = _LOCATION[method]
+        bucket = args[b] if len(args) > b else None
+        key = args[k] if len(args) > k else key
+    return f"s3://{bucket}/{key}" if bucket else "S3"
+
+
+def call_with_retry(
+    fn: Callable[[], Any], what: str, retry_seconds: float, sleep: Callable[[float], None]
+) -> Any:
+    """Run `fn`; connection errors are retried with backoff (1 s doubling to 15 s) until
+    `retry_seconds` have passed since the first failure, then StorageUnavailable. A refusal
+    of the credentials is StorageAccessDenied at once."""
+    first: float | None = None
+    delay = 1.0
+    last_log = 0.0
+    while True:
+        try:
+            return fn()
+        except (StorageAccessDenied, StorageConflict, StorageUnavailable, ArtifactsMissing):
+            raise
+        except Exception as e:
+            code = denied_code(e)
+            if code is not None:
+                said = "" if code == "AccessDenied" else f"; S3 said {code}"
+                raise StorageAccessDenied(
+                    f"AccessDenied: S3 refused access to {what}{said}. Check the credentials in the "
+                    "trainer's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY Secret (output.credentials"
+                    "SecretRef or the chart's s3.credentialsSecret) and that they may read and "
+                    "write this bucket"
+                ) from e
+            if not is_connection_error(e):
+                raise
+            now = time.monotonic()
+            if first is None:
+                first = now
+            waited = now - first
+            if waited >= retry_seconds:
+                raise StorageUnavailable(
+                    f"S3 unreachable for {waited:.0f}s at {what} ({type(e).__name__}); gave up "
+                    f"after s3RetrySeconds {retry_seconds:g}. The next attempt resumes from the "
+                    "last complete checkpoint"
+                ) from e
+            if now - last_log >= 30 or waited == 0:
+                log.warning(
+                    "S3 unreachable at %s (%s); retrying for up to %.0fs more",
+                    what,
+                    type(e).__name__,
+                    retry_seconds - waited,
+                )
+                last_log = now
+            sleep(min(delay, max(0.1, retry_seconds - waited)))
+            delay = min(delay * 2, 15.0)
+
+
+class RetryingClient:
+    """A boto3 S3 client whose every call goes through call_with_retry."""
+
+    def __init__(
+        self, client: Any, retry_seconds: float, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._client = client
+        self._retry_seconds = retry_seconds
+        self._sleep = sleep
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in ("get_paginator", "can_paginate", "get_waiter"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return call_with_retry(
+                lambda: attr(*args, **kwargs),
+                _target(name, args, kwargs),
+                self._retry_seconds,
+                self._sleep,
+            )
+
+        return call
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -81,6 +231,8 @@ class S3:
         region: str | None = None,
         sse: str | None = None,
         kms_key_id: str | None = None,
+        owner_uid: str | None = None,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -92,7 +244,9 @@ class S3:
         )
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or region
         cfg = Config(
-            retries={"max_attempts": 8, "mode": "standard"},
+            # Few attempts here: connection errors are waited out by RetryingClient for
+            # s3RetrySeconds, and throttling (503 SlowDown) still gets botocore's backoff.
+            retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=self.concurrency * 2,
             connect_timeout=10,
             read_timeout=120,
@@ -101,8 +255,13 @@ class S3:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=cfg
+        self.owner_uid = owner_uid
+        self.retry_seconds = retry_seconds
+        self.client: Any = RetryingClient(
+            boto3.client(
+                "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=cfg
+            ),
+            retry_seconds,
         )
         chunk = max(5, _env_int("KUBETUNE_S3_PART_MIB", 64)) * MiB
         self.transfer = TransferConfig(
@@ -123,11 +282,13 @@ class S3:
         """Objects whose key starts with the URI's key (as given: add a '/' for a folder)."""
         bucket, prefix = split_s3_uri(uri)
         out: list[dict[str, Any]] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix
-        ):
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self.client.list_objects_v2(**kwargs)
             out.extend(page.get("Contents", []))
-        return out
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
     def head(self, uri: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -142,7 +303,47 @@ class S3:
 
     def get_bytes(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
-        return bytes(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return bytes(
+            call_with_retry(
+                lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+                uri,
+                self.retry_seconds,
+                time.sleep,
+            )
+        )
+
+    def owner_of(self, uri: str) -> str | None:
+        """The FineTuneJob uid an object was written by (its kubetune-uid metadata), or None."""
+        head = self.head(uri)
+        meta = {k.lower(): v for k, v in ((head or {}).get("Metadata") or {}).items()}
+        return meta.get(OWNER_META)
+
+    def _metadata(self, digest: str) -> dict[str, str]:
+        meta = {SHA256_META: digest}
+        if self.owner_uid:
+            meta[OWNER_META] = self.owner_uid
+        return meta
+
+    def check_owned(self, uri: str, keep: tuple[str, ...] = ()) -> list[str]:
+        """Keys under `uri/` (except those under `keep`), after checking that each names this
+        trainer's uid; StorageConflict (naming the first foreign object) when one does not."""
+        bucket, key_prefix = split_s3_uri(uri.rstrip("/") + "/")
+        keys = [
+            o["Key"]
+            for o in self.list_objects(uri.rstrip("/") + "/")
+            if not o["Key"][len(key_prefix) :].startswith(keep or ("\0",))
+        ]
+        if self.owner_uid is None:
+            return keys
+        foreign = [k for k in keys if self.owner_of(f"s3://{bucket}/{k}") != self.owner_uid]
+        if foreign:
+            raise StorageConflict(
+                f"{len(foreign)} object(s) under {uri} were not written by this FineTuneJob "
+                f"(uid {self.owner_uid}), e.g. s3://{bucket}/{foreign[0]}: refusing to use, "
+                "overwrite or delete them. Another object wrote to this prefix; give this job "
+                "its own output.uri"
+            )
+        return keys
 
     def download_file(
         self, uri: str, dest: str | os.PathLike[str], size: int | None = None
@@ -195,7 +396,7 @@ class S3:
         digest = sha256 or sha256_file(path)
         extra = dict(self.extra)
         extra["ChecksumAlgorithm"] = "SHA256"
-        extra["Metadata"] = {SHA256_META: digest}
+        extra["Metadata"] = self._metadata(digest)
         self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer)
         self.verify(uri, size, digest, path)
         return Uploaded(uri=uri, key=rel or os.path.basename(key), size=size, sha256=digest)
@@ -238,7 +439,7 @@ class S3:
             Body=data,
             ContentType=content_type,
             ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode(),
-            Metadata={SHA256_META: digest},
+            Metadata=self._metadata(digest),
             **self.extra,
         )
         self.verify(uri, len(data), digest)
@@ -261,13 +462,10 @@ class S3:
 
     def delete_prefix(self, uri: str, keep: tuple[str, ...] = ()) -> int:
         """Delete every object under `uri/`, except those whose relative key starts with one
-        of `keep`."""
-        bucket, key_prefix = split_s3_uri(uri.rstrip("/") + "/")
-        keys = [
-            o["Key"]
-            for o in self.list_objects(uri.rstrip("/") + "/")
-            if not o["Key"][len(key_prefix) :].startswith(keep or ("\0",))
-        ]
+        of `keep`. With an owner uid, only when every one of them is this uid's (check_owned):
+        otherwise StorageConflict and nothing is deleted."""
+        bucket, _ = split_s3_uri(uri)
+        keys = self.check_owned(uri, keep)
         for i in range(0, len(keys), 1000):
             self.client.delete_objects(
                 Bucket=bucket,

@@ -1,5 +1,9 @@
 """Stage `upload`: every artifact to <run_prefix>, checksummed and verified, then
-manifest.json last (a reader that sees the manifest sees a complete run)."""
+manifest.json last (a reader that sees the manifest sees a complete run).
+
+Before anything is deleted or written, every object already under the prefix must name this
+FineTuneJob's uid (s3.check_owned): an earlier attempt of this job is cleaned up, anything else
+is a StorageConflict and stays untouched."""
 
 from __future__ import annotations
 
@@ -59,8 +63,10 @@ def upload(
         raise ArtifactsMissing(f"no artifacts were produced (nothing under {root})")
     check_expected(root, expected(cfg, merged_possible))
     t0 = time.monotonic()
-    # A retried pod may find an earlier attempt's artifacts: the manifest goes first (no reader
-    # may take the run for complete meanwhile), then everything but the checkpoints.
+    # A retried pod may find an earlier attempt's artifacts: once they are known to be this
+    # job's, the manifest goes first (no reader may take the run for complete meanwhile), then
+    # everything but the checkpoints.
+    s3.check_owned(cfg.run_prefix, keep=("checkpoints/",))
     bucket, key = split_s3_uri(join(cfg.run_prefix, MANIFEST))
     s3.client.delete_object(Bucket=bucket, Key=key)
     stale = s3.delete_prefix(cfg.run_prefix, keep=("checkpoints/",))
@@ -72,6 +78,12 @@ def upload(
         raise ArtifactsMissing(f"uploaded {len(uploaded)} of {len(files)} artifact files")
     doc = manifest_mod.build(
         run_prefix=cfg.run_prefix,
+        job={
+            "namespace": cfg.job.namespace,
+            "name": cfg.job.name,
+            "uid": cfg.job.uid,
+            "run": cfg.job.run,
+        },
         files=[{"path": u.key, "size": u.size, "sha256": u.sha256} for u in uploaded],
         config=cfg.model_dump(by_alias=True, mode="json", exclude_none=True),
         base_model=base_model,

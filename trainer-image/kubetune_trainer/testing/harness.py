@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,20 +26,26 @@ def trainer_config(
     report_progress: bool = False,
     progress_interval_seconds: float = 1.0,
     checkpoint_prefix: str | None = None,
+    uid: str | None = None,
+    s3_retry_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """A validated TrainerConfig (wire form) as the operator would write it."""
+    """A validated TrainerConfig (wire form) as the operator would write it. Each call is a
+    new FineTuneJob object (a fresh uid) unless `uid` is given."""
     out = spec["output"]["uri"]
+    uid = uid or str(uuid.uuid4())
     cfg: dict[str, Any] = {
         "apiVersion": "kubetune.io/v1alpha1",
-        "job": {"namespace": namespace, "name": name, "run": run},
+        "job": {"namespace": namespace, "name": name, "uid": uid, "run": run},
         "spec": spec,
-        "runPrefix": run_prefix(out, namespace, name, run),
+        "runPrefix": run_prefix(out, namespace, name, uid, run),
         "reportProgress": report_progress,
         "progressIntervalSeconds": progress_interval_seconds,
         "workDir": str(work_dir),
     }
     if checkpoint_prefix:
         cfg["checkpointPrefix"] = checkpoint_prefix
+    if s3_retry_seconds is not None:
+        cfg["s3RetrySeconds"] = s3_retry_seconds
     TrainerConfig.model_validate(cfg)
     return cfg
 
