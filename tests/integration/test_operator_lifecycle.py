@@ -40,7 +40,8 @@ def test_run_succeeds_with_children_events_and_status(
     st = ftj.status()
     assert st["phase"] == "Succeeded", st
     assert st["run"] == 1 and st["jobName"] == "ok-run-1" and st["observedGeneration"] == 1
-    prefix = f"s3://kubetune/op-tests/{namespace}/ok/run-1/"
+    uid8 = ftj.get()["metadata"]["uid"][:8]  # the run prefix carries the object's uid
+    prefix = f"s3://kubetune/op-tests/{namespace}/ok/{uid8}/run-1/"
     assert st["artifacts"]["mergedModelUri"] == prefix + "merged/"
     assert st["artifacts"]["manifestUri"] == prefix + "manifest.json"
     assert st["metrics"]["eval_loss"] == 0.75

@@ -130,8 +130,9 @@ def test_spec_change_queue(cluster: Cluster, namespace: str, operators: Operator
     )
     (h,) = st["history"]
     assert h["outcome"] == "Succeeded" and h["run"] == 1
-    assert h["artifacts"]["mergedModelUri"].endswith("/queue/run-1/merged/")
-    assert st["artifacts"]["mergedModelUri"].endswith("/queue/run-2/merged/")
+    uid8 = ftj.get()["metadata"]["uid"][:8]  # run prefixes carry the object's uid
+    assert h["artifacts"]["mergedModelUri"].endswith(f"/queue/{uid8}/run-1/merged/")
+    assert st["artifacts"]["mergedModelUri"].endswith(f"/queue/{uid8}/run-2/merged/")
     assert "queuedGeneration" not in st and st["runGeneration"] == 2
     assert "Queued" in ftj.event_reasons()
 
@@ -172,7 +173,7 @@ def test_finished_run_removed_by_ttl_never_runs_again(
     op.start()
     st = ftj.wait_phase("Succeeded", "Failed")
     assert st["phase"] == "Succeeded" and st["artifacts"]["mergedModelUri"].endswith(
-        "/ttl/run-1/merged/"
+        f"/ttl/{ftj.get()['metadata']['uid'][:8]}/run-1/merged/"
     )
     ftj.wait(lambda: not ftj.jobs(), "the Job deleted after its result was recorded", timeout=30)
     # Finished, Job gone: nothing runs again, also across a restart (state is in the status).
