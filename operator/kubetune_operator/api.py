@@ -73,6 +73,8 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
     NAME_CONFLICT = "NameConflict"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"
+    TRACKING_HOST_NOT_ALLOWED = "TrackingHostNotAllowed"
     QUEUED = "Queued"
     # Running
     TRAINING = "Training"

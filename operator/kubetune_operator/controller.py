@@ -48,7 +48,7 @@ class Requeue(Exception):
 
 
 def spec_problem(
-    raw: dict[str, Any], name: str, settings: OperatorSettings
+    raw: dict[str, Any], name: str, settings: OperatorSettings, namespace: str = ""
 ) -> tuple[FineTuneJobSpec | None, tuple[str, str] | None]:
     """The validated spec, or the reason it cannot run. Messages name fields, not values."""
     try:
@@ -60,7 +60,7 @@ def spec_problem(
             parts.append(f"spec.{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         return None, (Reason.INVALID_SPEC.value, "; ".join(parts))
     try:
-        render.check(spec, name, settings)
+        render.check(spec, name, settings, namespace)
     except RenderError as e:
         return spec, (e.reason.value, e.message)
     return spec, None
@@ -190,7 +190,7 @@ def handle_reconcile(
     owner = Owner(namespace, name, meta["uid"])
     generation = int(meta.get("generation") or 1)
 
-    spec, problem = spec_problem(ftj.get("spec") or {}, name, settings)
+    spec, problem = spec_problem(ftj.get("spec") or {}, name, settings, namespace)
     desired_hash = runs.spec_hash(spec) if spec is not None else ""
     jobs = [
         j

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubetune_trainer.config import (
     API_GROUP,
@@ -214,9 +215,93 @@ def service_account(spec: FineTuneJobSpec, owner_name: str, settings: OperatorSe
     return wanted
 
 
-def check(spec: FineTuneJobSpec, owner_name: str, settings: OperatorSettings) -> None:
+def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
+    """(spec field, Secret name) of every Secret a spec makes the pod read."""
+    refs: list[tuple[str, str]] = []
+    if spec.model.token_secret_ref is not None:
+        refs.append(("model.tokenSecretRef", spec.model.token_secret_ref.name))
+    if spec.output.credentials_secret_ref is not None:
+        refs.append(("output.credentialsSecretRef", spec.output.credentials_secret_ref.name))
+    tracking = spec.tracking
+    if tracking.mlflow is not None and tracking.mlflow.token_secret_ref is not None:
+        refs.append(("tracking.mlflow.tokenSecretRef", tracking.mlflow.token_secret_ref.name))
+    if tracking.wandb is not None:
+        refs.append(("tracking.wandb.apiKeySecretRef", tracking.wandb.api_key_secret_ref.name))
+    return refs
+
+
+def check_secrets(spec: FineTuneJobSpec, namespace: str, settings: OperatorSettings) -> None:
+    """A Secret reference hands the Secret's value to code of the author's choosing (a custom
+    image, remote model code) and to endpoints of the author's choosing: only Secrets the
+    platform opted in (`trainer.allowedSecrets`) may be referenced."""
+    allowed = set(settings.allowed_secrets)
+    if settings.s3_credentials_secret:  # the platform's own, already given to every pod
+        allowed.add(settings.s3_credentials_secret)
+    for field, name in secret_refs(spec):
+        if name in allowed or f"{namespace}/{name}" in allowed:
+            continue
+        raise RenderError(
+            Reason.SECRET_NOT_ALLOWED,
+            f"spec.{field}: Secret {name!r} is not in the operator's allowed Secrets; a platform "
+            f"admin can allow it with the chart value trainer.allowedSecrets (e.g. "
+            f"[{namespace}/{name}]), which lets anyone who may create a FineTuneJob in "
+            f"{namespace} read it",
+        )
+
+
+def _host(url: str) -> tuple[str, str]:
+    """(host, host:port) of a URL, lower-cased; port from the scheme when absent."""
+    parsed = urlsplit(url if "://" in url else f"//{url}")
+    host = (parsed.hostname or "").lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+    return host, f"{host}:{port}"
+
+
+def _host_allowed(url: str, allowed: list[str]) -> bool:
+    host, host_port = _host(url)
+    return bool(host) and any(a.lower() in (host, host_port) for a in allowed)
+
+
+def check_tracking_hosts(spec: FineTuneJobSpec, settings: OperatorSettings) -> None:
+    """Where a spec sends metrics, parameters and tokens: tracking servers, and an S3 endpoint
+    that would receive the operator's own S3 credentials, must be opted in
+    (`trainer.allowedTrackingHosts`)."""
+    allowed = settings.allowed_tracking_hosts
+    targets: list[tuple[str, str]] = []
+    if spec.tracking.mlflow is not None:
+        targets.append(("tracking.mlflow.trackingUri", spec.tracking.mlflow.tracking_uri))
+    if spec.tracking.wandb is not None and spec.tracking.wandb.base_url:
+        targets.append(("tracking.wandb.baseUrl", spec.tracking.wandb.base_url))
+    endpoint = spec.output.endpoint
+    platform_endpoint = _host(settings.s3_endpoint)[1] if settings.s3_endpoint else None
+    if (
+        endpoint
+        and spec.output.credentials_secret_ref is None  # the operator's credentials go there
+        and _host(endpoint)[1] != platform_endpoint
+    ):
+        targets.append(("output.endpoint", endpoint))
+    for field, url in targets:
+        if url.startswith("file:") or _host_allowed(url, allowed):
+            continue
+        host = _host(url)[0] or url
+        raise RenderError(
+            Reason.TRACKING_HOST_NOT_ALLOWED,
+            f"spec.{field}: host {host!r} is not in the operator's allowed tracking hosts; a "
+            "platform admin can allow it with the chart value trainer.allowedTrackingHosts",
+        )
+
+
+def check(
+    spec: FineTuneJobSpec, owner_name: str, settings: OperatorSettings, namespace: str = ""
+) -> None:
     """Raise RenderError if this spec cannot be run by this operator (beyond schema validity)."""
     service_account(spec, owner_name, settings)
+    check_secrets(spec, namespace, settings)
+    check_tracking_hosts(spec, settings)
     for field, value in (
         ("resources.cpu", spec.resources.cpu),
         ("resources.memory", spec.resources.memory),
@@ -557,7 +642,7 @@ def run_objects(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Everything run `run` needs, in creation order (the Job last: its pod mounts the rest)."""
-    check(spec, owner.name, settings)
+    check(spec, owner.name, settings, owner.namespace)
     return [
         *rbac(spec, owner, settings),
         config_map(spec, owner, run, settings),

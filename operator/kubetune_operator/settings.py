@@ -74,6 +74,17 @@ class OperatorSettings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_credentials_secret: str | None = None
     allowed_service_accounts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Secrets a spec may reference (name, or namespace/name). Empty: none. "
+        "Allowing one lets anyone who may create a FineTuneJob in that namespace read it.",
+    )
+    allowed_tracking_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts (host or host:port) a spec may send tracking data and tokens to "
+        "(tracking.mlflow.trackingUri, tracking.wandb.baseUrl), and S3 endpoints other than "
+        "the operator's (output.endpoint). Empty: none.",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables /metrics.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
     leader_election: bool = True
@@ -97,7 +108,13 @@ class OperatorSettings(BaseSettings):
     )
     log_level: str = "INFO"
 
-    @field_validator("namespaces", "allowed_service_accounts", mode="before")
+    @field_validator(
+        "namespaces",
+        "allowed_service_accounts",
+        "allowed_secrets",
+        "allowed_tracking_hosts",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
