@@ -146,9 +146,10 @@ def start_run(
 
 
 def delete_run(kube: Kube, owner: Owner, job_name: str) -> None:
-    """Delete a run's Job and ConfigMap, each only if this FineTuneJob controls it (checked
-    by uid, which the API server enforces as a delete precondition)."""
-    for kind in ("Job", "ConfigMap"):
+    """Delete a run's Job, ConfigMap and (multi-pod runs, group.py) headless Service, each
+    only if this FineTuneJob controls it (checked by uid, which the API server enforces as a
+    delete precondition)."""
+    for kind in ("Job", "ConfigMap", "Service"):
         obj = kube.get(path(kind, owner.namespace, job_name))
         if obj is not None and runs.controlled_by(obj, owner.uid):
             kube.delete(kind, owner.namespace, job_name, uid=obj["metadata"]["uid"])

@@ -82,7 +82,10 @@ def build_trainer(
     run_name: str,
     report_to: list[str],
     padding_free: bool,
+    extra_args: dict[str, Any] | None = None,
 ) -> Any:
+    """`extra_args`: TrainingArguments the distribution sets (distribute.training_kwargs and
+    the per-process batch split); they win over the spec's translation."""
     has_eval = data.eval is not None
     kw = training_kwargs(
         spec,
@@ -93,6 +96,7 @@ def build_trainer(
         run_name=run_name,
         report_to=report_to,
     )
+    kw.update(extra_args or {})
     if is_classification(spec):
         from transformers import DataCollatorWithPadding, TrainingArguments
 
