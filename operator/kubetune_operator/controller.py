@@ -23,7 +23,7 @@ from kubetune_trainer.config import KIND, FineTuneJobSpec
 from pydantic import ValidationError
 
 from . import ledger, metrics, render, runs, status
-from .api import Reason
+from .api import Phase, Reason
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
@@ -278,6 +278,23 @@ def handle_reconcile(
                 derived.status.get("phase"),
                 derived.status.get("message"),
             )
+    if (
+        current is not None
+        and runs.job_finished(current) is None
+        and not runs.job_deleting(current)
+        and derived.status.get("phase") == Phase.FAILED.value
+    ):
+        # Only a group past its scheduling deadline is Failed while its Job runs
+        # (podset.scheduling_overdue): stop its pods, so the GPUs of those that were scheduled
+        # are released. The outcome is recorded above, so the missing Job changes nothing.
+        log.info("deleting Job %s: %s", current["metadata"]["name"], derived.status.get("message"))
+        kube.delete(
+            "Job",
+            namespace,
+            current["metadata"]["name"],
+            propagation="Background",
+            uid=current["metadata"].get("uid"),
+        )
     # runPolicy.ttlSecondsAfterFinished: finished Jobs go only after their outcome is recorded.
     ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     expired, next_expiry = runs.expired_jobs(

@@ -21,6 +21,8 @@ from typing import Any
 
 from kubetune_trainer.config import DistributionStrategy, FineTuneJobSpec, ResourcesSpec
 
+# Seconds a group may wait for all its pods to be scheduled (read back by podset.Group.of).
+ANN_SCHEDULING_DEADLINE = "kubetune.io/scheduling-deadline-seconds"
 # Kept in step with kubetune_trainer.launch.RDZV_PORT (the operator never imports the launcher,
 # which imports torch when it runs).
 RDZV_PORT = 29400
@@ -76,6 +78,12 @@ def job_fields(spec: FineTuneJobSpec, job_name: str, backoff_limit: int) -> dict
         # backoffLimit x nodes failed pods; the next failed pod ends the run.
         "backoffLimit": backoff_limit * nodes,
     }
+
+
+def job_annotations(spec: FineTuneJobSpec) -> dict[str, str]:
+    """Annotations the status derivation reads off the Job (podset.Group.of)."""
+    deadline = scheduling_deadline(spec)
+    return {} if deadline is None else {ANN_SCHEDULING_DEADLINE: str(deadline)}
 
 
 def pod_fields(spec: FineTuneJobSpec, job_name: str) -> dict[str, Any]:

@@ -550,6 +550,7 @@ def job(
                 ANN_SPEC_HASH: run.spec_hash,
                 ANN_GENERATION: str(run.generation),
                 ANN_SUSPEND: "true" if suspend else "false",
+                **group.job_annotations(spec),
             },
         ),
         "spec": job_spec,

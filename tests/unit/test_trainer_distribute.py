@@ -135,6 +135,8 @@ def test_torchrun_args() -> None:
     assert "--standalone" not in many
     assert {"--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d"} <= set(many)
     assert "--rdzv-endpoint=j-0.j.ns.svc:29400" in many and "--rdzv-id=uid-1" in many
+    assert "--rdzv-conf=is_host=0" in many  # only index 0 hosts the rendezvous store
+    assert "--rdzv-conf=is_host=1" in torchrun_args(Topology(4, 2, 0, "h:1", "u"), [])
     with pytest.raises(ValueError, match="rdzv-endpoint"):
         torchrun_args(Topology(1, 2), [])
 

@@ -49,6 +49,9 @@ def torchrun_args(topo: Topology, trainer_argv: list[str]) -> list[str]:
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={topo.rdzv_endpoint}",
             f"--rdzv-id={topo.rdzv_id}",
+            # Index 0 hosts the rendezvous store, said outright rather than guessed from
+            # hostnames (which fails where pods share a host, as under the test node agent).
+            f"--rdzv-conf=is_host={1 if topo.node_rank == 0 else 0}",
         ]
     else:
         args.append("--standalone")
