@@ -257,12 +257,16 @@ def _last_failed(
     )
 
 
-def _failure(pod: dict[str, Any], grp: podset.Group) -> tuple[str, str]:
-    """pod_failure, naming the pod's index and node when the run has several pods."""
-    reason, message = pod_failure(pod)
+def _named(pod: dict[str, Any], grp: podset.Group, found: tuple[str, str]) -> tuple[str, str]:
+    """(reason, message) about `pod`, naming its index and node when the run has several."""
+    reason, message = found
     if grp.size > 1:
         message = message.replace(f"pod {pod['metadata']['name']}", podset.where(pod), 1)
     return reason, _clip(message)
+
+
+def _failure(pod: dict[str, Any], grp: podset.Group) -> tuple[str, str]:
+    return _named(pod, grp, pod_failure(pod))
 
 
 # ------------------------------------------------------------------------------- run state
@@ -487,7 +491,8 @@ def run_state(
             f"pod {pod['metadata']['name']} is training",
         )
     if live:
-        reason, message = _waiting(podset.most_blocked(live) if grp.size > 1 else live[-1])
+        blocked = podset.most_blocked(live) if grp.size > 1 else live[-1]
+        reason, message = _named(blocked, grp, _waiting(blocked))
         if failed_count and reason in (
             Reason.CONTAINER_CREATING.value,
             Reason.WAITING_FOR_POD.value,

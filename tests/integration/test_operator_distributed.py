@@ -129,14 +129,18 @@ def test_two_nodes_train_as_one_group(
 
 
 def test_group_that_cannot_be_fully_scheduled_fails_at_its_deadline(
-    cluster: Cluster, namespace: str, operators: Operators
+    cluster: Cluster,
+    namespace: str,
+    operators: Operators,
+    fixtures_in_minio: None,  # noqa: F811
 ) -> None:
     """One GPU node for a two-node run: index 1 stays Unschedulable, the status says so, and
     at runPolicy.schedulingTimeoutSeconds the run fails and the scheduled pod is stopped."""
     node = f"half-{namespace[-5:]}"
     cluster.add_node(node, gpus=2)
     try:
-        operators.new()  # the stub trainer: it never gets to train here
+        # the real trainer: index 0 starts and waits in the rendezvous, holding its GPUs
+        operators.new(stub=False)
         doc = manifest("half", {"gpus": 2, "nodes": 2})
         doc["spec"]["runPolicy"] = {"schedulingTimeoutSeconds": 30}
         cluster.apply(doc, namespace=namespace)

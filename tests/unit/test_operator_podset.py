@@ -91,7 +91,7 @@ def test_partly_scheduled_group_waits_then_fails_at_its_deadline() -> None:
     stuck = member(1, "Pending", scheduled=UNSCHEDULABLE)
     early = status.run_state(gjob(active=2), [member(0), stuck], {}, True, False, None)
     assert early.phase == "Pending" and early.reason == "Unschedulable"
-    assert "Insufficient nvidia.com/gpu" in early.message
+    assert "Insufficient nvidia.com/gpu" in early.message and "index 1" in early.message
     # created at 11:00, NOW is 12:00: past the 600 s deadline
     late = state(gjob(active=2), [member(0), stuck])
     assert late.phase == "Failed" and late.reason == "Unschedulable"
