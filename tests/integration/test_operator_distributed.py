@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +165,76 @@ def test_group_that_cannot_be_fully_scheduled_fails_at_its_deadline(
         assert ftj.status()["phase"] == "Failed"
     finally:
         cluster.remove_node(node)
+
+
+def _worker_pids(pod_name: str) -> list[int]:
+    """The training processes (torchrun's workers, with LOCAL_RANK) the node agent runs for
+    `pod_name`: processes on this host whose environment names that pod."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"KUBETUNE_POD_NAME={pod_name}".encode() in env and any(
+            e.startswith(b"LOCAL_RANK=") for e in env
+        ):
+            out.append(int(proc.name))
+    return out
+
+
+def test_a_killed_process_restarts_the_group_from_the_checkpoint(
+    cluster: Cluster,
+    namespace: str,
+    operators: Operators,
+    fixtures_in_minio: None,  # noqa: F811
+) -> None:
+    """SIGKILL one training process of index 1 mid-run: its pod fails, index 0's processes
+    fail on the broken collective, the Job starts both pods again, and the new group resumes
+    from the last checkpoint (not step 0) and ends Succeeded; the restart is one attempt."""
+    nodes = [f"kill{i}-{namespace[-5:]}" for i in range(2)]
+    for n in nodes:
+        cluster.add_node(n, gpus=1)
+    try:
+        operators.new(stub=False)
+        doc = manifest("restart", {"gpus": 1, "nodes": 2}, maxSteps=40, saveSteps=4, evalSteps=40)
+        doc["spec"]["runPolicy"] = {"backoffLimit": 1}
+        cluster.apply(doc, namespace=namespace)
+        ftj = Ftj(cluster, namespace, "restart")
+        ftj.wait(
+            lambda: (ftj.status().get("progress") or {}).get("step", 0) >= 6 or None,
+            "step 6 (after the checkpoint of step 4)",
+            timeout=600,
+        )
+        (victim,) = [
+            p
+            for p in ftj.pods()
+            if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
+            and p["status"]["phase"] == "Running"
+        ]
+        pids = _worker_pids(victim["metadata"]["name"])
+        assert pids, "no training process found for index 1"
+        os.kill(pids[0], signal.SIGKILL)
+        st = ftj.wait_phase("Succeeded", "Failed", timeout=900)
+        if st["phase"] != "Succeeded":
+            fail_with_logs(cluster, namespace, ftj, st)
+        pods = ftj.pods()
+        failed = [p for p in pods if p["status"]["phase"] == "Failed"]
+        assert len(failed) == 2, [p["metadata"]["name"] for p in pods]  # the whole group
+        (rank0,) = [
+            p
+            for p in pods
+            if p["status"]["phase"] == "Succeeded"
+            and p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0"
+        ]
+        log = trainer_log(cluster, namespace, rank0)
+        m = re.search(r"resuming from \S+ \(step (\d+)\)", log)
+        assert m and int(m.group(1)) >= 4, log[-3000:]
+        assert st["progress"]["step"] == 40
+        events = [e for e in ftj.events() if e["reason"] == "Retrying"]
+        assert events and all("attempt 2" in e["message"] for e in events), events
+    finally:
+        for n in nodes:
+            cluster.remove_node(n)
