@@ -41,6 +41,14 @@ def manifest(name: str, resources: dict[str, Any], **hp: Any) -> dict[str, Any]:
     return doc
 
 
+def losses(log: str) -> dict[int, float]:
+    """Training loss per step from the trainer's progress lines."""
+    return {
+        int(step): float(loss)
+        for step, loss in re.findall(r"\bstep (\d+)/\d+ epoch [0-9.]+ loss ([0-9.]+)", log)
+    }
+
+
 def trainer_log(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> str:
     return cluster.pod_log(namespace, pod["metadata"]["name"], "trainer")
 
@@ -92,7 +100,8 @@ def test_two_nodes_train_as_one_group(
     s3: Any,
     fixtures_in_minio: None,  # noqa: F811
 ) -> None:
-    """Two node agents with 2 fake GPUs each; `nodes: 2, gpus: 2` needs both (4 processes)."""
+    """Two node agents with 2 fake GPUs each; `nodes: 2, gpus: 2` needs both (4 processes).
+    Per-step losses match one process training on the same global batch."""
     nodes = [f"grp{i}-{namespace[-5:]}" for i in range(2)]
     for n in nodes:
         cluster.add_node(n, gpus=2)
@@ -124,6 +133,18 @@ def test_two_nodes_train_as_one_group(
         # gpuSeconds sums both pods: at least 2 GPUs x 2 pods for as long as the shorter ran
         assert st["gpuSeconds"] > 0
         print(f"\n2 nodes x 2 processes: Succeeded in {time.monotonic() - t0:.0f}s")
+
+        # the same spec in one process: the same global batch, the same losses per step
+        cluster.apply(manifest("single", {}), namespace=namespace)
+        single = Ftj(cluster, namespace, "single")
+        st1 = single.wait_phase("Succeeded", "Failed", timeout=600)
+        if st1["phase"] != "Succeeded":
+            fail_with_logs(cluster, namespace, single, st1)
+        one = losses(trainer_log(cluster, namespace, single.pods()[0]))
+        group = losses(rank0)
+        assert set(one) == set(group) == set(range(1, 9)), (one, group)
+        for step, loss in one.items():
+            assert abs(group[step] - loss) <= 0.05 * loss, (step, one, group)
         # the Service goes with the run's Job when the FineTuneJob is deleted
         cluster.kubectl("delete", "ftj", "group", "--wait=true", namespace=namespace)
     finally:
