@@ -77,6 +77,8 @@ def test_auto_on_cpu_and_alone() -> None:
 def test_the_spec_wins() -> None:
     plan = choose(S.FSDP, M.LORA, 1, parameter_count(LLAMA_8B), H100)
     assert plan.strategy == "fsdp" and plan.reason == "resources.distribution.strategy"
+    # as the validated spec holds it (a plain string)
+    assert choose("ddp", M.FULL, 2, 10**9, H100).strategy == "ddp"  # type: ignore[arg-type]
 
 
 def test_memory_per_gpu_shrinks_with_fsdp() -> None:

@@ -107,7 +107,7 @@ def choose(
 
     def plan(strategy: DistributionStrategy, reason: str) -> Plan:
         mem = memory_per_gpu(params, method, strategy, world) if params else None
-        return Plan(strategy.value, world, reason, mem)
+        return Plan(DistributionStrategy(strategy).value, world, reason, mem)
 
     if asked != DistributionStrategy.AUTO:
         return plan(asked, "resources.distribution.strategy")
