@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kubetune_trainer.config import DistributionStrategy as S
 from kubetune_trainer.config import MethodType as M
@@ -149,3 +151,30 @@ def test_exit_code_keeps_the_trainer_contract() -> None:
     assert exit_code({0: 1, 1: 12}) == 12
     assert exit_code({0: -15, 1: 0}) == 143
     assert exit_code({0: 1, 1: -9}) == 1
+
+
+def test_local_ranks_share_one_resume_download(tmp_path: Path) -> None:
+    """The processes of one pod share its work directory: one downloads the checkpoint, the
+    others use that copy rather than overwrite files being read."""
+    from kubetune_trainer.train import find_resume
+
+    class Store:
+        prefix = "s3://b/ckpt/"
+        downloads = 0
+
+        def latest(self) -> int:
+            return 4
+
+        def uri(self, step: int) -> str:
+            return f"{self.prefix}checkpoint-{step}/"
+
+        def download(self, step: int, dest: Path) -> Path:
+            self.downloads += 1
+            (dest / f"checkpoint-{step}").mkdir(parents=True)
+            return dest / f"checkpoint-{step}"
+
+    store = Store()
+    first = find_resume(store, tmp_path)  # type: ignore[arg-type]
+    second = find_resume(store, tmp_path)  # type: ignore[arg-type]
+    assert first == second == (str(tmp_path / "resume" / "checkpoint-4"), 4)
+    assert store.downloads == 1

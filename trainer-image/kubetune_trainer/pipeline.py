@@ -162,8 +162,9 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     from .speed import configure_allocator
 
     configure_allocator()  # before anything initialises CUDA (speed.py, docs/benchmarks.md)
-    for stale in ("artifacts", "checkpoints", "resume"):
-        shutil.rmtree(ctx.work / stale, ignore_errors=True)
+    if not local_rank:  # one cleaner per pod: the other local ranks may be downloading
+        for stale in ("artifacts", "checkpoints", "resume"):
+            shutil.rmtree(ctx.work / stale, ignore_errors=True)
     ctx.artifacts.mkdir(parents=True, exist_ok=True)
 
     # resolve + data ---------------------------------------------------------------------

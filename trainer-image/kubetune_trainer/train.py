@@ -140,7 +140,23 @@ def find_resume(store: CheckpointStore | None, work: Path) -> tuple[str | None, 
     if step is None:
         log.info("no complete checkpoint under %s: starting from step 0", store.prefix)
         return None, None
-    path = store.download(step, work / "resume")
+    # The local ranks of a pod share `work`: the first one through downloads, the others find
+    # the copy complete (a marker written after it) instead of overwriting files being read.
+    import fcntl
+
+    dest = work / "resume"
+    dest.mkdir(parents=True, exist_ok=True)
+    done = dest / f".complete-{step}"
+    with open(dest / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if done.exists():
+                path = dest / f"checkpoint-{step}"
+            else:
+                path = store.download(step, dest)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     log.info("resuming from %s (step %d)", store.uri(step), step)
     return str(path), step
 
