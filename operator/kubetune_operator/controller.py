@@ -73,6 +73,8 @@ def _differs(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     for key in ("data", "rules", "subjects", "roleRef"):
         if key in wanted and existing.get(key) != wanted[key]:
             return True
+    if wanted["kind"] == "Service":  # the pods rendezvous where its selector points
+        return bool((existing.get("spec") or {}).get("selector") != wanted["spec"]["selector"])
     return False
 
 
@@ -110,8 +112,9 @@ def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
     if not _differs(existing, obj):
         return
     meta = obj["metadata"]
-    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole.
-    recreate = obj["kind"] == "ConfigMap" or (
+    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole. So
+    # is a Service of the same name that is not ours: adopting it would keep its selector.
+    recreate = obj["kind"] in ("ConfigMap", "Service") or (
         "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
     )
     log.info("updating %s %s (content changed)", obj["kind"], meta["name"])

@@ -114,3 +114,41 @@ def test_processes_per_node_equal_to_gpus_is_fine() -> None:
     spec = make_spec(resources={"gpus": 2, "distribution": {"processesPerNode": 2}})
     assert spec.resources.world_size() == 2
     assert make_spec(resources={"gpus": 4, "nodes": 3}).resources.world_size() == 12
+
+
+class _FakeKube:
+    """Just what controller.ensure calls; `existing` is what the API server already holds."""
+
+    def __init__(self, existing: dict[str, Any]) -> None:
+        self.existing = existing
+        self.calls: list[str] = []
+
+    def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self.calls.append("create")
+        return (self.existing, False) if len(self.calls) == 1 else (obj, True)
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        self.calls.append(f"delete {kind}")
+        return True
+
+    def merge_patch(self, *a: Any, **kw: Any) -> dict[str, Any]:
+        self.calls.append("patch")
+        return {}
+
+
+def test_a_foreign_service_with_the_runs_name_is_replaced_not_adopted() -> None:
+    """Anyone may pre-create `<job>-run-<n>` with a selector of their own; adopting it (owner
+    patch) would send the group's rendezvous to their pods."""
+    from kubetune_operator.controller import ensure
+
+    objs = _objects(nodes=2)
+    svc = objs["Service"]
+    foreign = {**svc, "metadata": {**svc["metadata"], "ownerReferences": []}}
+    foreign["spec"] = {**svc["spec"], "selector": {"app": "someone-else"}}
+    kube = _FakeKube(foreign)
+    ensure(kube, svc, OWNER.uid)  # type: ignore[arg-type]
+    assert kube.calls == ["create", "delete Service", "create"]
+    # ours, unchanged: nothing to do
+    kube = _FakeKube(svc)
+    ensure(kube, svc, OWNER.uid)  # type: ignore[arg-type]
+    assert kube.calls == ["create"]
