@@ -113,7 +113,7 @@ def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
         return
     meta = obj["metadata"]
     # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole. So
-    # is a Service of the same name that is not ours: adopting it would keep its selector.
+    # is our Service whose selector was changed (the group's rendezvous goes where it points).
     recreate = obj["kind"] in ("ConfigMap", "Service") or (
         "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
     )

@@ -127,7 +127,7 @@ class _FakeKube:
         self.calls.append("create")
         return (self.existing, False) if len(self.calls) == 1 else (obj, True)
 
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
+    def delete(self, kind: str, namespace: str, name: str, **kw: Any) -> bool:
         self.calls.append(f"delete {kind}")
         return True
 
@@ -136,19 +136,21 @@ class _FakeKube:
         return {}
 
 
-def test_a_foreign_service_with_the_runs_name_is_replaced_not_adopted() -> None:
-    """Anyone may pre-create `<job>-run-<n>` with a selector of their own; adopting it (owner
-    patch) would send the group's rendezvous to their pods."""
-    from kubetune_operator.controller import ensure
+def test_a_services_selector_is_the_operators() -> None:
+    """Anyone may pre-create `<job>-run-<n>`: a foreign Service is never adopted (NameConflict),
+    and ours whose selector was changed is replaced, since the group's rendezvous goes where
+    it points."""
+    from kubetune_operator.controller import NameConflict, ensure
 
-    objs = _objects(nodes=2)
-    svc = objs["Service"]
+    svc = _objects(nodes=2)["Service"]
+    svc["metadata"]["uid"] = "svc-uid"
     foreign = {**svc, "metadata": {**svc["metadata"], "ownerReferences": []}}
-    foreign["spec"] = {**svc["spec"], "selector": {"app": "someone-else"}}
-    kube = _FakeKube(foreign)
-    ensure(kube, svc, OWNER.uid)  # type: ignore[arg-type]
+    with pytest.raises(NameConflict):
+        ensure(_FakeKube(foreign), svc, OWNER)  # type: ignore[arg-type]
+    steered = {**svc, "spec": {**svc["spec"], "selector": {"app": "someone-else"}}}
+    kube = _FakeKube(steered)
+    ensure(kube, svc, OWNER)  # type: ignore[arg-type]
     assert kube.calls == ["create", "delete Service", "create"]
-    # ours, unchanged: nothing to do
-    kube = _FakeKube(svc)
-    ensure(kube, svc, OWNER.uid)  # type: ignore[arg-type]
+    kube = _FakeKube(svc)  # ours, unchanged: nothing to do
+    ensure(kube, svc, OWNER)  # type: ignore[arg-type]
     assert kube.calls == ["create"]

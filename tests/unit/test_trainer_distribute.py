@@ -149,6 +149,7 @@ def test_exit_code_keeps_the_trainer_contract() -> None:
     assert exit_code({0: 0, 1: 0}) == 0
     assert exit_code({0: 10, 1: 1}) == 10  # bad config: not retryable, even through torchrun
     assert exit_code({0: 1, 1: 12}) == 12
+    assert exit_code({0: 20, 1: 1}) == 20  # StorageUnavailable: retryable, reason kept
     assert exit_code({0: -15, 1: 0}) == 143
     assert exit_code({0: 1, 1: -9}) == 1
 

@@ -60,13 +60,17 @@ def torchrun_args(topo: Topology, trainer_argv: list[str]) -> list[str]:
 
 def exit_code(codes: dict[int, int]) -> int:
     """The pod's exit code from the workers' ones (global rank -> exit code): 0 if all
-    succeeded; a non-retryable trainer code (10-19) if any rank has one (the lowest rank's);
-    143 if a rank was terminated (SIGTERM: eviction, deletion); else 1 (retryable)."""
+    succeeded; a non-retryable trainer code (10-19) if any rank has one (the lowest rank's),
+    else a retryable trainer code (20-29); 143 if a rank was terminated (SIGTERM: eviction,
+    deletion); else 1 (retryable)."""
     failed = {r: c for r, c in sorted(codes.items()) if c != 0}
     if not failed:
         return 0
     for c in failed.values():
         if 10 <= c <= 19:
+            return c
+    for c in failed.values():
+        if 20 <= c <= 29:  # a retryable trainer code with a reason (20: StorageUnavailable)
             return c
     if any(c in (143, -15) for c in failed.values()):
         return 143
