@@ -9,6 +9,8 @@ forward pass and a short generation. Prints one JSON line.
 
     python bench/trainer_e2e.py --model 1b --method qlora --steps 50     # on a GPU
     python bench/trainer_e2e.py --model tiny --method lora --steps 3     # CPU wiring check
+    python bench/trainer_e2e.py --model 1b --method full --strategy fsdp --nproc-per-node 1
+        # the pod's launcher path (torchrun), here FSDP at world size 1 (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -122,6 +124,14 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--root", type=Path, default=Path("/tmp/kubetune-e2e"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        help="start the trainer through its launcher (torchrun) with this many processes, as "
+        "the pod does for resources.gpus > 1 or strategy fsdp",
+    )
+    p.add_argument("--strategy", default="auto", choices=["auto", "ddp", "fsdp"])
     a = p.parse_args()
 
     import torch
@@ -131,8 +141,9 @@ def main() -> int:
     root = a.root
     pvc = root / "pvc"
     t0 = time.perf_counter()
-    build_model_dir(a.model, pvc / "models" / "llama", "cuda" if cuda else "cpu")
-    write_rows(pvc / "data" / "train.jsonl", a.rows, seed=0)
+    if not (pvc / "models" / "llama" / "config.json").exists():  # reused across runs
+        build_model_dir(a.model, pvc / "models" / "llama", "cuda" if cuda else "cpu")
+        write_rows(pvc / "data" / "train.jsonl", a.rows, seed=0)
     setup_s = time.perf_counter() - t0
     spec: dict[str, Any] = {
         "task": "causal-lm",
@@ -150,7 +161,7 @@ def main() -> int:
             "loggingSteps": 10,
             "saveStrategy": "no",
         },
-        "resources": {"gpus": 1 if cuda else 0},
+        "resources": {"gpus": 1 if cuda else 0, "distribution": {"strategy": a.strategy}},
         "output": {"uri": "s3://bench/out", "checkpoints": False},
         "tracking": {"reportTo": []},
     }
@@ -171,6 +182,11 @@ def main() -> int:
         "--output-dir",
         str(root / "artifacts"),
     ]
+    if a.nproc_per_node is not None:
+        cmd += ["--nproc-per-node", str(a.nproc_per_node)]
+    import shutil
+
+    shutil.rmtree(root / "artifacts", ignore_errors=True)  # each run's merged model alone
     samples: list[int] = []
     stop = threading.Event()
     sampler = threading.Thread(target=gpu_memory_sampler, args=(samples, stop), daemon=True)
@@ -192,7 +208,10 @@ def main() -> int:
         "train_log": [
             ln
             for ln in (proc.stdout + proc.stderr).splitlines()
-            if any(w in ln for w in ("tok/s", "speed", "loaded", "trainable"))
+            if any(
+                w in ln
+                for w in ("tok/s", "speed", "loaded", "trainable", "distribution", "launching")
+            )
         ][-14:],
     }
     merged = root / "artifacts" / "bench" / "out" / "default" / "e2e" / "run-1" / "merged"

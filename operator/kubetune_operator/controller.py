@@ -23,7 +23,7 @@ from kubetune_trainer.config import KIND, FineTuneJobSpec
 from pydantic import ValidationError
 
 from . import ledger, metrics, render, runs, status
-from .api import Reason
+from .api import Phase, Reason
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
@@ -73,6 +73,8 @@ def _differs(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     for key in ("data", "rules", "subjects", "roleRef"):
         if key in wanted and existing.get(key) != wanted[key]:
             return True
+    if wanted["kind"] == "Service":  # the pods rendezvous where its selector points
+        return bool((existing.get("spec") or {}).get("selector") != wanted["spec"]["selector"])
     return False
 
 
@@ -110,8 +112,9 @@ def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
     if not _differs(existing, obj):
         return
     meta = obj["metadata"]
-    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole.
-    recreate = obj["kind"] == "ConfigMap" or (
+    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole. So
+    # is our Service whose selector was changed (the group's rendezvous goes where it points).
+    recreate = obj["kind"] in ("ConfigMap", "Service") or (
         "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
     )
     log.info("updating %s %s (content changed)", obj["kind"], meta["name"])
@@ -146,9 +149,10 @@ def start_run(
 
 
 def delete_run(kube: Kube, owner: Owner, job_name: str) -> None:
-    """Delete a run's Job and ConfigMap, each only if this FineTuneJob controls it (checked
-    by uid, which the API server enforces as a delete precondition)."""
-    for kind in ("Job", "ConfigMap"):
+    """Delete a run's Job, ConfigMap and (multi-pod runs, group.py) headless Service, each
+    only if this FineTuneJob controls it (checked by uid, which the API server enforces as a
+    delete precondition)."""
+    for kind in ("Job", "ConfigMap", "Service"):
         obj = kube.get(path(kind, owner.namespace, job_name))
         if obj is not None and runs.controlled_by(obj, owner.uid):
             kube.delete(kind, owner.namespace, job_name, uid=obj["metadata"]["uid"])
@@ -277,6 +281,23 @@ def handle_reconcile(
                 derived.status.get("phase"),
                 derived.status.get("message"),
             )
+    if (
+        current is not None
+        and runs.job_finished(current) is None
+        and not runs.job_deleting(current)
+        and derived.status.get("phase") == Phase.FAILED.value
+    ):
+        # Only a group past its scheduling deadline is Failed while its Job runs
+        # (podset.scheduling_overdue): stop its pods, so the GPUs of those that were scheduled
+        # are released. The outcome is recorded above, so the missing Job changes nothing.
+        log.info("deleting Job %s: %s", current["metadata"]["name"], derived.status.get("message"))
+        kube.delete(
+            "Job",
+            namespace,
+            current["metadata"]["name"],
+            propagation="Background",
+            uid=current["metadata"].get("uid"),
+        )
     # runPolicy.ttlSecondsAfterFinished: finished Jobs go only after their outcome is recorded.
     ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     expired, next_expiry = runs.expired_jobs(

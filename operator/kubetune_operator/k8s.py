@@ -31,6 +31,7 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 KINDS: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
     "Secret": ("/api/v1", "secrets"),

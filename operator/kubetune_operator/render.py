@@ -34,6 +34,7 @@ from kubetune_trainer.config import (
     run_prefix,
 )
 
+from . import group
 from .api import Reason
 from .settings import OperatorSettings
 
@@ -520,7 +521,16 @@ def pod_spec(
         "image": res.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.trainer_command),
-        "args": ["--config", CONFIG_PATH],
+        "args": [
+            "--config",
+            CONFIG_PATH,
+            *group.launcher_args(
+                spec,
+                job_name(owner.name, run.number),
+                owner.namespace,
+                f"{owner.uid}-{run.number}",
+            ),
+        ],
         "workingDir": WORKSPACE,
         "env": env(spec, settings),
         "volumeMounts": mounts,
@@ -558,6 +568,7 @@ def pod_spec(
         "containers": [container],
         "volumes": volumes,
     }
+    pod.update(group.pod_fields(spec, job_name(owner.name, run.number)))
     if node_selector:
         pod["nodeSelector"] = node_selector
     if tolerations:
@@ -607,6 +618,7 @@ def job(
             "spec": pod_spec(spec, owner, run, settings),
         },
     }
+    job_spec.update(group.job_fields(spec, job_name(owner.name, run.number), policy.backoff_limit))
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
     # runPolicy.ttlSecondsAfterFinished is applied by the operator (runs.expired_jobs), not as
@@ -623,6 +635,7 @@ def job(
                 ANN_SPEC_HASH: run.spec_hash,
                 ANN_GENERATION: str(run.generation),
                 ANN_SUSPEND: "true" if suspend else "false",
+                **group.job_annotations(spec),
             },
         ),
         "spec": job_spec,
@@ -643,8 +656,16 @@ def run_objects(
 ) -> list[dict[str, Any]]:
     """Everything run `run` needs, in creation order (the Job last: its pod mounts the rest)."""
     check(spec, owner.name, settings, owner.namespace)
+    name = job_name(owner.name, run.number)
+    service = group.headless_service(
+        spec,
+        name,
+        _meta(owner, name, run.number),
+        {LABEL_JOB: label_value(owner.name), LABEL_RUN: str(run.number)},
+    )
     return [
         *rbac(spec, owner, settings),
         config_map(spec, owner, run, settings),
+        *([service] if service else []),
         job(spec, owner, run, settings),
     ]

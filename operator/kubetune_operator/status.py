@@ -33,6 +33,7 @@ from kubetune_trainer.errors import (
 from kubetune_trainer.result import ARTIFACT_KEYS
 from pydantic import ValidationError
 
+from . import podset
 from .api import ConditionType, Phase, Reason
 from .render import ANN_GENERATION, ANN_SPEC_HASH, CONTAINER
 from .runs import TERMINAL, Decision, job_finished
@@ -247,16 +248,25 @@ def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def _last_failed(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    failed = [p for p in pods if _pod_phase(p) == "Failed"]
-    if not failed:
-        return None
+def _last_failed(
+    pods: list[dict[str, Any]], grp: podset.Group | None = None
+) -> dict[str, Any] | None:
+    """The failed pod that explains the latest failed attempt (podset.first_failure)."""
+    return podset.first_failure(
+        [p for p in pods if _pod_phase(p) == "Failed"], grp or podset.Group()
+    )
 
-    def finished(p: dict[str, Any]) -> str:
-        t = _terminated(p) or {}
-        return str(t.get("finishedAt") or p["metadata"].get("creationTimestamp") or "")
 
-    return max(failed, key=lambda p: (finished(p), p["metadata"]["name"]))
+def _named(pod: dict[str, Any], grp: podset.Group, found: tuple[str, str]) -> tuple[str, str]:
+    """(reason, message) about `pod`, naming its index and node when the run has several."""
+    reason, message = found
+    if grp.size > 1:
+        message = message.replace(f"pod {pod['metadata']['name']}", podset.where(pod), 1)
+    return reason, _clip(message)
+
+
+def _failure(pod: dict[str, Any], grp: podset.Group) -> tuple[str, str]:
+    return _named(pod, grp, pod_failure(pod))
 
 
 # ------------------------------------------------------------------------------- run state
@@ -268,9 +278,12 @@ def run_state(
     previous: dict[str, Any],
     same_run: bool,
     suspend_intent: bool,
+    now: datetime | None = None,
 ) -> RunState:
     """The phase of the current run. `previous` is the old status, `same_run` whether it was
-    about this run (so a terminal outcome recorded there still counts after TTL)."""
+    about this run (so a terminal outcome recorded there still counts after TTL). A run of
+    several pods is read as a group (podset.py)."""
+    grp = podset.Group.of(job)
     prev_phase = previous.get("phase")
     prev_reason = _ready_reason(previous)
     if job is None:
@@ -296,8 +309,8 @@ def run_state(
     if finished == "Complete":
         done = _job_condition(job, "Complete") or {}
         when = jstatus.get("completionTime") or done.get("lastTransitionTime")
-        winners = [p for p in _by_age(pods) if _pod_phase(p) == "Succeeded"]
-        if not winners:
+        winner = podset.result_pod([p for p in _by_age(pods) if _pod_phase(p) == "Succeeded"], grp)
+        if winner is None:
             if same_run and prev_phase in TERMINAL:
                 return RunState(
                     prev_phase,
@@ -314,13 +327,13 @@ def run_state(
                 "was read, so artifact URIs are not known",
                 completion_time=when,
             )
-        term = _terminated(winners[-1]) or {}
+        term = _terminated(winner) or {}
         result = parse_result(term.get("message"))
         if result is None or result.get("outcome") != "Succeeded":
             return RunState(
                 Phase.FAILED.value,
                 Reason.ARTIFACTS_MISSING.value,
-                f"pod {winners[-1]['metadata']['name']}: the trainer exited 0 without reporting "
+                f"pod {winner['metadata']['name']}: the trainer exited 0 without reporting "
                 "a successful result (no termination message); not treated as success",
                 completion_time=when,
             )
@@ -347,8 +360,8 @@ def run_state(
         cond = _job_condition(job, "Failed") or {}
         when = cond.get("lastTransitionTime")
         job_reason = cond.get("reason") or ""
-        last = _last_failed(pods)
-        failure = pod_failure(last) if last is not None else None
+        last = _last_failed(pods, grp)
+        failure = _failure(last, grp) if last is not None else None
         metrics = None
         if last is not None:
             result = parse_result((_terminated(last) or {}).get("message"))
@@ -364,8 +377,10 @@ def run_state(
                 completion_time=when,
             )
         if job_reason == "BackoffLimitExceeded":
-            failed = int(jstatus.get("failed") or 0)
+            failed = grp.attempts_failed(int(jstatus.get("failed") or 0))
             limit = (job.get("spec") or {}).get("backoffLimit")
+            if grp.size > 1 and isinstance(limit, int):
+                limit //= grp.size  # group.job_fields scaled runPolicy.backoffLimit
             if failure and failure[0] in (Reason.OOM_KILLED.value, Reason.POD_KILLED.value):
                 reason, detail = failure
                 return RunState(
@@ -422,7 +437,7 @@ def run_state(
     live = [p for p in _by_age(pods) if _pod_phase(p) in ("Pending", "Running")]
     live = [p for p in live if not p["metadata"].get("deletionTimestamp")] or live
     failed_pods = [p for p in pods if _pod_phase(p) == "Failed"]
-    failed_count = max(int(jstatus.get("failed") or 0), len(failed_pods))
+    failed_count = grp.attempts_failed(max(int(jstatus.get("failed") or 0), len(failed_pods)))
     if not live and any(_pod_phase(p) == "Succeeded" for p in pods):
         # The trainer has exited 0; the Job controller has not marked the Job Complete yet.
         return RunState(
@@ -431,9 +446,38 @@ def run_state(
             "the trainer finished; waiting for the Job to complete",
         )
     running = [p for p in live if _pod_phase(p) == "Running"]
+    overdue = podset.scheduling_overdue(live, grp, now) if now is not None else None
+    if overdue is not None:
+        return RunState(
+            Phase.FAILED.value,
+            Reason.UNSCHEDULABLE.value,
+            _clip(
+                f"{podset.where(overdue)} could not be scheduled within "
+                f"runPolicy.schedulingTimeoutSeconds ({grp.scheduling_deadline}s), so the group "
+                f"of {grp.size} pods cannot train; its pods were stopped and their GPUs released. "
+                f"{_waiting(overdue)[1]}"
+            ),
+        )
+    succeeded = [p for p in pods if _pod_phase(p) == "Succeeded"]
+    if grp.size > 1 and running and len(running) + len(succeeded) < grp.size:
+        running = []  # a group trains only once all its pods run
     if running:
         pod = running[-1]
         attempt = failed_count + 1
+        if grp.size > 1:
+            nodes = sorted({podset.node(p) or "?" for p in running})
+            return RunState(
+                Phase.RUNNING.value,
+                Reason.RETRYING.value if failed_count else Reason.TRAINING.value,
+                _clip(
+                    f"{len(running)} pods are training on nodes {', '.join(nodes)}"
+                    + (
+                        f" (attempt {attempt}, resuming from the last checkpoint)"
+                        if failed_count
+                        else ""
+                    )
+                ),
+            )
         if failed_count:
             return RunState(
                 Phase.RUNNING.value,
@@ -447,12 +491,13 @@ def run_state(
             f"pod {pod['metadata']['name']} is training",
         )
     if live:
-        reason, message = _waiting(live[-1])
+        blocked = podset.most_blocked(live) if grp.size > 1 else live[-1]
+        reason, message = _named(blocked, grp, _waiting(blocked))
         if failed_count and reason in (
             Reason.CONTAINER_CREATING.value,
             Reason.WAITING_FOR_POD.value,
         ):
-            last = _last_failed(pods)
+            last = _last_failed(pods, grp)
             why = f" after {pod_failure(last)[0]}" if last is not None else ""
             return RunState(
                 Phase.RUNNING.value,
@@ -461,8 +506,8 @@ def run_state(
             )
         return RunState(Phase.PENDING.value, reason, message)
     if failed_count:
-        last = _last_failed(pods)
-        why = f": {pod_failure(last)[1]}" if last is not None else ""
+        last = _last_failed(pods, grp)
+        why = f": {_failure(last, grp)[1]}" if last is not None else ""
         return RunState(
             Phase.RUNNING.value,
             Reason.RETRYING.value,
@@ -709,7 +754,7 @@ def derive(
         else:
             state = RunState(Phase.PENDING.value, Reason.CREATED.value, "creating the first run")
     else:
-        state = run_state(job, pods, old, same_run, suspend_intent)
+        state = run_state(job, pods, old, same_run, suspend_intent, now)
     resumed = state.phase not in TERMINAL and state.phase != Phase.SUSPENDED.value
     if resumed and old.get("phase") == Phase.SUSPENDED.value and same_run and current:
         events.append(Event("Normal", Reason.RESUMED.value, f"run {current} resumed"))

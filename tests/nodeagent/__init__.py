@@ -26,6 +26,12 @@ agent fills that gap just far enough for the operator's integration tests to be 
 * images matching ``--unpullable-images`` (env KUBETUNE_AGENT_UNPULLABLE_IMAGES; hack/cluster
   sets ``\\.invalid([/:]|$)``) never start: ErrImagePull, then ImagePullBackOff;
 * it serves /containerLogs over TLS so ``kubectl logs`` works (follow, tailLines, previous).
+* pods with ``hostname`` + ``subdomain`` (an Indexed Job's pods behind a headless Service)
+  get an /etc/hosts that resolves their group's pod names (``<job>-<i>.<subdomain>``, with the
+  ``.<ns>``, ``.svc`` and ``.svc.cluster.local`` forms) to 127.0.0.1: the stand-in for cluster
+  DNS that torchrun's rendezvous needs. Every pod of every agent shares the host's loopback, so
+  the pods of a group must not bind the same port twice: the rendezvous store listens on index
+  0 only (``is_host``), and worker ports are picked free;
 
 It does not emulate: pulling images (only local ones are used; other pods' processes see the
 host's root fs, run as root, with the agent's PATH), networking (no pod IPs or Services: everything is 127.0.0.1), probes,

@@ -65,6 +65,8 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TERMINATION_MESSAGE_MAX = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
+# How many pod names of an Indexed Job the /etc/hosts stand-in lists (PodWorker._hosts_file).
+HOSTS_INDEXES = 64
 TOKEN_EXPIRATION = 3607  # the kubelet's value: the API server extends such bound tokens to a year
 
 
@@ -865,10 +867,37 @@ class PodWorker(threading.Thread):
         term = r.spec.get("terminationMessagePath") or "/dev/termination-log"
         if r.term_path is not None and term not in paths:
             mounts.append((r.term_path, term, False))
+        hosts = self._hosts_file()
+        if hosts is not None and "/etc/hosts" not in paths:
+            mounts.append((hosts, "/etc/hosts", True))
         mounts.sort(key=lambda m: (m[1].count("/"), m[1]))
         if for_image:  # its own root filesystem: no host path to protect
             return mounts
         return [m for m in mounts if not self._hides_host(m[1])]
+
+    def _hosts_file(self) -> Path | None:
+        """A stand-in for cluster DNS, for pods with a hostname and subdomain (the pods of an
+        Indexed Job behind a headless Service): /etc/hosts resolving the names of the group's
+        pods, `<prefix>-<i>.<subdomain>[.<ns>[.svc[.cluster.local]]]` for i < HOSTS_INDEXES,
+        to 127.0.0.1, where every pod of every node agent runs. Other names resolve as on the
+        host (its own /etc/hosts is kept on top)."""
+        spec = self.pod["spec"]
+        hostname, subdomain = spec.get("hostname"), spec.get("subdomain")
+        if not hostname or not subdomain:
+            return None
+        m = re.fullmatch(r"(.+)-([0-9]+)", str(hostname))
+        names = [f"{m.group(1)}-{i}" for i in range(HOSTS_INDEXES)] if m else [str(hostname)]
+        lines = []
+        with contextlib.suppress(OSError):
+            lines.append(Path("/etc/hosts").read_text().rstrip("\n"))
+        lines.append(f"# kubetune node agent: pods of {self.ns}/{subdomain}")
+        for name in names:
+            fqdn = [f"{name}.{subdomain}", f"{name}.{subdomain}.{self.ns}"]
+            fqdn += [f"{fqdn[1]}.svc", f"{fqdn[1]}.svc.cluster.local"]
+            lines.append("127.0.0.1 " + " ".join(fqdn))
+        path = self.sandbox / "etc-hosts"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def _hides_host(self, dst: str) -> bool:
         """A stand-in limit: containers share the host's filesystem, so a volume mounted at a

@@ -77,7 +77,10 @@ BAD: list[tuple[str, list[Op], str, str | None]] = [
     ("missing-model", [("del", "spec.model")], "spec.model", None),
     ("missing-dataset-source", [("set", "spec.dataset", {"format": "text"})], "spec.dataset", "exactly one of s3Uri, hub, pvc, inline"),
     ("gpus-negative", [("set", "spec.resources.gpus", -1)], "spec.resources.gpus", None),
-    ("nodes-two", [("set", "spec.resources.nodes", 2)], "spec.resources.nodes", None),
+    ("nodes-too-many", [("set", "spec.resources.nodes", 65)], "spec.resources.nodes", None),
+    ("processes-per-node-not-gpus", [("set", "spec.resources", {"gpus": 2, "distribution": {"processesPerNode": 1}})], "spec.resources.distribution.processesPerNode", "must equal gpus"),
+    ("fsdp-prompt-tuning", [("set", "spec.method", {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 8}}), ("set", "spec.resources.distribution", {"strategy": "fsdp"})], "spec.resources.distribution.strategy", "cannot shard prompt-tuning"),
+    ("unknown-strategy", [("set", "spec.resources.distribution.strategy", "deepspeed")], "spec.resources.distribution.strategy", None),
     ("classification-without-labels", _CLS, "spec.classification", "needs classification"),
     ("classification-label-count-mismatch", [*_CLS, ("set", "spec.classification", {"numLabels": 3, "labelNames": ["a", "b"]})], "spec.classification.numLabels", "numLabels must equal"),
     ("classification-duplicate-labels", [*_CLS, ("set", "spec.classification", {"labelNames": ["a", "a"]})], "spec.classification.labelNames", None),
@@ -157,6 +160,9 @@ GOOD: list[tuple[str, list[Op]]] = [
     ("inline-rows-with-nulls", [("del", "spec.dataset.s3Uri"), ("set", "spec.dataset.inline", [{"text": "a", "extra": None, "nested": {"x": [1, None]}}])]),
     ("pvc-model", [("set", "spec.model", {"pvc": {"claimName": "models", "path": "/llama/7b"}})]),
     ("name-at-limit", [("set", "metadata.name", "x" * 52)]),
+    ("two-gpus-ddp", [("set", "spec.resources", {"gpus": 2, "distribution": {"strategy": "ddp"}})]),
+    ("two-nodes-cpu-processes", [("set", "spec.resources", {"nodes": 2, "distribution": {"processesPerNode": 2}}), ("set", "spec.runPolicy.schedulingTimeoutSeconds", 60)]),
+    ("qlora-fsdp", [("set", "spec.method", {"type": "qlora"}), ("set", "spec.resources", {"gpus": 8, "distribution": {"strategy": "fsdp"}})]),
 ]  # fmt: skip
 
 

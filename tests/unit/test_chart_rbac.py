@@ -25,6 +25,7 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "configmaps"): {"create", "get", "list", "watch", "delete", "patch"},
     ("", "serviceaccounts"): {"create", "get", "list", "watch", "delete", "patch"},
+    ("", "services"): {"create", "get", "list", "watch", "delete", "patch"},
     ("rbac.authorization.k8s.io", "roles"): {"create", "get", "list", "watch", "delete", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {
         "create",

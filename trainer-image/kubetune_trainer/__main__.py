@@ -78,12 +78,24 @@ def main(argv: list[str] | None = None) -> int:
         help="developers only: read s3:// sources from and write artifacts to this local "
         "directory (<dir>/<bucket>/<key>) instead of S3",
     )
+    launcher = parser.add_argument_group(
+        "launcher", "start several training processes through torchrun (launch.py)"
+    )
+    launcher.add_argument("--nproc-per-node", type=int, default=None)
+    launcher.add_argument("--nnodes", type=int, default=1)
+    launcher.add_argument(
+        "--node-rank", type=int, default=int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    )
+    launcher.add_argument("--rdzv-endpoint", default=None)
+    launcher.add_argument("--rdzv-id", default="kubetune")
     args = parser.parse_args(argv)
     if args.version:
         from .version import version_line
 
         print(version_line("kubetune-train"))
         return 0
+    if args.nproc_per_node is not None and "LOCAL_RANK" not in os.environ:
+        return _launch(args)
     if args.output_dir:
         os.environ["KUBETUNE_LOCAL_ARTIFACTS"] = args.output_dir
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
@@ -162,6 +174,27 @@ def main(argv: list[str] | None = None) -> int:
         result_mod.write(res)
     logging.shutdown()
     return code
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """This process is the pod's launcher: torchrun starts the training processes, which run
+    `main` again with the trainer's own arguments only."""
+    from .launch import Topology, launch
+
+    logs.setup(getattr(logging, str(args.log_level).upper(), logging.INFO))
+    trainer_argv = ["--log-level", str(args.log_level)]
+    if args.config:
+        trainer_argv += ["--config", args.config]
+    if args.output_dir:
+        trainer_argv += ["--output-dir", args.output_dir]
+    topo = Topology(
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_id=args.rdzv_id,
+    )
+    return launch(topo, trainer_argv)
 
 
 def threading_main() -> bool:

@@ -1121,8 +1121,52 @@ class Toleration(Spec):
         return self
 
 
+class DistributionStrategy(StrEnum):
+    AUTO = "auto"
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
+# Methods whose trainable part is a set of virtual tokens: PEFT's prompt learning cannot be
+# sharded by FSDP (the prompt encoder lives outside the wrapped layers).
+PROMPT_METHODS = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
+
+
+class DistributionSpec(Spec):
+    """How the processes of a run share the work (docs/scaling.md)."""
+
+    strategy: DistributionStrategy = Field(
+        default=DistributionStrategy.AUTO,
+        description="auto (picked from the model's size, the method and the GPU's memory), ddp "
+        "(every process holds the whole model; LoRA/QLoRA/prompt methods that fit one GPU) or "
+        "fsdp (parameters, gradients and optimizer state sharded across all processes; full "
+        "fine-tuning and models that do not fit one GPU, QLoRA included).",
+    )
+    processes_per_node: WireInt | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Training processes per pod. Default: one per GPU (gpus), or 1 on CPU. "
+        "With GPUs it must equal gpus (every reserved GPU does work); set it only to run "
+        "several CPU processes (tests).",
+    )
+
+
 class ResourcesSpec(Spec):
     """Compute resources and placement of the trainer pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.distribution) || !has(self.distribution.processesPerNode) || "
+                "!has(self.gpus) || self.gpus == 0 || "
+                "self.distribution.processesPerNode == self.gpus",
+                "distribution.processesPerNode must equal gpus (one process per GPU, so no "
+                "reserved GPU sits idle); leave it out",
+                ".distribution.processesPerNode",
+            ),
+        )
+    )
 
     @field_validator("node_selector", mode="before")
     @classmethod
@@ -1164,7 +1208,16 @@ class ResourcesSpec(Spec):
         default=None, description="Size of /dev/shm for data loaders; default 1Gi or memory/4."
     )
     nodes: WireInt = Field(
-        default=1, ge=1, le=1, description="Nodes to train on. Reserved for multi-node; must be 1."
+        default=1,
+        ge=1,
+        le=64,
+        description="Nodes (pods) to train on; each gets `gpus` GPUs. More than 1 runs the pods "
+        "as one group (an Indexed Job): one pod failing restarts them all from the last "
+        "checkpoint.",
+    )
+    distribution: DistributionSpec = Field(
+        default_factory=DistributionSpec,
+        description="How several processes share the work (strategy auto/ddp/fsdp).",
     )
     node_selector: dict[str, LabelValue] | None = Field(
         default=None,
@@ -1192,6 +1245,26 @@ class ResourcesSpec(Spec):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]*$",
         description="Trainer image override; default the operator's trainer image.",
     )
+
+    def processes_per_node(self) -> int:
+        """Training processes in one pod: one per GPU; on CPU processesPerNode (default 1)."""
+        if self.gpus:
+            return self.gpus
+        return self.distribution.processes_per_node or 1
+
+    def world_size(self) -> int:
+        """Training processes in the run, over all its pods."""
+        return self.processes_per_node() * self.nodes
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesSpec:
+        ppn = self.distribution.processes_per_node
+        if ppn is not None and self.gpus and ppn != self.gpus:
+            raise ValueError(
+                "spec.resources.distribution.processesPerNode: distribution.processesPerNode "
+                "must equal gpus (one process per GPU, so no reserved GPU sits idle); leave it out"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1363,6 +1436,14 @@ class RunPolicy(Spec):
     active_deadline_seconds: WireInt | None = Field(
         default=None, ge=60, le=INT32_MAX, description="Fail the run if it runs longer than this."
     )
+    scheduling_timeout_seconds: WireInt | None = Field(
+        default=None,
+        ge=30,
+        le=INT32_MAX,
+        description="Fail a run of several pods (resources.nodes > 1) whose pods are not all "
+        "scheduled after this long, releasing the GPUs of those that were (default 600). A "
+        "queue (Kueue) admits the whole group at once instead.",
+    )
     ttl_seconds_after_finished: WireInt | None = Field(
         default=None,
         ge=0,
@@ -1418,6 +1499,17 @@ class FineTuneJobSpec(Spec):
                 "self.hyperparameters.evalStrategy == 'no' || has(self.dataset.validation)",
                 "evalStrategy needs dataset.validation",
                 ".hyperparameters.evalStrategy",
+            ),
+            cel(
+                "!has(self.resources) || !has(self.resources.distribution) || "
+                "!has(self.resources.distribution.strategy) || "
+                "self.resources.distribution.strategy != 'fsdp' || !has(self.method) || "
+                "!has(self.method.type) || "
+                "!(self.method.type in ['prompt-tuning', 'prefix-tuning'])",
+                "resources.distribution.strategy fsdp cannot shard prompt-tuning or "
+                "prefix-tuning (their virtual tokens live outside the sharded layers): use ddp "
+                "or auto",
+                ".resources.distribution.strategy",
             ),
             # Transition rules (oldSelf): checked on update only, and only where the object
             # holding the rule exists before and after. They sit on the spec, which always
@@ -1475,6 +1567,15 @@ class FineTuneJobSpec(Spec):
             raise ValueError(
                 "spec.dataset.format: dataset.format classification goes with task "
                 "sequence-classification, and only with it"
+            )
+        if (
+            self.resources.distribution.strategy == DistributionStrategy.FSDP
+            and MethodType(self.method.type) in PROMPT_METHODS
+        ):
+            raise ValueError(
+                "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
+                "cannot shard prompt-tuning or prefix-tuning (their virtual tokens live outside "
+                "the sharded layers): use ddp or auto"
             )
         h = self.hyperparameters
         if h.early_stopping is not None and self.dataset.validation is None:

@@ -202,6 +202,7 @@ def load_model(
     source: str,
     device_index: int | None,
     attn_implementation: str | None = None,
+    quant_storage: str | None = None,
 ) -> LoadedModel:
     import torch
     from transformers import AutoConfig
@@ -236,7 +237,10 @@ def load_model(
 
         q = method.resolved().quantization
         assert q is not None
-        kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_kwargs(q))
+        bnb = bnb_kwargs(q)
+        if quant_storage:
+            bnb["bnb_4bit_quant_storage"] = _torch_dtype(quant_storage)
+        kwargs["quantization_config"] = BitsAndBytesConfig(**bnb)
         kwargs["dtype"] = _torch_dtype(str(q.compute_dtype))
         kwargs["device_map"] = {"": device_index if device_index is not None else "cpu"}
         if not torch.cuda.is_available():

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import distribute, tracking
 from . import result as result_mod
-from . import tracking
 from .config import (
     ADAPTER_METHODS,
     FineTuneJobSpec,
@@ -162,8 +162,9 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     from .speed import configure_allocator
 
     configure_allocator()  # before anything initialises CUDA (speed.py, docs/benchmarks.md)
-    for stale in ("artifacts", "checkpoints", "resume"):
-        shutil.rmtree(ctx.work / stale, ignore_errors=True)
+    if not local_rank:  # one cleaner per pod: the other local ranks may be downloading
+        for stale in ("artifacts", "checkpoints", "resume"):
+            shutil.rmtree(ctx.work / stale, ignore_errors=True)
     ctx.artifacts.mkdir(parents=True, exist_ok=True)
 
     # resolve + data ---------------------------------------------------------------------
@@ -225,6 +226,9 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     )
     ctx.speed = plan.as_dict()
     log.info("speed: %s", "; ".join(plan.reasons))
+    dist, batch = _distribution(spec, resolved.path, local_rank if cuda else None)
+    ctx.speed["distribution"] = {**dist.as_dict(), "batch": batch}
+    quant = spec.method.resolved().quantization
     ctx.report(stage="load")
     seed = spec.hyperparameters.seed
     set_seed(seed)  # newly initialised heads are part of the run's reproducibility
@@ -242,6 +246,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         source=resolved.source,
         device_index=(local_rank or 0) if cuda else None,
         attn_implementation=plan.attn_implementation if cuda else None,
+        quant_storage=distribute.quant_storage(dist, str(quant.compute_dtype)) if quant else None,
     )
     if plan.liger and speed.apply_liger(loaded.model):
         log.info("speed: Liger kernels applied")
@@ -272,6 +277,11 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             run_name=tracking.run_name(cfg),
             report_to=report_to,
             padding_free=plan.padding_free,
+            extra_args={
+                **distribute.training_kwargs(dist, MethodType(spec.method.type)),
+                "per_device_train_batch_size": batch["perDeviceBatchSize"],
+                "gradient_accumulation_steps": batch["gradientAccumulationSteps"],
+            },
         )
         store = None
         ckpt_prefix = cfg.checkpoint_prefix or join(cfg.run_prefix, "checkpoints") + "/"
@@ -282,17 +292,18 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         outcome = train.run(trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None)
         ctx.metrics.update(outcome.metrics)
         ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
+        # FSDP: every rank takes part in gathering the whole weights; rank 0 keeps them.
+        trained, state = _gathered(trainer) if dist.strategy == "fsdp" else (trainer.model, None)
         if not ctx.is_main:
             return {}
-        trained = trainer.model
         # Nothing else may keep the training copy (or its optimizer state) alive through the
         # merge, which loads the base model again.
         del trainer, outcome, model, loaded
 
         # save + merge + upload ----------------------------------------------------------------
         t = MethodType(spec.method.type)
-        save_stage(ctx, trained, tokenizer)
-        del trained
+        save_stage(ctx, trained, tokenizer, state)
+        del trained, state
         release()
         merge_stage(ctx, tokenizer)
         metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
@@ -346,6 +357,62 @@ def _clamp_seq_len(ctx: Context, spec: FineTuneJobSpec, model_dir: Path) -> Fine
     ctx.warnings.append(warning)
     dataset = spec.dataset.model_copy(update={"max_seq_length": seq.effective})
     return spec.model_copy(update={"dataset": dataset})
+
+
+def _distribution(
+    spec: Any, model_path: Path, device: int | None
+) -> tuple[distribute.Plan, dict[str, Any]]:
+    """The strategy for this run (distribute.choose, from the model's shapes and the GPU's
+    memory) and the per-process split of the global batch; both logged by rank 0."""
+    res = spec.resources
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gpu_mem = None
+    if device is not None:
+        import torch
+
+        gpu_mem = int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        shapes = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        shapes = {}
+    dist = distribute.choose(
+        res.distribution.strategy,
+        MethodType(spec.method.type),
+        world,
+        distribute.parameter_count(shapes),
+        gpu_mem,
+    )
+    h = spec.hyperparameters
+    batch = distribute.split_batch(h.batch_size, h.gradient_accumulation_steps, world)
+    log.info(
+        "distribution: %s over %d process(es) (%s); global batch %d = %d per device x %d "
+        "processes x %d accumulation",
+        dist.strategy,
+        world,
+        dist.reason,
+        batch["globalBatchSize"],
+        batch["perDeviceBatchSize"],
+        batch["processes"],
+        batch["gradientAccumulationSteps"],
+    )
+    if not batch["kept"]:
+        log.warning(
+            "global batch %d, not the %d asked (batchSize x gradientAccumulationSteps): %d "
+            "processes cannot share it exactly; make batchSize x gradientAccumulationSteps a "
+            "multiple of the process count to keep it",
+            batch["globalBatchSize"],
+            batch["askedGlobalBatchSize"],
+            world,
+        )
+    return dist, batch
+
+
+def _gathered(trainer: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The FSDP-trained model and its whole weights, gathered on rank 0 (a collective: every
+    rank calls it). save_stage writes the gathered state dict, not the shards."""
+    acc = trainer.accelerator
+    state = acc.get_state_dict(trainer.model)
+    return acc.unwrap_model(trainer.model), state
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:

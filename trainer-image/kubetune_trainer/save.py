@@ -27,8 +27,15 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
-    model.save_pretrained(str(dest), safe_serialization=True)
+def _state(state_dict: dict[str, Any] | None) -> dict[str, Any]:
+    """save_pretrained's state_dict argument: the weights FSDP gathered on rank 0, if any."""
+    return {} if state_dict is None else {"state_dict": state_dict}
+
+
+def save_adapter(
+    model: Any, tokenizer: Any, dest: Path, state_dict: dict[str, Any] | None = None
+) -> None:
+    model.save_pretrained(str(dest), safe_serialization=True, **_state(state_dict))
     tokenizer.save_pretrained(str(dest))
     if not (dest / "adapter_model.safetensors").is_file():
         raise ArtifactsMissing(
@@ -37,10 +44,15 @@ def save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
     log.info("adapter saved (%s)", ", ".join(sorted(p.name for p in dest.iterdir())))
 
 
-def save_full(model: Any, tokenizer: Any, dest: Path, dtype: str) -> None:
+def save_full(
+    model: Any, tokenizer: Any, dest: Path, dtype: str, state_dict: dict[str, Any] | None = None
+) -> None:
     """The whole trained model (full, bitfit) in the merged dtype."""
-    model = model.to(torch_dtype(dtype))
-    model.save_pretrained(str(dest), safe_serialization=True)
+    if state_dict is not None:
+        state_dict = {k: v.to(torch_dtype(dtype)) for k, v in state_dict.items()}
+    else:
+        model = model.to(torch_dtype(dtype))
+    model.save_pretrained(str(dest), safe_serialization=True, **_state(state_dict))
     tokenizer.save_pretrained(str(dest))
     log.info("model saved to %s (%s)", dest, dtype)
 
@@ -94,14 +106,19 @@ def merge(
     log.info("merged model saved (%s)", dtype)
 
 
-def save_stage(ctx: Any, model: Any, tokenizer: Any) -> None:
-    """artifacts/adapter for adapter methods; artifacts/merged (the whole model) otherwise."""
+def save_stage(
+    ctx: Any, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None
+) -> None:
+    """artifacts/adapter for adapter methods; artifacts/merged (the whole model) otherwise.
+    `state_dict`: the whole weights gathered from FSDP shards (pipeline._gathered)."""
     spec = ctx.cfg.spec
     ctx.report(stage="save")
     if MethodType(spec.method.type) in ADAPTER_METHODS:
-        save_adapter(model, tokenizer, ctx.artifacts / "adapter")
+        save_adapter(model, tokenizer, ctx.artifacts / "adapter", state_dict)
     else:
-        save_full(model, tokenizer, ctx.artifacts / "merged", str(spec.output.merged_dtype))
+        save_full(
+            model, tokenizer, ctx.artifacts / "merged", str(spec.output.merged_dtype), state_dict
+        )
 
 
 def merge_stage(ctx: Any, tokenizer: Any) -> None:

@@ -82,7 +82,10 @@ def build_trainer(
     run_name: str,
     report_to: list[str],
     padding_free: bool,
+    extra_args: dict[str, Any] | None = None,
 ) -> Any:
+    """`extra_args`: TrainingArguments the distribution sets (distribute.training_kwargs and
+    the per-process batch split); they win over the spec's translation."""
     has_eval = data.eval is not None
     kw = training_kwargs(
         spec,
@@ -93,6 +96,7 @@ def build_trainer(
         run_name=run_name,
         report_to=report_to,
     )
+    kw.update(extra_args or {})
     if is_classification(spec):
         from transformers import DataCollatorWithPadding, TrainingArguments
 
@@ -136,7 +140,23 @@ def find_resume(store: CheckpointStore | None, work: Path) -> tuple[str | None, 
     if step is None:
         log.info("no complete checkpoint under %s: starting from step 0", store.prefix)
         return None, None
-    path = store.download(step, work / "resume")
+    # The local ranks of a pod share `work`: the first one through downloads, the others find
+    # the copy complete (a marker written after it) instead of overwriting files being read.
+    import fcntl
+
+    dest = work / "resume"
+    dest.mkdir(parents=True, exist_ok=True)
+    done = dest / f".complete-{step}"
+    with open(dest / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if done.exists():
+                path = dest / f"checkpoint-{step}"
+            else:
+                path = store.download(step, dest)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     log.info("resuming from %s (step %d)", store.uri(step), step)
     return str(path), step
 

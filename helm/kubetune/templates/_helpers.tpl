@@ -93,9 +93,10 @@ tests/integration/test_chart_install.py.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# Per run: the trainer config (ConfigMap) and the trainer's own ServiceAccount.
+# Per run: the trainer config (ConfigMap), the trainer's own ServiceAccount, and for runs of
+# several pods the headless Service that names them for rendezvous.
 - apiGroups: [""]
-  resources: ["configmaps", "serviceaccounts"]
+  resources: ["configmaps", "serviceaccounts", "services"]
   verbs: ["create", "get", "list", "watch", "delete", "patch"]
 # Per job: a Role + RoleBinding letting its trainer patch only that job's status.
 - apiGroups: ["rbac.authorization.k8s.io"]
