@@ -41,4 +41,4 @@ def test_trainer_networkpolicy_is_accepted_by_the_api_server(
     assert applied["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == (
         "kubetune-trainer"
     )
-    assert len(applied["spec"]["egress"]) == 5
+    assert len(applied["spec"]["egress"]) == 6

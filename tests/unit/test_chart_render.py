@@ -407,7 +407,8 @@ def test_trainer_egress_networkpolicy_is_opt_in_and_allows_only_what_is_listed()
     assert {(p["port"], p["protocol"]) for p in rules[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
     assert "to" not in rules[0]
     assert {p["port"] for p in rules[1]["ports"]} == {443, 6443}
-    assert rules[2:] == [
+    assert rules[2] == {"to": [{"podSelector": spec["podSelector"]}]}  # a group's rendezvous
+    assert rules[3:] == [
         {
             "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
             "ports": [{"port": 9000, "protocol": "TCP"}],
