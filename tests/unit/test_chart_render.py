@@ -382,6 +382,50 @@ def test_metrics_service_servicemonitor_networkpolicy() -> None:
     assert api_rule["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
 
 
+def test_trainer_egress_networkpolicy_is_opt_in_and_allows_only_what_is_listed() -> None:
+    assert [o for o in render() if o["metadata"]["name"].endswith("-trainer-egress")] == []
+    objs = render(
+        {
+            "watchNamespaces": ["ml-a", "ml-b"],
+            "trainerNetworkPolicy": {
+                "enabled": True,
+                "s3": {"cidrs": ["10.1.0.0/16"], "ports": [9000]},
+                "tracking": {"cidrs": ["10.2.0.5/32"], "ports": [5000]},
+            },
+        }
+    )
+    nps = [o for o in objs if o["metadata"]["name"].endswith("-trainer-egress")]
+    assert sorted(np["metadata"]["namespace"] for np in nps) == ["ml-a", "ml-b"]
+    spec = nps[0]["spec"]
+    # Selects the pods the operator renders (render.labels), and nothing else.
+    from kubetune_operator import render as op_render
+
+    pod_labels = op_render._labels(op_render.Owner("ml-a", "j", "u"), run=1)
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spec["policyTypes"] == ["Egress"]
+    rules = spec["egress"]
+    assert {(p["port"], p["protocol"]) for p in rules[0]["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert "to" not in rules[0]
+    assert {p["port"] for p in rules[1]["ports"]} == {443, 6443}
+    assert rules[2] == {"to": [{"podSelector": spec["podSelector"]}]}  # a group's rendezvous
+    assert rules[3:] == [
+        {
+            "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+            "ports": [{"port": 9000, "protocol": "TCP"}],
+        },
+        {
+            "to": [{"ipBlock": {"cidr": "10.2.0.5/32"}}],
+            "ports": [{"port": 5000, "protocol": "TCP"}],
+        },
+    ]  # no Hub rule: no hub cidrs, so no Hub access
+
+
+def test_trainer_egress_networkpolicy_needs_namespaces() -> None:
+    res = helm("template", "kt", str(CHART), *set_args({"trainerNetworkPolicy": {"enabled": True}}),
+               check=False)  # fmt: skip
+    assert res.returncode != 0 and "trainerNetworkPolicy.namespaces" in res.stderr
+
+
 def test_every_namespaced_object_is_in_the_release_namespace() -> None:
     for o in render():
         if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):

@@ -377,3 +377,40 @@ def test_tracking_server_away_fails_before_training_naming_the_field(
         pytest.fail("the block must not run")
     assert e.value.retryable
     assert mlflow.active_run() is None
+
+
+def test_unreachable_tracking_server_is_a_config_error_in_seconds(tmp_path: Path) -> None:
+    """Nothing listens at spec.tracking.mlflow.trackingUri: a non-retryable ConfigError naming
+    the field, before any client retry loop (which took ~5.5 min per attempt)."""
+    import time
+
+    from kubetune_trainer import tracking
+    from kubetune_trainer.config import TrainerConfig
+    from kubetune_trainer.errors import ConfigError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _tracking_cfg(tmp_path)
+    raw = cfg.model_dump(by_alias=True, exclude_none=True)
+    raw["spec"]["tracking"]["mlflow"]["trackingUri"] = f"http://127.0.0.1:{port}"
+    cfg = TrainerConfig.model_validate(raw)
+    start = time.monotonic()
+    with (
+        pytest.raises(ConfigError, match=r"tracking\.mlflow\.trackingUri: .*unreachable") as e,
+        tracking.run_scope(cfg, ["mlflow"]),
+    ):
+        pytest.fail("the block must not run")
+    assert not e.value.retryable and e.value.exit_code == 10
+    assert time.monotonic() - start < 6
+
+
+def test_reachable_tracking_address_passes_the_check() -> None:
+    from kubetune_trainer import tracking
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        tracking.check_reachable("tracking.wandb.baseUrl", f"http://127.0.0.1:{port}/")
+    tracking.check_reachable("tracking.mlflow.trackingUri", "sqlite:///tmp/x.db")  # not a server

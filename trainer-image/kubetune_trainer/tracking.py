@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .config import Reporter, TrainerConfig
-from .errors import TrainerError
+from .errors import ConfigError, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,30 @@ def job_tags(cfg: TrainerConfig) -> dict[str, str]:
     }
 
 
+REACH_TIMEOUT_SECONDS = 5.0
+
+
+def check_reachable(field: str, url: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """Fail in seconds, not minutes of client retries, when nothing listens at a tracking
+    server's address: a non-retryable ConfigError naming the field (the address is wrong or
+    unreachable from the cluster; retrying would not help). Only http(s) URLs are checked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise ConfigError(f"{field}: invalid port in {parts.hostname!r}: {e}") from None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{field}: tracking server {parts.hostname}:{port} is unreachable "
+            f"({type(e).__name__}: {e}); fix the address or remove the tracking section"
+        ) from None
+
+
 @contextlib.contextmanager
 def _starting(field: str, what: str) -> Iterator[None]:
     """A tracker that cannot start a run fails the job before training, naming the spec field;
@@ -93,6 +119,11 @@ def run_scope(cfg: TrainerConfig, report_to: list[str]) -> Iterator[TrackedRun]:
     name, tags = run_name(cfg), job_tags(cfg)
     ok = False
     try:
+        mlflow_spec, wandb_spec = cfg.spec.tracking.mlflow, cfg.spec.tracking.wandb
+        if Reporter.MLFLOW in report_to and mlflow_spec is not None:
+            check_reachable("tracking.mlflow.trackingUri", mlflow_spec.tracking_uri)
+        if Reporter.WANDB in report_to and wandb_spec is not None and wandb_spec.base_url:
+            check_reachable("tracking.wandb.baseUrl", wandb_spec.base_url)
         if Reporter.MLFLOW in report_to:
             with _starting("tracking.mlflow.trackingUri", "an MLflow run"):
                 import mlflow
