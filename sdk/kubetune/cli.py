@@ -6,10 +6,12 @@ Exit codes: 0 ok / succeeded, 1 the job failed, 2 bad input (names the field),
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,7 +19,11 @@ from rich.table import Table
 
 from kubetune.client import Client, JobFailed, load_job
 
-app = typer.Typer(help="Submit and follow kubetune FineTuneJobs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Submit and follow kubetune FineTuneJobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -28,7 +34,13 @@ CtxOpt = typer.Option(None, "--context", help="kubeconfig context.")
 
 
 def _client(namespace: str | None, context: str | None) -> Client:
-    return Client(namespace, context=context)
+    try:
+        return Client(namespace, context=context)
+    except ConfigException as e:
+        err.print(
+            f"[red]error[/red]: no cluster to talk to ({e}); set KUBECONFIG or pass --context"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT) from e
 
 
 def _bad_input(e: ValidationError) -> None:
@@ -39,7 +51,11 @@ def _bad_input(e: ValidationError) -> None:
 
 
 def _api_error(e: ApiException) -> None:
-    err.print(f"[red]error[/red]: {e.status} {e.reason}: {e.body}")
+    try:
+        message = json.loads(e.body or "{}").get("message") or e.reason
+    except ValueError:
+        message = e.body or e.reason
+    err.print(f"[red]error[/red]: {e.status} {message}")
     raise typer.Exit(EXIT_NOT_FOUND if e.status == 404 else EXIT_BAD_INPUT)
 
 
