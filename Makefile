@@ -18,7 +18,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[trainer,dev]'
+	$(BIN)/pip install -q -e '.[trainer,dev,cli]'
 	touch $@
 
 venv: $(VENV)/.installed
