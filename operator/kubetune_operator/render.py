@@ -47,6 +47,9 @@ ANN_GENERATION = f"{API_GROUP}/generation"
 # The runPolicy.suspend value the operator last applied to the Job. A Job whose spec.suspend
 # differs from it was suspended (or resumed) by someone else, e.g. Kueue: that is left alone.
 ANN_SUSPEND = f"{API_GROUP}/suspend"
+# Kueue's labels: the LocalQueue a Job waits in, and its WorkloadPriorityClass.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 MANAGED_BY = "kubetune-operator"
 
 CONTAINER = "trainer"
@@ -621,23 +624,31 @@ def job(
     job_spec.update(group.job_fields(spec, job_name(owner.name, run.number), policy.backoff_limit))
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    meta = _meta(
+        owner,
+        job_name(owner.name, run.number),
+        run.number,
+        **{
+            ANN_SPEC_HASH: run.spec_hash,
+            ANN_GENERATION: str(run.generation),
+            ANN_SUSPEND: "true" if suspend else "false",
+            **group.job_annotations(spec),
+        },
+    )
+    if spec.queue_name:
+        # Kueue admits the Job by unsuspending it: create it suspended, labelled for the queue.
+        # ANN_SUSPEND keeps the user's intent, so the operator never undoes Kueue's suspend.
+        meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+        job_spec["suspend"] = True
+        if spec.workload_priority_class:
+            meta["labels"][KUEUE_PRIORITY_LABEL] = spec.workload_priority_class
     # runPolicy.ttlSecondsAfterFinished is applied by the operator (runs.expired_jobs), not as
     # the Job's own TTL: the TTL controller could delete a Job, and with it the pod holding the
     # trainer's result, before the operator has read it (e.g. while the operator restarts).
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(
-            owner,
-            job_name(owner.name, run.number),
-            run.number,
-            **{
-                ANN_SPEC_HASH: run.spec_hash,
-                ANN_GENERATION: str(run.generation),
-                ANN_SUSPEND: "true" if suspend else "false",
-                **group.job_annotations(spec),
-            },
-        ),
+        "metadata": meta,
         "spec": job_spec,
     }
 

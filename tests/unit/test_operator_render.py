@@ -338,3 +338,19 @@ def test_quantities() -> None:
     assert render.parse_quantity("1e3") == 1000
     with pytest.raises(ValueError):
         render.parse_quantity("lots")
+
+
+def test_queued_job_is_created_suspended_with_kueues_labels() -> None:
+    spec = make_spec(queueName="team-a-gpus", workloadPriorityClass="high")
+    job = render.job(spec, OWNER, RUN, settings())
+    labels = job["metadata"]["labels"]
+    assert labels[render.KUEUE_QUEUE_LABEL] == "team-a-gpus"
+    assert labels[render.KUEUE_PRIORITY_LABEL] == "high"
+    # Kueue admits by unsuspending; the annotation keeps the user's intent (not suspended), so
+    # the operator's suspend reconciliation leaves Kueue's suspend alone.
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["annotations"][render.ANN_SUSPEND] == "false"
+    # Without a queue: not suspended, no Kueue label.
+    plain = render.job(make_spec(), OWNER, RUN, settings())
+    assert plain["spec"]["suspend"] is False
+    assert render.KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"]

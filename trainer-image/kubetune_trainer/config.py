@@ -1473,6 +1473,11 @@ class FineTuneJobSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
+                "!has(self.workloadPriorityClass) || has(self.queueName)",
+                "workloadPriorityClass needs queueName (the Kueue LocalQueue the run waits in)",
+                ".workloadPriorityClass",
+            ),
+            cel(
                 "self.task != 'sequence-classification' || has(self.classification)",
                 "task sequence-classification needs classification (numLabels or labelNames)",
                 ".classification",
@@ -1549,6 +1554,18 @@ class FineTuneJobSpec(Spec):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retry, deadline, suspend."
+    )
+    queue_name: ResourceName | None = Field(
+        default=None,
+        description="Kueue LocalQueue (in this namespace) the run waits in for quota. The Job is "
+        "created suspended with the kueue.x-k8s.io/queue-name label and Kueue admits it; phase "
+        "Queued until then. Unset: the namespace's default LocalQueue, if Kueue has one.",
+    )
+    workload_priority_class: ResourceName | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass of the run (needs queueName): orders the queue "
+        "and decides which admitted run Kueue may preempt (a preempted run is Suspended, and "
+        "resumes from its last checkpoint when admitted again).",
     )
 
     @model_validator(mode="after")
