@@ -109,6 +109,21 @@ class Cluster:
     def kubectl_json(self, *args: str, namespace: str | None = None) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json", namespace=namespace).stdout)
 
+    def wait_crd_established(self, name: str, timeout: float = 60) -> None:
+        """Poll until the CRD is Established. `kubectl wait --for=condition=Established` fails at
+        once ("<nil> is of the type <nil>") when it reads a CRD whose status has no conditions
+        yet, which happens right after a create on a busy API server."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.kubectl("get", "crd", name, "-o", "json", check=False)
+            if got.returncode == 0:
+                conds = (json.loads(got.stdout).get("status") or {}).get("conditions") or []
+                if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established after {timeout:.0f}s")
+            time.sleep(0.5)
+
     def apply(
         self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None
     ) -> None:

@@ -52,7 +52,7 @@ class OperatorIdentity:
 def install_operator_identity(cluster: Cluster, workdir: Path) -> OperatorIdentity:
     """The chart's RBAC for the operator, and a kubeconfig with its ServiceAccount's token."""
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io")
+    cluster.wait_crd_established("finetunejobs.kubetune.io")
     if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
         cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     rendered = subprocess.run(

@@ -79,9 +79,7 @@ def install_crd(cluster: Cluster) -> None:
         "apply", "--server-side", "--force-conflicts", "--field-manager=kubetune-tests",
         "-f", str(CRD_FILE),
     )  # fmt: skip
-    cluster.kubectl(
-        "wait", "--for=condition=Established", f"crd/{crdgen.CRD_NAME}", "--timeout=60s"
-    )
+    cluster.wait_crd_established(crdgen.CRD_NAME)
     # The handler for a changed schema is swapped in asynchronously: wait until a few probes get
     # the answers the committed schema gives.
     probes = [

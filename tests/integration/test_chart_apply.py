@@ -64,9 +64,7 @@ def crd(cluster: Cluster) -> None:
     cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"), timeout=60
     )
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
-    )
+    cluster.wait_crd_established("finetunejobs.kubetune.io")
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s"
-    )
+    cluster.wait_crd_established("finetunejobs.kubetune.io")
 
 
 def test_trainer_patches_progress(
