@@ -95,4 +95,23 @@ def launch(topo: Topology, trainer_argv: list[str]) -> int:
     except SignalException as e:
         log.warning("launcher stopped by %s; a new pod group resumes from the checkpoint", e.sigval)
         return 143
+    if topo.node_rank == 0 and not _succeeded():
+        # torchrun returns normally when the group's rendezvous was closed by a failing peer:
+        # rank 0 then never trained to the end. Exit 0 would read as a broken trainer (no
+        # result); exit 1 restarts the group, which resumes from the last checkpoint.
+        log.error("training processes stopped without a result (a peer failed); exit 1")
+        return 1
     return 0
+
+
+def _succeeded() -> bool:
+    """Whether rank 0 wrote a Succeeded termination message in this pod."""
+    import json
+
+    from .result import termination_log_path
+
+    try:
+        with open(termination_log_path(), encoding="utf-8") as f:
+            return bool(json.load(f).get("outcome") == "Succeeded")
+    except (OSError, ValueError, AttributeError):
+        return False
