@@ -41,10 +41,10 @@ typecheck: venv
 	$(BIN)/mypy
 
 crds: venv
-	$(BIN)/python -m kubetune_operator.crdgen --write
+	$(BIN)/python -m kubetune_api.build --write
 
 check-crds: venv
-	$(BIN)/python -m kubetune_operator.crdgen --check
+	$(BIN)/python -m kubetune_api.build --check
 
 unit: venv
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

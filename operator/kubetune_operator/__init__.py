@@ -4,4 +4,4 @@ Importing the package registers the Kopf handlers, so `kopf run -m kubetune_oper
 `kubetune-operator` (__main__.py) is the usual entry point.
 """
 
-from . import reconcile as _handlers  # noqa: F401
+from . import handlers as _handlers  # noqa: F401

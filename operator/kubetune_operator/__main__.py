@@ -2,7 +2,7 @@
 
 Reads its configuration from the environment (settings.py), logs JSON lines, and starts Kopf
 for the configured namespaces (all when KUBETUNE_NAMESPACES is empty). Leader election,
-/metrics and /healthz start in the startup handler (reconcile.py), so `kopf run -m
+/metrics and /healthz start in the startup handler (handlers.py), so `kopf run -m
 kubetune_operator` behaves the same.
 """
 
@@ -13,7 +13,7 @@ import sys
 import kopf
 from pydantic import ValidationError
 
-from . import logging as klog
+from . import jsonlog as klog
 from .settings import OperatorSettings
 
 
@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     if args and args[0] == "--version":
-        from kubetune_trainer.version import version_line
+        from kubetune_api.version import version_line
 
         print(version_line("kubetune-operator"))
         return 0
-    from kubetune_trainer.extraca import ExtraCAError
-    from kubetune_trainer.extraca import apply as apply_extra_ca
+    from kubetune_api.extraca import ExtraCAError
+    from kubetune_api.extraca import apply as apply_extra_ca
 
     try:
         apply_extra_ca()
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubetune-operator: invalid configuration: {e}", file=sys.stderr)
         return 2
     klog.setup(settings.log_level)
-    from . import reconcile  # noqa: F401  (registers the handlers)
+    from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
         standalone=True,

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_trainer.config import DistributionStrategy, FineTuneJobSpec, ResourcesSpec
+from kubetune_api.v1alpha1 import RDZV_PORT, DistributionStrategy, FineTuneJobSpec, ResourcesSpec
 
 # Seconds a group may wait for all its pods to be scheduled (read back by podset.Group.of).
 ANN_SCHEDULING_DEADLINE = "kubetune.io/scheduling-deadline-seconds"
-# Kept in step with kubetune_trainer.launch.RDZV_PORT (the operator never imports the launcher,
-# which imports torch when it runs).
-RDZV_PORT = 29400
 # How long a group of several pods may wait for all of its pods to be scheduled, when
 # runPolicy.schedulingTimeoutSeconds is not set.
 DEFAULT_SCHEDULING_TIMEOUT = 600

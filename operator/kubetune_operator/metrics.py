@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from kubetune_api.v1alpha1 import Phase
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from .api import Phase
 
 JOBS = Gauge(
     "kubetune_finetunejobs",

@@ -1,248 +1,318 @@
-"""Kopf wiring: thin handlers that turn watch events into reconcile requests.
+"""One reconcile pass of one FineTuneJob: read the cluster, decide, act, derive status, patch.
 
-Kopf is used for what it is good at (watching with re-lists, 410 handling and inactivity
-timeouts; startup/cleanup; signals), while the reconcile itself is level-based and lives in the
-plain `controller.handle_reconcile`:
+`handle_reconcile` is a plain function (no Kopf) over a `Kube`: the Kopf handlers in
+handlers.py only schedule it. Every pass starts from what is in the cluster (the FineTuneJob
+with its status, its Jobs and Pods), so it is safe to run at any time, any number of times, and
+after a crash at any point:
 
-  * FineTuneJob, Job and Pod events (`on.event`) only mark the FineTuneJob dirty in a work queue;
-    no change-detecting handlers, so Kopf keeps no per-object state, adds no finalizer, and
-    writes neither progress nor last-handled-configuration into our objects;
-  * a resync loop re-reconciles every FineTuneJob every KUBETUNE_RESYNC_SECONDS as a safety net;
-  * the startup handler waits for the leader Lease before Kopf starts watching, so a standby
-    replica runs no handlers at all.
+  * a run's children have deterministic names; 409 AlreadyExists is success;
+  * a Job is created before the status records it; a Job newer than `status.run` is adopted;
+  * a finished run is recorded in the status, so a Job removed by its TTL never runs again;
+  * the status is patched only when it changed, and never touches `status.progress` (the
+    trainer's) except to clear it when a new run starts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import sys
-import time
-from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import kopf
-from aiohttp import web
+from kubetune_api.v1alpha1 import KIND, FineTuneJobSpec, Phase, Reason
+from pydantic import ValidationError
 
-from . import logging as klog
-from . import metrics
-from .api import API_GROUP, API_VERSION, PLURAL
-from .controller import Requeue, handle_reconcile
-from .k8s import ApiError, Kube
-from .leader import LeaderElector
-from .render import ANN_FINETUNEJOB, LABEL_JOB
+from . import ledger, metrics, render, runs, status
+from .k8s import ApiError, Kube, path
+from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
-from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+COMPONENT = "kubetune-operator"
 
 
-class Runtime:
-    """Everything the running operator holds: config, API client, queue, lease, servers."""
+@dataclass
+class Outcome:
+    phase: str | None  # None: the FineTuneJob is gone
+    requeue_after: float | None = None
+    patched: bool = False
 
-    def __init__(self, settings: OperatorSettings, kube: Kube | None = None) -> None:
-        self.settings = settings
-        self.kube = kube or Kube()
-        self.queue = WorkQueue(self._reconcile)
-        self.elector: LeaderElector | None = None
-        if settings.leader_election:
-            self.elector = LeaderElector(
-                self.kube,
-                settings.lease_namespace,
-                settings.lease_name,
-                settings.identity,
-                settings.lease_duration_seconds,
-                settings.lease_renew_seconds,
-            )
-        self.leading = False
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._health: web.AppRunner | None = None
 
-    # ------------------------------------------------------------------------ lifecycle
+class Requeue(Exception):
+    """Try again after `after` seconds (a transient state, not an error)."""
 
-    async def start(self) -> None:
-        metrics.serve(self.settings.metrics_port)
-        await self._serve_health()
-        await self._wait_for_crd()
-        if self.elector is not None:
-            await self.elector.acquire()
-            self._tasks.append(asyncio.create_task(self.elector.keep(self._lost_lease)))
-        self.leading = True
-        self._tasks.append(asyncio.create_task(self._resync()))
-        log.info(
-            "operator %s active (namespaces: %s)",
-            self.settings.identity,
-            ",".join(self.settings.namespaces) or "all",
+    def __init__(self, after: float, why: str) -> None:
+        super().__init__(why)
+        self.after = after
+
+
+def spec_problem(
+    raw: dict[str, Any], name: str, settings: OperatorSettings, namespace: str = ""
+) -> tuple[FineTuneJobSpec | None, tuple[str, str] | None]:
+    """The validated spec, or the reason it cannot run. Messages name fields, not values."""
+    try:
+        spec = FineTuneJobSpec.model_validate(raw)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors(include_input=False, include_url=False)[:5]:
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            parts.append(f"spec.{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return None, (Reason.INVALID_SPEC.value, "; ".join(parts))
+    try:
+        render.check(spec, name, settings, namespace)
+    except RenderError as e:
+        return spec, (e.reason.value, e.message)
+    return spec, None
+
+
+# ------------------------------------------------------------------------------ children
+
+
+def _differs(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    for key in ("data", "rules", "subjects", "roleRef"):
+        if key in wanted and existing.get(key) != wanted[key]:
+            return True
+    if wanted["kind"] == "Service":  # the pods rendezvous where its selector points
+        return bool((existing.get("spec") or {}).get("selector") != wanted["spec"]["selector"])
+    return False
+
+
+class NameConflict(Exception):
+    """A child's name is taken by an object this FineTuneJob does not control: nothing is
+    touched, the FineTuneJob is Stalled (reason NameConflict) until the name is free."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        super().__init__(
+            f"{kind} {name} already exists and is not controlled by this FineTuneJob; "
+            f"kubetune never adopts or changes it. Delete or rename that {kind}, or rename "
+            "the FineTuneJob"
         )
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.queue.close()
-        if self.elector is not None:
-            await asyncio.to_thread(self.elector.release)
-        if self._health is not None:
-            await self._health.cleanup()
 
-    async def _wait_for_crd(self) -> None:
-        """Kopf serves only resources it found at start when scanning is off: wait for ours."""
-        url = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{API_GROUP}"
-        announced = False
-        while True:
-            try:
-                crd = await asyncio.to_thread(self.kube.get, url)
-            except ApiError as e:
-                crd = None
-                log.warning("could not read the FineTuneJob CRD: %s", e.message)
-            conds = ((crd or {}).get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
-                return
-            if not announced:
-                log.warning("waiting for the CRD %s.%s to be installed (crds/)", PLURAL, API_GROUP)
-                announced = True
-            await asyncio.sleep(2)
-
-    def _lost_lease(self) -> None:
-        # Another replica may already be acting: stop at once, as client-go does.
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(1)
-
-    # ------------------------------------------------------------------------ work
-
-    def request(self, namespace: str | None, name: str | None) -> None:
-        if namespace and name:
-            self.queue.request((namespace, name))
-
-    async def _reconcile(self, key: Hashable) -> float | None:
-        namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
-        token = klog.current.set((namespace, name))
-        started = time.perf_counter()
-        result = "error"
-        try:
-            outcome = await asyncio.to_thread(
-                handle_reconcile, self.kube, self.settings, namespace, name
-            )
-            result = "ok"
-        except Requeue as r:
-            result = "requeue"
-            log.info("retrying in %.0fs: %s", r.after, r)
-            return r.after
-        finally:
-            metrics.RECONCILE_SECONDS.labels(result).observe(time.perf_counter() - started)
-            klog.current.reset(token)
-        metrics.set_phase(namespace, name, outcome.phase)
-        return outcome.requeue_after
-
-    async def _resync(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.resync_seconds)
-            try:
-                items = await asyncio.to_thread(
-                    self.kube.list_finetunejobs, list(self.settings.namespaces)
-                )
-            except Exception as e:
-                log.warning("resync: could not list FineTuneJobs: %s", e)
-                continue
-            for item in items:
-                self.request(item["metadata"].get("namespace"), item["metadata"].get("name"))
-
-    # ------------------------------------------------------------------------ health
-
-    async def _serve_health(self) -> None:
-        if not self.settings.health_port:
-            return
-
-        async def healthz(_: web.Request) -> web.Response:
-            if self.elector is not None and self.leading:
-                stale = time.monotonic() - self.elector.last_renewed
-                if stale > self.settings.lease_duration_seconds * 2:
-                    return web.json_response({"status": "lease renewal stalled"}, status=500)
-            return web.json_response({"status": "ok", "leader": self.leading})
-
-        async def readyz(_: web.Request) -> web.Response:
-            # A standby is ready too: it must not block a rolling update of the Deployment.
-            return web.json_response({"status": "ok", "leader": self.leading})
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        self._health = web.AppRunner(app, access_log=None)
-        await self._health.setup()
-        await web.TCPSite(self._health, "0.0.0.0", self.settings.health_port).start()
+def _check_ours(existing: dict[str, Any], owner: Owner) -> None:
+    """Return if `existing` is this FineTuneJob's child; else wait for the garbage collector
+    (a child of a deleted namesake) or refuse (anything else)."""
+    if runs.controlled_by(existing, owner.uid):
+        return
+    if runs.left_by_namesake(existing, KIND, owner.name, owner.uid):
+        raise Requeue(2.0, f"{existing['kind']} {existing['metadata']['name']} belongs to an "
+                      "earlier FineTuneJob of this name; waiting for the garbage collector")  # fmt: skip
+    raise NameConflict(existing)
 
 
-_runtime: Runtime | None = None
-
-
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
-    # Our own Lease decides who runs; Kopf's peering is not used.
-    settings.peering.standalone = True
-    # Kopf would turn handler logs and errors into Events; we post our own, and only those.
-    settings.posting.enabled = False
-    # Should any change-detecting handler ever be added: keep Kopf's state in annotations under
-    # our prefix (the structural status schema would prune it), never in status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
+def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
+    """Create `obj`, or bring our existing one with its name in line (content). An object of
+    that name that is not ours is never changed (NameConflict)."""
+    existing, created = kube.create(obj)
+    if created:
+        return
+    _check_ours(existing, owner)
+    if not _differs(existing, obj):
+        return
+    meta = obj["metadata"]
+    # ConfigMaps are immutable, and so is a RoleBinding's roleRef: those are replaced whole. So
+    # is our Service whose selector was changed (the group's rendezvous goes where it points).
+    recreate = obj["kind"] in ("ConfigMap", "Service") or (
+        "roleRef" in obj and existing.get("roleRef") != obj["roleRef"]
     )
-    settings.persistence.finalizer = f"{API_GROUP}/kopf-finalizer"
-    # Reconnect a watch that has been silent for longer than the API server's bookmark period.
-    settings.watching.inactivity_timeout = 70.0
-    settings.watching.server_timeout = 300
-    # Watch only our Jobs and Pods (server-side selection), not every pod in the cluster.
-    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_JOB
-    settings.watching.label_selectors["v1", "pods"] = LABEL_JOB
+    log.info("updating %s %s (content changed)", obj["kind"], meta["name"])
+    if recreate:
+        kube.delete(obj["kind"], meta["namespace"], meta["name"], uid=existing["metadata"]["uid"])
+        kube.create(obj)
+    else:
+        patch: dict[str, Any] = {"metadata": {"labels": meta["labels"]}}
+        for key in ("rules", "subjects"):
+            if key in obj:
+                patch[key] = obj[key]
+        kube.merge_patch(obj["kind"], meta["namespace"], meta["name"], patch)
 
 
-# ---------------------------------------------------------------------------- handlers
+def start_run(
+    kube: Kube, spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
+) -> dict[str, Any]:
+    """Create everything run `run` needs; the Job last. Returns the Job (new or existing)."""
+    objects = render.run_objects(spec, owner, run, settings)
+    for obj in objects[:-1]:
+        ensure(kube, obj, owner)
+    job, created = kube.create(objects[-1])
+    _check_ours(job, owner)
+    if created:
+        log.info(
+            "created Job %s for run %d (generation %d)",
+            job["metadata"]["name"],
+            run.number,
+            run.generation,
+        )
+    return job
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _runtime
-    config = OperatorSettings()
-    klog.setup(config.log_level)
-    configure_kopf(settings)
-    # With explicit namespaces, serve exactly those: no cluster-wide namespace/CRD scanning
-    # (which would need list rights on namespaces that a namespaced install does not have).
-    settings.scanning.disabled = bool(config.namespaces)
-    _runtime = Runtime(config)
-    await _runtime.start()
+def delete_run(kube: Kube, owner: Owner, job_name: str) -> None:
+    """Delete a run's Job, ConfigMap and (multi-pod runs, group.py) headless Service, each
+    only if this FineTuneJob controls it (checked by uid, which the API server enforces as a
+    delete precondition)."""
+    for kind in ("Job", "ConfigMap", "Service"):
+        obj = kube.get(path(kind, owner.namespace, job_name))
+        if obj is not None and runs.controlled_by(obj, owner.uid):
+            kube.delete(kind, owner.namespace, job_name, uid=obj["metadata"]["uid"])
 
 
-@kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    if _runtime is not None:
-        await _runtime.stop()
+def _pods(kube: Kube, owner: Owner, run: int, job: dict[str, Any]) -> list[dict[str, Any]]:
+    uid = job["metadata"].get("uid")
+    pods = kube.list_objects(path("Pod", owner.namespace), render.selector(owner.name, run))
+    return [
+        p
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/controller-uid") == uid
+        or any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
+    ]
 
 
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-async def finetunejob_event(
-    type: str | None, namespace: str | None, name: str | None, **_: Any
-) -> None:
-    if _runtime is None:
-        return
-    if type == "DELETED":
-        if namespace and name:
-            metrics.set_phase(namespace, name, None)
-        return
-    _runtime.request(namespace, name)
+# ------------------------------------------------------------------------------- the pass
 
 
-def _owner_name(annotations: Any, labels: Any) -> str | None:
-    return (annotations or {}).get(ANN_FINETUNEJOB) or (labels or {}).get(LABEL_JOB)
+def handle_reconcile(
+    kube: Kube,
+    settings: OperatorSettings,
+    namespace: str,
+    name: str,
+    *,
+    now: datetime | None = None,
+) -> Outcome:
+    live = kube.get_finetunejob(namespace, name)
+    if live is None:
+        return Outcome(phase=None)
+    # Decide and derive from the operator's own record, not from a status the trainer's
+    # identity can write (ledger.py); patches still diff against the live status.
+    ftj = ledger.trusted_view(live)
+    meta = ftj["metadata"]
+    old_status = ftj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        # Children go with it through their ownerReferences; artifacts in S3 stay.
+        return Outcome(phase=old_status.get("phase"))
+    owner = Owner(namespace, name, meta["uid"])
+    generation = int(meta.get("generation") or 1)
 
+    spec, problem = spec_problem(ftj.get("spec") or {}, name, settings, namespace)
+    desired_hash = runs.spec_hash(spec) if spec is not None else ""
+    jobs = [
+        j
+        for j in kube.list_objects(path("Job", namespace), render.selector(name))
+        if runs.controlled_by(j, owner.uid)
+    ]
+    decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None)
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT})
-async def job_event(namespace: str | None, annotations: Any, labels: Any, **_: Any) -> None:
-    if _runtime is not None:
-        _runtime.request(namespace, _owner_name(annotations, labels))
+    if decision.start is not None:
+        assert spec is not None
+        try:
+            job = start_run(
+                kube, spec, owner, Run(decision.start, generation, desired_hash), settings
+            )
+            jobs = [j for j in jobs if runs.run_of(j) != decision.start] + [job]
+        except NameConflict as e:
+            log.warning("%s", e)
+            problem = (Reason.NAME_CONFLICT.value, str(e))
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
+    for job_name in decision.delete:
+        log.info("deleting Job %s of an earlier run", job_name)
+        delete_run(kube, owner, job_name)
+    current = next((j for j in jobs if runs.run_of(j) == decision.current_run), None)
+    if current is not None and decision.suspend is not None:
+        current = kube.merge_patch(
+            "Job",
+            namespace,
+            current["metadata"]["name"],
+            {
+                "metadata": {
+                    "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
+                },
+                "spec": {"suspend": decision.suspend},
+            },
+        )
+        log.info(
+            "%s Job %s", "suspended" if decision.suspend else "resumed", current["metadata"]["name"]
+        )
 
-
-@kopf.on.event("v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-async def pod_event(namespace: str | None, annotations: Any, labels: Any, **_: Any) -> None:
-    if _runtime is not None:
-        _runtime.request(namespace, _owner_name(annotations, labels))
+    pods = _pods(kube, owner, decision.current_run, current) if current is not None else []
+    gpu_resources = {settings.gpu_resource_name}
+    if spec is not None and spec.resources.gpu_resource_name:
+        gpu_resources.add(spec.resources.gpu_resource_name)
+    display = getattr(spec.model, "display", None) if spec is not None else None
+    now = now or datetime.now(UTC)
+    derived = status.derive(
+        ftj,
+        decision,
+        current,
+        pods,
+        now=now,
+        gpu_resources=gpu_resources,
+        problem=problem,
+        model=display() if callable(display) else None,
+    )
+    # Events first: a crash between the two repeats an Event rather than losing it.
+    for ev in derived.events:
+        kube.post_event(ftj, ev.type, ev.reason, ev.message, COMPONENT, settings.identity)
+        metrics.EVENTS.labels(ev.type, ev.reason).inc()
+        log.info("event %s %s: %s", ev.type, ev.reason, ev.message)
+    patch = status.status_patch(live, derived)
+    record = ledger.record_patch(live, derived.status)
+    try:
+        # The record first: a crash in between leaves a record newer than the status, which
+        # the next pass re-derives and writes; never a status without its record.
+        if record is not None:
+            kube.merge_patch("FineTuneJob", namespace, name, record)
+        if patch is not None:
+            kube.patch_status(namespace, name, patch)
+    except ApiError as e:
+        if e.status == 404:
+            return Outcome(phase=None)
+        raise
+    if patch is not None:
+        gained = float(derived.status.get("gpuSeconds") or 0) - float(
+            old_status.get("gpuSeconds") or 0
+        )
+        if gained > 0:
+            metrics.GPU_SECONDS.inc(gained)
+        if derived.status.get("phase") != old_status.get("phase"):
+            log.info(
+                "phase %s -> %s (%s)",
+                old_status.get("phase"),
+                derived.status.get("phase"),
+                derived.status.get("message"),
+            )
+    if (
+        current is not None
+        and runs.job_finished(current) is None
+        and not runs.job_deleting(current)
+        and derived.status.get("phase") == Phase.FAILED.value
+    ):
+        # Only a group past its scheduling deadline is Failed while its Job runs
+        # (podset.scheduling_overdue): stop its pods, so the GPUs of those that were scheduled
+        # are released. The outcome is recorded above, so the missing Job changes nothing.
+        log.info("deleting Job %s: %s", current["metadata"]["name"], derived.status.get("message"))
+        kube.delete(
+            "Job",
+            namespace,
+            current["metadata"]["name"],
+            propagation="Background",
+            uid=current["metadata"].get("uid"),
+        )
+    # runPolicy.ttlSecondsAfterFinished: finished Jobs go only after their outcome is recorded.
+    ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    expired, next_expiry = runs.expired_jobs(
+        jobs,
+        int(derived.status.get("run") or 0),
+        derived.status.get("phase") in runs.TERMINAL,
+        ttl if isinstance(ttl, int) else None,
+        now,
+    )
+    for job_name in expired:
+        log.info("deleting Job %s: ttlSecondsAfterFinished (%ss) passed", job_name, ttl)
+        delete_run(kube, owner, job_name)
+    waits = [1.0] if decision.deferred else []
+    if next_expiry is not None:
+        waits.append(next_expiry + 0.5)
+    requeue = min(waits) if waits else None
+    return Outcome(
+        phase=derived.status.get("phase"), patched=patch is not None, requeue_after=requeue
+    )

@@ -22,20 +22,20 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubetune_trainer.config import (
+from kubetune_api.v1alpha1 import (
     API_GROUP,
     API_VERSION,
     KIND,
     PLURAL,
     FineTuneJobSpec,
     JobIdentity,
+    Reason,
     TrainerConfig,
     pvc_mount_path,
     run_prefix,
 )
 
 from . import group
-from .api import Reason
 from .settings import OperatorSettings
 
 # Labels and annotations on everything the operator creates.

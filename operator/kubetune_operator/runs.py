@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubetune_trainer.config import FineTuneJobSpec, OnSpecChange
+from kubetune_api.v1alpha1 import FineTuneJobSpec, OnSpecChange, Phase
 
-from .api import Phase
 from .render import ANN_SPEC_HASH, ANN_SUSPEND, LABEL_RUN
 
 TERMINAL = {Phase.SUCCEEDED.value, Phase.FAILED.value}

@@ -18,23 +18,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune_trainer.config import Progress
-from kubetune_trainer.errors import (
+from kubetune_api.v1alpha1 import (
+    ARTIFACT_KEYS,
     ArtifactsMissing,
+    ConditionType,
     ConfigError,
     DatasetError,
     GpuOutOfMemory,
     ModelError,
     NonFiniteLoss,
+    Phase,
+    Progress,
+    Reason,
     StorageAccessDenied,
     StorageConflict,
     StorageUnavailable,
 )
-from kubetune_trainer.result import ARTIFACT_KEYS
 from pydantic import ValidationError
 
 from . import podset
-from .api import ConditionType, Phase, Reason
 from .render import ANN_GENERATION, ANN_SPEC_HASH, CONTAINER
 from .runs import TERMINAL, Decision, job_finished
 

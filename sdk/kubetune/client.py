@@ -1,7 +1,7 @@
 """A typed client for FineTuneJobs over the kubernetes Python client.
 
 Objects go in and out as the same pydantic models the CRD is generated from
-(kubetune_operator.api.FineTuneJob), so a bad spec fails here naming the field,
+(kubetune_api.v1alpha1.FineTuneJob), so a bad spec fails here naming the field,
 before the API server sees it.
 """
 
@@ -17,7 +17,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
-from kubetune_operator.api import API_GROUP, API_VERSION, PLURAL, FineTuneJob
+from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 CANCELLED_ANNOTATION = "kubetune.io/cancelled-at"
 TERMINAL = ("Succeeded", "Failed")

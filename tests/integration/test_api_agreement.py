@@ -27,13 +27,13 @@ import yaml
 from clusterlib import Cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubetune_operator import crdgen
-from kubetune_operator.api import FineTuneJob
+from kubetune_api.build import crd
+from kubetune_api.v1alpha1 import FineTuneJob
 from pydantic import ValidationError
 from test_api_crd import api_dry_run, assert_same_defaults, cases, install_crd
 
 EXAMPLES = int(os.environ.get("KUBETUNE_AGREEMENT_EXAMPLES", "100"))
-SCHEMA = crdgen.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+SCHEMA = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 SPEC_SCHEMA = SCHEMA["properties"]["spec"]
 REPO = Path(__file__).resolve().parents[2]
 NAME = "agreement"

@@ -85,6 +85,25 @@ def test_user_is_the_non_root_uid_pods_run_as(name: str) -> None:
     assert uid != "0"
 
 
+# Each image ships its own package and the API it stands on, and not the other's package.
+SHIPPED = {
+    "operator": {"kubetune_api": True, "kubetune_operator": True, "kubetune_trainer": False},
+    "trainer": {"kubetune_api": True, "kubetune_trainer": True, "kubetune_operator": False},
+}
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_each_image_ships_its_package_and_the_api_only(name: str) -> None:
+    ref = built(*IMAGES)[name]
+    probe = (
+        "import importlib.util as u; "
+        "print(' '.join(p for p in ('kubetune_api', 'kubetune_operator', 'kubetune_trainer') "
+        "if u.find_spec(p)))"
+    )
+    found = set(_run(ref, "-c", probe, entrypoint="python").split())
+    assert found == {pkg for pkg, shipped in SHIPPED[name].items() if shipped}
+
+
 @pytest.mark.parametrize("name", IMAGES)
 def test_no_git_and_no_build_secret_in_any_layer(name: str) -> None:
     ref = built(*IMAGES)[name]

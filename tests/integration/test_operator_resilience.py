@@ -149,8 +149,8 @@ def test_adopts_the_job_of_a_crash_between_create_and_status(
 ) -> None:
     """Deterministically the worst crash window: the Job exists, the status does not know it."""
     from kubernetes import config
-    from kubetune_operator.controller import spec_problem, start_run
     from kubetune_operator.k8s import Kube
+    from kubetune_operator.reconcile import spec_problem, start_run
     from kubetune_operator.render import Owner, Run
     from kubetune_operator.runs import spec_hash
     from kubetune_operator.settings import OperatorSettings

@@ -16,14 +16,15 @@ from typing import Any
 import annotated_types
 import pytest
 import yaml
-from kubetune_operator import crdgen
-from kubetune_operator.api import FineTuneJobSpec
-from kubetune_trainer import config as c
+from kubetune_api import v1alpha1 as c
+from kubetune_api.build import cli, crd
+from kubetune_api.build import docs as apidocs
+from kubetune_api.v1alpha1 import FineTuneJobSpec
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = crdgen.crd()
+CRD = crd.crd()
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 SPEC = SCHEMA["properties"]["spec"]
@@ -70,7 +71,7 @@ def test_printer_columns() -> None:
 def test_schema_is_structural() -> None:
     for path, node in NODES:
         for key in node:
-            assert key in crdgen.ALLOWED_KEYS, f"{path}: unexpected key {key!r}"
+            assert key in crd.ALLOWED_KEYS, f"{path}: unexpected key {key!r}"
         for key in ("$ref", "anyOf", "oneOf", "allOf", "not", "title", "$defs", "nullable"):
             assert key not in node, f"{path}: {key}"
         assert node.get("additionalProperties") is not False, path
@@ -299,19 +300,19 @@ def test_cel_rules_equal_the_models_rules() -> None:
 
 
 def test_committed_files_are_current() -> None:
-    assert crdgen.check(REPO) == [], "stale: run make crds"
-    assert crdgen.main(["--check"]) == 0
+    assert cli.check(REPO) == [], "stale: run make crds"
+    assert cli.main(["--check"]) == 0
 
 
 def test_helm_copy_is_identical() -> None:
-    a, b = (REPO / p for p in crdgen.CRD_PATHS)
+    a, b = (REPO / p for p in crd.CRD_PATHS)
     assert a.read_bytes() == b.read_bytes()
     assert yaml.safe_load(a.read_text()) == CRD
 
 
 def test_cli_check_passes_on_the_committed_files() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kubetune_operator.crdgen", "--check"],
+        [sys.executable, "-m", "kubetune_api.build", "--check"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -320,40 +321,40 @@ def test_cli_check_passes_on_the_committed_files() -> None:
 
 
 def _copy_generated(root: Path) -> None:
-    for rel in crdgen.generated():
+    for rel in cli.generated():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, root / rel)
 
 
-@pytest.mark.parametrize("rel", list(crdgen.generated()), ids=str)
+@pytest.mark.parametrize("rel", list(cli.generated()), ids=str)
 def test_check_fails_with_a_diff_when_stale(
     tmp_path: Path, rel: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _copy_generated(tmp_path)
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
+    assert cli.main(["--check", "--root", str(tmp_path)]) == 0
     target = tmp_path / rel
     target.write_text(target.read_text().replace("Rank of the update", "Rank of THE update"))
     capsys.readouterr()
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert cli.main(["--check", "--root", str(tmp_path)]) == 1
     out = capsys.readouterr()
     assert "-" in out.out and "Rank of THE update" in out.out and str(rel) in out.out
     assert "make crds" in out.err
     # --write repairs it, and only it.
-    assert crdgen.write(tmp_path) == [target]
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
+    assert cli.write(tmp_path) == [target]
+    assert cli.main(["--check", "--root", str(tmp_path)]) == 0
 
 
 def test_check_fails_when_a_file_is_missing(tmp_path: Path) -> None:
     _copy_generated(tmp_path)
-    (tmp_path / crdgen.CRD_PATHS[1]).unlink()
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    (tmp_path / crd.CRD_PATHS[1]).unlink()
+    assert cli.main(["--check", "--root", str(tmp_path)]) == 1
 
 
 def test_docs_mention_every_spec_field() -> None:
-    docs = (REPO / crdgen.DOCS_PATH).read_text()
+    docs = (REPO / apidocs.DOCS_PATH).read_text()
     for path, _ in NODES:
         if path.startswith((".spec.", ".status.")) and not path.endswith(("[]", "{}")):
             name = path.rsplit(".", 1)[-1].rstrip("[]{}")
             assert f"`{name}`" in docs, path
-    for col in crdgen.PRINTER_COLUMNS:
+    for col in crd.PRINTER_COLUMNS:
         assert col["jsonPath"] in docs

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kubetune_operator.api import FineTuneJob, FineTuneJobStatus
-from kubetune_trainer import config as c
+from kubetune_api import v1alpha1 as c
+from kubetune_api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from kubetune_trainer.data import render_text_template
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,7 +284,7 @@ def test_mistral_example_matches_the_seed_recipe() -> None:
     assert spec.tracking.report_to == ["tensorboard"]
     assert spec.dataset.text_template is not None
     row = {"quote": "Be yourself.", "author": "Oscar Wilde"}
-    assert c.render_text_template(spec.dataset.text_template, row) == (
+    assert render_text_template(spec.dataset.text_template, row) == (
         "Quote: Be yourself. Author: Oscar Wilde"
     )
 

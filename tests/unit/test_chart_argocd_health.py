@@ -86,7 +86,7 @@ def ftj(status: Obj | None, generation: int = 1) -> Obj:
 
 
 def model_status(phase: str, reason: str, message: str, **extra: Any) -> Obj:
-    from kubetune_operator.api import Condition, ConditionType, FineTuneJobStatus
+    from kubetune_api.v1alpha1 import Condition, ConditionType, FineTuneJobStatus
 
     def cond(t: str, true: bool) -> Condition:
         return Condition(
@@ -141,7 +141,7 @@ EXPECTED = {
     ],
 )
 def test_api_model_statuses(phase: str, reason: str) -> None:
-    from kubetune_operator.api import Phase, Reason
+    from kubetune_api.v1alpha1 import Phase, Reason
 
     assert phase in {p.value for p in Phase} and reason in {r.value for r in Reason}
     obj = ftj(model_status(phase, reason, f"{reason} happened"))
@@ -169,7 +169,7 @@ def test_unobserved_spec_change_is_progressing_even_after_success() -> None:
 
 
 def test_running_message_shows_progress() -> None:
-    from kubetune_operator.api import Progress
+    from kubetune_api.v1alpha1 import Progress
 
     progress = Progress(run=1, step=10, total_steps=30, loss=2.5, stage="train")
     status = model_status("Running", "Training", "pod x is training", progress=progress)

@@ -21,7 +21,7 @@ def read(rel: str) -> str:
 
 
 def test_troubleshooting_explains_every_reason() -> None:
-    from kubetune_operator.api import Reason
+    from kubetune_api.v1alpha1 import Reason
 
     doc = read("docs/troubleshooting.md")
     missing = [r.value for r in Reason if f"`{r.value}`" not in doc]
@@ -84,7 +84,7 @@ def test_readme_walks_a_newcomer_through() -> None:
 
 def test_readme_artifact_paths_follow_the_layout() -> None:
     """The S3 paths the README shows are where the trainer writes (config.run_prefix)."""
-    from kubetune_trainer.config import run_prefix
+    from kubetune_api.v1alpha1 import run_prefix
 
     readme = read("README.md")
     uid = "3f2a9c1e-5b7d-4c1a-9e2f-0123456789ab"

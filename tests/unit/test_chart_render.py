@@ -481,7 +481,7 @@ def test_notes_say_what_to_do_next(tmp_path: Path) -> None:
     assert "It watches FineTuneJobs in: ml-a, ml-b." in notes
 
 
-def test_chart_crds_come_from_crdgen() -> None:
+def test_chart_crds_come_from_the_api_build() -> None:
     """crds/ is written by `make crds`; if present it must equal the top-level crds/."""
     chart_crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     if not chart_crds:

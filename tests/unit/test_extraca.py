@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from kubetune_trainer import extraca
+from kubetune_api import extraca
 
 PEM = ssl.DER_cert_to_PEM_cert(b"\x30\x03\x02\x01\x01")  # shape only: a PEM block
 

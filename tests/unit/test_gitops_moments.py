@@ -12,8 +12,8 @@ import gitops_moments
 import pytest
 import yaml
 from gitops_moments import MOMENTS, Moment
+from kubetune_api.v1alpha1 import Phase, Reason
 from kubetune_operator import status
-from kubetune_operator.api import Phase, Reason
 from test_chart_argocd_health import REPO, argocd_health, kstatus
 
 NOW = "2026-01-01T00:00:00Z"

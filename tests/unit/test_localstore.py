@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.errors import ArtifactsMissing
+from kubetune_api.v1alpha1 import ArtifactsMissing
 from kubetune_trainer.localstore import LocalS3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubetune_api.v1alpha1 import RDZV_PORT
 from kubetune_operator import group, render
 from pydantic import ValidationError
 from test_operator_render import OWNER, RUN, make_spec, settings
@@ -70,7 +71,7 @@ def test_nodes_render_an_indexed_job_a_headless_service_and_rendezvous_on_index_
         "--nnodes",
         "2",
         "--rdzv-endpoint",
-        f"{name}-0.{name}.{OWNER.namespace}.svc:{group.RDZV_PORT}",
+        f"{name}-0.{name}.{OWNER.namespace}.svc:{RDZV_PORT}",
         "--rdzv-id",
         f"{OWNER.uid}-{RUN.number}",
     ]
@@ -117,7 +118,7 @@ def test_processes_per_node_equal_to_gpus_is_fine() -> None:
 
 
 class _FakeKube:
-    """Just what controller.ensure calls; `existing` is what the API server already holds."""
+    """Just what reconcile.ensure calls; `existing` is what the API server already holds."""
 
     def __init__(self, existing: dict[str, Any]) -> None:
         self.existing = existing
@@ -140,7 +141,7 @@ def test_a_services_selector_is_the_operators() -> None:
     """Anyone may pre-create `<job>-run-<n>`: a foreign Service is never adopted (NameConflict),
     and ours whose selector was changed is replaced, since the group's rendezvous goes where
     it points."""
-    from kubetune_operator.controller import NameConflict, ensure
+    from kubetune_operator.reconcile import NameConflict, ensure
 
     svc = _objects(nodes=2)["Service"]
     svc["metadata"]["uid"] = "svc-uid"

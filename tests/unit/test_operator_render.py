@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from kubetune_api.v1alpha1 import FineTuneJobSpec, Reason, TrainerConfig, pvc_mount_path
 from kubetune_operator import render
-from kubetune_operator.api import Reason
 from kubetune_operator.render import Owner, RenderError, Run
 from kubetune_operator.settings import OperatorSettings
-from kubetune_trainer.config import FineTuneJobSpec, TrainerConfig, pvc_mount_path
 
 OWNER = Owner("team-a", "llama-sft", "0b7c1c9e-1111-2222-3333-444455556666")
 RUN = Run(number=3, generation=7, spec_hash="abc123")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kubetune_api.v1alpha1 import FineTuneJobSpec
 from kubetune_operator import render, runs
-from kubetune_trainer.config import FineTuneJobSpec
 
 UID = "uid-1"
 BASE: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""settings.py, logging.py and workqueue.py (no cluster)."""
+"""settings.py, jsonlog.py and workqueue.py (no cluster)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from collections.abc import Hashable
 
 import pytest
-from kubetune_operator import logging as klog
+from kubetune_operator import jsonlog as klog
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.workqueue import WorkQueue
 
@@ -63,7 +63,7 @@ def test_settings_refuse_bad_json(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_log_lines_name_the_object() -> None:
     fmt = klog.JsonFormatter()
     rec = logging.LogRecord(
-        "kubetune_operator.controller", logging.INFO, __file__, 1, "hi %s", ("x",), None
+        "kubetune_operator.reconcile", logging.INFO, __file__, 1, "hi %s", ("x",), None
     )
     token = klog.current.set(("ns", "job"))
     try:

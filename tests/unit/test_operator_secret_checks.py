@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubetune_api.v1alpha1 import FineTuneJobSpec, Reason
 from kubetune_operator import render
-from kubetune_operator.api import Reason
 from kubetune_operator.render import RenderError
 from kubetune_operator.settings import OperatorSettings
-from kubetune_trainer.config import FineTuneJobSpec
 
 BASE: dict[str, Any] = {
     "model": {"hubId": "org/m", "tokenSecretRef": {"name": "hf-token", "key": "token"}},

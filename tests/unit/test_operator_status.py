@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubetune_api.v1alpha1 import FineTuneJobStatus
 from kubetune_operator import render, status
-from kubetune_operator.api import FineTuneJobStatus
 from kubetune_operator.runs import Decision
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.config import (
+from kubetune_api.v1alpha1 import (
+    ConfigError,
+    DatasetError,
     DatasetSpec,
     FineTuneJobSpec,
     MethodSpec,
+    ModelError,
     QuantizationSpec,
 )
-from kubetune_trainer.errors import ConfigError, DatasetError, ModelError
 from kubetune_trainer.methods import lora_targets, peft_config_kwargs
 from kubetune_trainer.modelload import bnb_kwargs, family, load_dtype_name, resolve_precision
 from kubetune_trainer.sources import (

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.config import ClassificationSpec, DatasetSpec
+from kubetune_api.v1alpha1 import ClassificationSpec, DatasetError, DatasetSpec
 from kubetune_trainer.data import (
     RowError,
     check_columns,
@@ -19,7 +19,6 @@ from kubetune_trainer.data import (
     prepare,
     template_fields,
 )
-from kubetune_trainer.errors import DatasetError
 from kubetune_trainer.sources import ResolvedData
 from kubetune_trainer.testing import synthetic
 
@@ -160,7 +159,7 @@ def _jsonl(tmp_path: Path, text: str, name: str = "train.jsonl") -> ResolvedData
 
 
 def test_empty_file_is_named_as_empty(tmp_path: Path) -> None:
-    from kubetune_trainer.config import BadRowPolicy
+    from kubetune_api.v1alpha1 import BadRowPolicy
     from kubetune_trainer.data import check_files
 
     for text in ("", "\n  \n"):

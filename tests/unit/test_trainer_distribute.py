@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubetune_trainer.config import DistributionStrategy as S
-from kubetune_trainer.config import MethodType as M
+from kubetune_api.v1alpha1 import DistributionStrategy as S
+from kubetune_api.v1alpha1 import MethodType as M
 from kubetune_trainer.distribute import (
     GIB,
     choose,

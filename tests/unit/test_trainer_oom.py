@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from kubetune_trainer import errors, pipeline
+from kubetune_api.v1alpha1 import GpuOutOfMemory
+from kubetune_trainer import oom, pipeline
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.testing import harness
 
@@ -47,9 +48,9 @@ def test_cuda_oom_fails_at_once_naming_the_fields(
 
 
 def test_other_errors_stay_retryable() -> None:
-    assert errors.is_gpu_oom(RuntimeError("CUDA out of memory. Tried to allocate 20 MiB"))
-    assert not errors.is_gpu_oom(RuntimeError("device-side assert triggered"))
-    assert errors.GpuOutOfMemory.exit_code in range(10, 20)
+    assert oom.is_gpu_oom(RuntimeError("CUDA out of memory. Tried to allocate 20 MiB"))
+    assert not oom.is_gpu_oom(RuntimeError("device-side assert triggered"))
+    assert GpuOutOfMemory.exit_code in range(10, 20)
 
 
 def test_the_operator_reads_exit_17_as_gpu_out_of_memory_and_fails_the_job_at_once() -> None:

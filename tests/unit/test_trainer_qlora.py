@@ -15,7 +15,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 
 def _models() -> tuple[Any, Any]:
-    from kubetune_trainer.config import MethodSpec
+    from kubetune_api.v1alpha1 import MethodSpec
     from kubetune_trainer.methods import apply
     from kubetune_trainer.modelload import LoadedModel
     from peft import LoraConfig, get_peft_model
@@ -102,7 +102,7 @@ def test_qlora_keeps_the_frozen_base_16_bit_and_the_trainable_weights_fp32() -> 
     """The frozen embeddings, norms and LM head stay bf16 (peft's prepare_model_for_kbit_training
     would make them fp32: +2 GiB on an 8B model for weights nobody trains); LoRA A/B and the
     trainable copy of a modules_to_save head are fp32."""
-    from kubetune_trainer.config import MethodSpec
+    from kubetune_api.v1alpha1 import MethodSpec
     from kubetune_trainer.methods import apply
     from kubetune_trainer.modelload import LoadedModel
     from peft import prepare_model_for_kbit_training
@@ -135,7 +135,7 @@ def test_qlora_keeps_the_frozen_base_16_bit_and_the_trainable_weights_fp32() -> 
 def test_qlora_bf16_base_trains_with_finite_loss_and_moves_only_the_adapter() -> None:
     """A few optimizer steps on the bf16 + nf4 base as the trainer now prepares it: the loss is
     finite and falls on a repeated batch, and no frozen weight changes."""
-    from kubetune_trainer.config import MethodSpec
+    from kubetune_api.v1alpha1 import MethodSpec
     from kubetune_trainer.methods import apply
     from kubetune_trainer.modelload import LoadedModel
 

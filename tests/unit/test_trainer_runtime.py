@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kubetune_api.v1alpha1 import ConfigError, DatasetSpec
 from kubetune_trainer import result
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.checkpoints import steps_in_listing, to_delete
-from kubetune_trainer.config import DatasetSpec
-from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.logs import RedactingFilter, redact
 from kubetune_trainer.metrics import accuracy, classification_metrics, macro_f1, perplexity
 from kubetune_trainer.progress import ProgressReporter, patch_body
@@ -239,7 +238,7 @@ def test_chat_template_checks_with_the_tiny_tokenizer() -> None:
 def test_preflight_refuses_what_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from kubetune_trainer.config import TrainerConfig
+    from kubetune_api.v1alpha1 import TrainerConfig
     from kubetune_trainer.pipeline import preflight
 
     def cfg(**spec: Any) -> TrainerConfig:
@@ -304,7 +303,7 @@ def test_local_ranks_resolve_one_at_a_time(tmp_path: Path) -> None:
 
 
 def _tracking_cfg(tmp_path: Path) -> Any:
-    from kubetune_trainer.config import TrainerConfig
+    from kubetune_api.v1alpha1 import TrainerConfig
 
     spec = {
         "task": "causal-lm",
@@ -362,8 +361,8 @@ def test_tracking_server_away_fails_before_training_naming_the_field(
     """Nothing listens at the tracking URI: the job fails at once (retryable), saying which spec
     field points there, instead of training for hours and failing at the first log."""
     import mlflow
+    from kubetune_api.v1alpha1 import TrainerError
     from kubetune_trainer import tracking
-    from kubetune_trainer.errors import TrainerError
 
     cfg = _tracking_cfg(tmp_path)
     with socket.socket() as s:  # a port nothing listens on
@@ -384,9 +383,8 @@ def test_unreachable_tracking_server_is_a_config_error_in_seconds(tmp_path: Path
     the field, before any client retry loop (which took ~5.5 min per attempt)."""
     import time
 
+    from kubetune_api.v1alpha1 import ConfigError, TrainerConfig
     from kubetune_trainer import tracking
-    from kubetune_trainer.config import TrainerConfig
-    from kubetune_trainer.errors import ConfigError
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -8,10 +8,14 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from kubetune_api.v1alpha1 import (
+    StorageAccessDenied,
+    StorageConflict,
+    StorageUnavailable,
+    run_prefix,
+)
 from kubetune_trainer import s3 as s3_mod
 from kubetune_trainer.checkpoints import MARKER, CheckpointStore
-from kubetune_trainer.config import run_prefix
-from kubetune_trainer.errors import StorageAccessDenied, StorageConflict, StorageUnavailable
 from kubetune_trainer.s3 import S3, RetryingClient, call_with_retry
 
 UID = "0b7c1c9e-1111-4222-8333-444455556666"
@@ -186,7 +190,7 @@ def test_resume_refuses_a_checkpoint_of_another_uid() -> None:
 
 
 def test_operator_maps_the_storage_exit_codes_to_reasons() -> None:
-    from kubetune_operator.api import Reason
+    from kubetune_api.v1alpha1 import Reason
     from kubetune_operator.render import NON_RETRYABLE_EXIT_CODES
     from kubetune_operator.status import EXIT_REASONS
 
@@ -218,9 +222,9 @@ def test_pruning_never_touches_another_uids_checkpoint() -> None:
 def test_s3_retry_seconds_travels_from_the_operator_setting_to_the_trainer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from kubetune_api.v1alpha1 import FineTuneJobSpec
     from kubetune_operator.render import Owner, Run, trainer_config
     from kubetune_operator.settings import OperatorSettings
-    from kubetune_trainer.config import FineTuneJobSpec
 
     monkeypatch.setenv("KUBETUNE_S3_RETRY_SECONDS", "90")
     settings = OperatorSettings()

@@ -20,16 +20,11 @@ import sys
 import traceback
 from typing import Any
 
+from kubetune_api.v1alpha1 import ConfigError, GpuOutOfMemory, TrainerError, TrainerFailure
+
 from . import logs
 from . import result as result_mod
-from .errors import (
-    ConfigError,
-    GpuOutOfMemory,
-    TrainerError,
-    TrainerFailure,
-    gpu_oom_message,
-    is_gpu_oom,
-)
+from .oom import gpu_oom_message, is_gpu_oom
 
 log = logging.getLogger("kubetune")
 
@@ -43,9 +38,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def load_config(path: str | None) -> Any:
+    from kubetune_api.v1alpha1 import TrainerConfig
     from pydantic import ValidationError
-
-    from .config import TrainerConfig
 
     if not path:
         raise ConfigError("no config: pass --config PATH or set KUBETUNE_CONFIG")
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher.add_argument("--rdzv-id", default="kubetune")
     args = parser.parse_args(argv)
     if args.version:
-        from .version import version_line
+        from kubetune_api.version import version_line
 
         print(version_line("kubetune-train"))
         return 0
@@ -110,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     res: dict[str, Any]
     try:
-        from .extraca import ExtraCAError
-        from .extraca import apply as apply_extra_ca
+        from kubetune_api.extraca import ExtraCAError
+        from kubetune_api.extraca import apply as apply_extra_ca
 
         try:
             apply_extra_ca()

@@ -18,9 +18,9 @@ import re
 import time
 from pathlib import Path
 
-from .config import split_s3_uri
-from .errors import StorageConflict
-from .s3 import S3, join
+from kubetune_api.v1alpha1 import StorageConflict
+
+from .s3 import S3, join, split_s3_uri
 
 log = logging.getLogger(__name__)
 

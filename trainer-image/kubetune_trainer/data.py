@@ -24,15 +24,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from kubetune_api.v1alpha1 import (
     BadRowPolicy,
     ClassificationSpec,
     DataFormat,
+    DatasetError,
     DatasetSpec,
     FieldMapping,
-    render_text_template,
 )
-from .errors import DatasetError
+
 from .sources import ResolvedData
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 ROLES = {"system", "user", "assistant", "tool"}
 ERROR = "_kubetune_error"
 SHOW_SKIPPED = 5
+
+
+def render_text_template(template: str, row: dict[str, Any]) -> str:
+    """The text of one row under `dataset.textTemplate` (the pattern has already refused
+    attribute/index access). Raises KeyError naming a missing column."""
+    return template.format_map(row)
 
 
 class RowError(ValueError):

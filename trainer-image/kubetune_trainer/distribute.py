@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import (
-    ADAPTER_METHODS,
-    PROMPT_METHODS,
-    DistributionStrategy,
-    MethodType,
-)
+from kubetune_api.v1alpha1 import ADAPTER_METHODS, PROMPT_METHODS, DistributionStrategy, MethodType
 
 GIB = 2**30
 # Bytes per parameter for what every method keeps of the base model (weights as loaded).

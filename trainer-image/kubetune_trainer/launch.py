@@ -18,9 +18,6 @@ from dataclasses import dataclass
 
 log = logging.getLogger("kubetune")
 
-# The c10d rendezvous store's port on the pod of index 0 (docs/design.md).
-RDZV_PORT = 29400
-
 
 @dataclass(frozen=True)
 class Topology:

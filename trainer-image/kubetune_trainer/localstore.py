@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import split_s3_uri
-from .errors import ArtifactsMissing
-from .s3 import S3, Uploaded, sha256_file
+from kubetune_api.v1alpha1 import ArtifactsMissing
+
+from .s3 import S3, Uploaded, sha256_file, split_s3_uri
 
 ENV = "KUBETUNE_LOCAL_ARTIFACTS"
 

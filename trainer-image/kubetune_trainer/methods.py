@@ -10,8 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .config import ADAPTER_METHODS, LORA_METHODS, MethodSpec, MethodType, TaskType
-from .errors import ConfigError
+from kubetune_api.v1alpha1 import (
+    ADAPTER_METHODS,
+    LORA_METHODS,
+    ConfigError,
+    MethodSpec,
+    MethodType,
+    TaskType,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from kubetune_api.v1alpha1 import (
     ADAPTER_METHODS,
     ClassificationSpec,
+    ConfigError,
     DataFormat,
     DatasetSpec,
     MethodSpec,
     MethodType,
+    ModelError,
     Precision,
     QuantizationSpec,
     TaskType,
 )
-from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

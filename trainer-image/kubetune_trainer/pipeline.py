@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import distribute, tracking
-from . import result as result_mod
-from .config import (
+from kubetune_api.v1alpha1 import (
     ADAPTER_METHODS,
+    ConfigError,
     FineTuneJobSpec,
     MethodType,
     TrainerConfig,
 )
-from .errors import ConfigError
+
+from . import distribute, tracking
+from . import result as result_mod
 from .progress import ProgressReporter
 from .s3 import S3, join
 

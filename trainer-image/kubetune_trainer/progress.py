@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from .config import API_GROUP, API_VERSION, PLURAL, Progress
+from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, Progress
 
 log = logging.getLogger(__name__)
 

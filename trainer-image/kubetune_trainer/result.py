@@ -13,18 +13,12 @@ import math
 import os
 from typing import Any
 
+from kubetune_api.v1alpha1 import ARTIFACT_KEYS
+
 log = logging.getLogger(__name__)
 
 LIMIT_BYTES = 4096
 DEFAULT_PATH = "/dev/termination-log"
-ARTIFACT_KEYS = (
-    "adapterUri",
-    "mergedModelUri",
-    "manifestUri",
-    "manifestSha256",
-    "metricsUri",
-    "checkpointUri",
-)
 
 
 def build(

@@ -25,6 +25,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,8 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import split_s3_uri
-from .errors import ArtifactsMissing, StorageAccessDenied, StorageConflict, StorageUnavailable
+from kubetune_api.v1alpha1 import (
+    ArtifactsMissing,
+    StorageAccessDenied,
+    StorageConflict,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,14 @@ DENIED_CODES = {
     "ExpiredToken",
     "AllAccessDisabled",
 }
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/some/prefix -> ("bucket", "some/prefix")."""
+    m = re.match(r"^s3://([^/]+)/?(.*)$", uri)
+    if not m:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return m.group(1), m.group(2)
 
 
 def _chain(e: BaseException) -> Iterable[BaseException]:

@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import ADAPTER_METHODS, MethodType
-from .errors import ArtifactsMissing
+from kubetune_api.v1alpha1 import ADAPTER_METHODS, ArtifactsMissing, MethodType
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from kubetune_api.v1alpha1 import (
     PVC_MOUNT_ROOT,
+    DatasetError,
     DataSource,
     FileFormat,
+    ModelError,
     ModelSource,
     PVCPath,
     ValidationSpec,
     pvc_mount_path,
 )
-from .errors import DatasetError, ModelError
+
 from .s3 import S3, sha256_file
 
 log = logging.getLogger(__name__)

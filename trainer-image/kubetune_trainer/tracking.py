@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import Reporter, TrainerConfig
-from .errors import ConfigError, TrainerError
+from kubetune_api.v1alpha1 import ConfigError, Reporter, TrainerConfig, TrainerError
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.v1alpha1 import FineTuneJobSpec, NonFiniteLoss
+
 from .callbacks import (
     ConsoleLogCallback,
     ProgressCallback,
@@ -17,9 +19,7 @@ from .callbacks import (
     noisy,
 )
 from .checkpoints import CheckpointStore
-from .config import FineTuneJobSpec
 from .data import Prepared, tokenize_classification
-from .errors import NonFiniteLoss
 from .metrics import classification_metrics, perplexity
 from .progress import ProgressReporter
 from .trainargs import is_classification, sft_kwargs, training_kwargs

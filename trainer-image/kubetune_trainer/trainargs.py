@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import (
+from kubetune_api.v1alpha1 import (
+    ConfigError,
     DataFormat,
     FineTuneJobSpec,
     Optimizer,
     Strategy,
     TaskType,
 )
-from .errors import ConfigError
 
 OPTIMIZERS = {
     Optimizer.ADAMW_TORCH: "adamw_torch",

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.v1alpha1 import ADAPTER_METHODS, ArtifactsMissing, MethodType, TrainerConfig
+
 from . import manifest as manifest_mod
-from .config import ADAPTER_METHODS, MethodType, TrainerConfig, split_s3_uri
-from .errors import ArtifactsMissing
-from .s3 import S3, join, sha256_file
+from .s3 import S3, join, sha256_file, split_s3_uri
 
 log = logging.getLogger(__name__)
 

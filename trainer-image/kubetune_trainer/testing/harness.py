@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainerConfig, run_prefix
+from kubetune_api.v1alpha1 import TrainerConfig, run_prefix
 
 
 def trainer_config(

@@ -1,42 +1,52 @@
-"""The FineTuneJob resource: spec (from the trainer's config contract) plus status.
-
-Status is written by the operator only (the status subresource), except `status.progress`,
-which the trainer patches through its per-job ServiceAccount. Condition types and reasons live
-here, in one place, so status derivation, events, docs and tests agree on the vocabulary.
+"""`FineTuneJob.status`: phases, conditions and reasons (one closed vocabulary, so status
+derivation, events, docs and tests agree), the run history, and `status.progress`, which the
+trainer patches through its per-job ServiceAccount. Everything else is written by the operator.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
-from kubetune_trainer.config import (
-    API_GROUP,
-    API_VERSION,
-    KIND,
-    MAX_NAME_LENGTH,
-    PLURAL,
-    FineTuneJobSpec,
-    Progress,
-    Spec,
-)
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-__all__ = [
-    "API_GROUP",
-    "API_VERSION",
-    "KIND",
-    "PLURAL",
-    "Artifacts",
-    "Condition",
-    "ConditionType",
-    "FineTuneJob",
-    "FineTuneJobSpec",
-    "FineTuneJobStatus",
-    "Phase",
-    "Reason",
-    "RunRecord",
-]
+from ._base import Spec
+
+
+class Progress(Spec):
+    """Live training progress, patched into status.progress by the trainer (rate-limited)."""
+
+    # A status, not user input: unknown keys are ignored and NaN/inf are not refused here.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    run: int | None = Field(default=None, ge=1, description="Run number this progress belongs to.")
+    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    tokens_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput (tokens/s, all devices)."
+    )
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
+    stage: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Trainer stage: resolve, load, data, build, train, evaluate, save, merge, upload.",
+    )
+    updated_at: str | None = Field(
+        default=None, description="When the trainer wrote this (RFC 3339)."
+    )
+
+    def summary(self) -> str | None:
+        """`step/totalSteps (pct%)` for `status.progressSummary` (the Progress column of
+        `kubectl get ftj`); None before the first step is known."""
+        if self.step is None:
+            return None
+        if self.total_steps:
+            return f"{self.step}/{self.total_steps} ({100 * self.step // self.total_steps}%)"
+        return str(self.step)
 
 
 class Phase(StrEnum):
@@ -218,38 +228,3 @@ class FineTuneJobStatus(Spec):
     history: list[RunRecord] | None = Field(
         default=None, max_length=20, description="Past runs, newest last (at most 20)."
     )
-
-
-class FineTuneJob(Spec):
-    """A fine-tuning run of a transformer model: a base model, data, a method and an S3
-    destination. The operator runs it as a batch/v1 Job and keeps the status true."""
-
-    # metadata.name is at most MAX_NAME_LENGTH characters: checked below, and in the CRD by
-    # `maxLength` on metadata.name (crdgen), which the API server reports as
-    # "metadata.name: Too long".
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
-
-    api_version: Literal["kubetune.io/v1alpha1"] = Field(
-        default="kubetune.io/v1alpha1", description="kubetune.io/v1alpha1"
-    )
-    kind: Literal["FineTuneJob"] = Field(default="FineTuneJob", description="FineTuneJob")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
-    spec: FineTuneJobSpec = Field(description="Desired state.")
-    # The CRD defaults `status` to observedGeneration 0 (applied when the API server reads the
-    # object), so before the operator's first write kstatus/Flux read InProgress (generation 1
-    # not observed yet) instead of Current, and Argo CD reads Progressing.
-    status: FineTuneJobStatus | None = Field(
-        default=None,
-        description="Observed state.",
-        json_schema_extra={"default": {"observedGeneration": 0}},
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> FineTuneJob:
-        name = self.metadata.get("name")
-        if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
-            raise ValueError(
-                f"metadata.name: metadata.name must be at most {MAX_NAME_LENGTH} characters "
-                "(the run's Job is named <name>-run-<n>)"
-            )
-        return self

@@ -1,4 +1,5 @@
-"""Failures the trainer reports, each with the reason and exit code of docs/design.md.
+"""The failure table: each failure the trainer reports, with its reason (status) and exit code
+(the pod's podFailurePolicy reads it), as docs/design.md lists them.
 
 A stage raises one of these with a message written for the person reading `kubectl describe`:
 what is wrong and where (file, row, field, URI), not a stack trace. Anything else that escapes
@@ -96,31 +97,6 @@ class GpuOutOfMemory(TrainerFailure):
     reason = "GpuOutOfMemory"
     exit_code = 17
     retryable = False
-
-
-def is_gpu_oom(e: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (or an error that wraps its message), without importing torch."""
-    return any(t.__name__ == "OutOfMemoryError" for t in type(e).__mro__) or (
-        "CUDA out of memory" in str(e)
-    )
-
-
-def gpu_oom_message(batch_size: int, grad_accum: int, max_seq_length: int, method: str) -> str:
-    lower = max(1, batch_size // 2)
-    fixes = [
-        f"set hyperparameters.batchSize {lower} and hyperparameters.gradientAccumulationSteps "
-        f"{grad_accum * batch_size // lower} (the same global batch)",
-        "lower dataset.maxSeqLength",
-        "set hyperparameters.gradientCheckpointing: true",
-    ]
-    if method in ("full", "lora", "dora"):
-        fixes.append("use method.type qlora (4-bit base)")
-    fixes.append("or request a GPU with more memory (resources.gpuType)")
-    return (
-        f"CUDA out of memory at hyperparameters.batchSize {batch_size}, dataset.maxSeqLength "
-        f"{max_seq_length}, method {method}; a retry at the same settings would fail the same "
-        f"way, so this run stops. To fit: {'; '.join(fixes)}"
-    )
 
 
 class TrainerError(TrainerFailure):

@@ -1,0 +1,273 @@
+"""`spec.method`: the fine-tuning method (full, LoRA, QLoRA, DoRA, IA3, prompt/prefix tuning)
+and its settings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from ._base import Spec, WireBool, WireFloat, WireInt, cel, validations
+
+# ---------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------
+
+
+class MethodType(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+    DORA = "dora"
+    PROMPT_TUNING = "prompt-tuning"
+    PREFIX_TUNING = "prefix-tuning"
+    IA3 = "ia3"
+    BITFIT = "bitfit"
+
+
+LORA_METHODS = {MethodType.LORA, MethodType.QLORA, MethodType.DORA}
+ADAPTER_METHODS = LORA_METHODS | {
+    MethodType.PROMPT_TUNING,
+    MethodType.PREFIX_TUNING,
+    MethodType.IA3,
+}
+
+
+class LoraBias(StrEnum):
+    NONE = "none"
+    ALL = "all"
+    LORA_ONLY = "lora_only"
+
+
+ModuleName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.\-*]+$")]
+
+
+class LoraSpec(Spec):
+    """LoRA settings (used by lora, qlora and dora)."""
+
+    r: WireInt = Field(default=16, ge=1, le=1024, description="Rank of the update matrices.")
+    alpha: WireInt = Field(
+        default=32, ge=1, le=4096, description="Scaling numerator (lora_alpha); scale = alpha/r."
+    )
+    dropout: WireFloat = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[ModuleName] | None = Field(
+        default=None,
+        max_length=64,
+        description="Module names to adapt. Default per architecture family: all attention and "
+        "MLP projections for Llama/Mistral/Qwen-like models (q,k,v,o,gate,up,down_proj), "
+        "query/key/value/dense for BERT-like ones; 'all-linear' adapts every linear layer.",
+    )
+    modules_to_save: list[ModuleName] | None = Field(
+        default=None,
+        max_length=64,
+        description="Modules trained in full and saved with the adapter, e.g. [classifier] for a "
+        "freshly initialised classification head.",
+    )
+    bias: LoraBias = Field(default=LoraBias.NONE, description="Which biases to train.")
+    use_rslora: WireBool = Field(
+        default=False, description="Rank-stabilised scaling (alpha/sqrt(r))."
+    )
+
+
+class QuantType(StrEnum):
+    NF4 = "nf4"
+    FP4 = "fp4"
+
+
+class ComputeDtype(StrEnum):
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class QuantizationSpec(Spec):
+    """bitsandbytes 4-bit quantization of the frozen base model (qlora)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.computeDtype != 'float32'",
+                "qlora needs a 16-bit compute dtype (bfloat16 or float16); float32 compute "
+                "defeats the memory saving",
+                ".computeDtype",
+            )
+        )
+    )
+
+    bits: Literal[4] = Field(default=4, description="Bits per weight (4).")
+    quant_type: QuantType = Field(default=QuantType.NF4, description="nf4 (recommended) or fp4.")
+    double_quant: WireBool = Field(
+        default=True, description="Quantize the quantization constants too (~0.4 bit/param saved)."
+    )
+    compute_dtype: ComputeDtype = Field(
+        default=ComputeDtype.BFLOAT16,
+        description="Dtype of matmuls on dequantized weights: bfloat16 (Ampere+) or float16.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantizationSpec:
+        if self.compute_dtype == ComputeDtype.FLOAT32:
+            raise ValueError(
+                "spec.method.quantization.computeDtype: qlora needs a 16-bit compute dtype "
+                "(bfloat16 or float16)"
+            )
+        return self
+
+
+class PromptTuningSpec(Spec):
+    """Prompt tuning: learned soft-prompt embeddings, model weights frozen."""
+
+    num_virtual_tokens: WireInt = Field(
+        default=20, ge=1, le=1024, description="Soft-prompt length."
+    )
+    init_text: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Initialise the soft prompt from this text's token embeddings (else random).",
+    )
+
+
+class PrefixTuningSpec(Spec):
+    """Prefix tuning: learned key/value prefixes in every layer."""
+
+    num_virtual_tokens: WireInt = Field(default=20, ge=1, le=1024, description="Prefix length.")
+
+
+class IA3Spec(Spec):
+    """IA3: learned rescaling vectors on attention and feed-forward activations."""
+
+    target_modules: list[ModuleName] | None = Field(
+        default=None, max_length=64, description="Modules to rescale; default per architecture."
+    )
+    feedforward_modules: list[ModuleName] | None = Field(
+        default=None,
+        max_length=64,
+        description="Which of targetModules are feed-forward layers; default per architecture.",
+    )
+
+
+class MethodSpec(Spec):
+    """How the model is adapted."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.freezeLayers) || self.type == 'full'",
+                "freezeLayers applies only to type full",
+                ".freezeLayers",
+            ),
+            cel(
+                "!has(self.lora) || self.type in ['lora', 'qlora', 'dora']",
+                "lora settings apply only to types lora, qlora, dora",
+                ".lora",
+            ),
+            cel(
+                "!has(self.quantization) || self.type == 'qlora'",
+                "quantization applies only to type qlora",
+                ".quantization",
+            ),
+            cel(
+                "!has(self.promptTuning) || self.type == 'prompt-tuning'",
+                "promptTuning applies only to type prompt-tuning",
+                ".promptTuning",
+            ),
+            cel(
+                "!has(self.prefixTuning) || self.type == 'prefix-tuning'",
+                "prefixTuning applies only to type prefix-tuning",
+                ".prefixTuning",
+            ),
+            cel(
+                "!has(self.ia3) || self.type == 'ia3'",
+                "ia3 settings apply only to type ia3",
+                ".ia3",
+            ),
+        )
+    )
+
+    type: MethodType = Field(
+        default=MethodType.LORA,
+        description="full, lora, qlora (4-bit base + LoRA), dora, prompt-tuning, prefix-tuning, "
+        "ia3, or bitfit (biases only).",
+    )
+    freeze_layers: WireInt | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="full only: keep the whole embedding stage (word, position and token-type "
+        "embeddings, embedding norms) and the lowest N transformer layers frozen.",
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="LoRA settings for lora/qlora/dora (defaults if omitted)."
+    )
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="4-bit quantization for qlora (nf4 + double quant if omitted)."
+    )
+    prompt_tuning: PromptTuningSpec | None = Field(
+        default=None, description="prompt-tuning settings."
+    )
+    prefix_tuning: PrefixTuningSpec | None = Field(
+        default=None, description="prefix-tuning settings."
+    )
+    ia3: IA3Spec | None = Field(default=None, description="ia3 settings.")
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodSpec:
+        t = MethodType(self.type)
+        rules: list[tuple[str, bool, str]] = [
+            (
+                "freezeLayers",
+                self.freeze_layers is not None and t != MethodType.FULL,
+                "freezeLayers applies only to type full",
+            ),
+            (
+                "lora",
+                self.lora is not None and t not in LORA_METHODS,
+                "lora settings apply only to types lora, qlora, dora",
+            ),
+            (
+                "quantization",
+                self.quantization is not None and t != MethodType.QLORA,
+                "quantization applies only to type qlora",
+            ),
+            (
+                "promptTuning",
+                self.prompt_tuning is not None and t != MethodType.PROMPT_TUNING,
+                "promptTuning applies only to type prompt-tuning",
+            ),
+            (
+                "prefixTuning",
+                self.prefix_tuning is not None and t != MethodType.PREFIX_TUNING,
+                "prefixTuning applies only to type prefix-tuning",
+            ),
+            (
+                "ia3",
+                self.ia3 is not None and t != MethodType.IA3,
+                "ia3 settings apply only to type ia3",
+            ),
+        ]
+        for field, bad, message in rules:
+            if bad:
+                raise ValueError(f"spec.method.{field}: {message}")
+        return self
+
+    def resolved(self) -> MethodSpec:
+        """A copy with the defaults of the chosen type filled in."""
+        t = MethodType(self.type)
+        update: dict[str, Any] = {}
+        if t in LORA_METHODS and self.lora is None:
+            update["lora"] = LoraSpec()
+        if t == MethodType.QLORA and self.quantization is None:
+            update["quantization"] = QuantizationSpec()
+        if t == MethodType.PROMPT_TUNING and self.prompt_tuning is None:
+            update["prompt_tuning"] = PromptTuningSpec()
+        if t == MethodType.PREFIX_TUNING and self.prefix_tuning is None:
+            update["prefix_tuning"] = PrefixTuningSpec()
+        if t == MethodType.IA3 and self.ia3 is None:
+            update["ia3"] = IA3Spec()
+        return self.model_copy(update=update)

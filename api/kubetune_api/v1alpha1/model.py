@@ -1,0 +1,154 @@
+"""`spec.model` and `spec.classification`: the base model and the task's head."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from ._base import HUB_ID_PATTERN, S3Uri, Spec, WireBool, WireInt, _one_of, cel, validations
+from .refs import PVCPath, SecretKeyRef
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+class TaskType(StrEnum):
+    CAUSAL_LM = "causal-lm"
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+
+
+class ModelSource(Spec):
+    """The base model to fine-tune: exactly one of `hubId`, `s3Uri` or `pvc`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "[has(self.hubId), has(self.s3Uri), has(self.pvc)].filter(x, x).size() == 1",
+                "exactly one of hubId, s3Uri, pvc must be set",
+            ),
+            cel(
+                "!has(self.revision) || has(self.hubId)",
+                "revision applies only to hubId",
+                ".revision",
+            ),
+            cel(
+                "!has(self.tokenSecretRef) || has(self.hubId)",
+                "tokenSecretRef applies only to hubId",
+                ".tokenSecretRef",
+            ),
+        )
+    )
+
+    hub_id: str | None = Field(
+        default=None,
+        pattern=HUB_ID_PATTERN,
+        max_length=256,
+        description="Hugging Face Hub model id, e.g. mistralai/Mistral-7B-v0.1.",
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Hub revision (branch, tag or commit sha). Pin a commit sha for reproducible "
+        "runs; the resolved sha is recorded in the run's manifest. Default: main.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a Hugging Face token, for gated or private models.",
+    )
+    s3_uri: S3Uri | None = Field(
+        default=None,
+        description="s3://bucket/prefix holding a saved model (config.json, weights in "
+        "safetensors, tokenizer files). Read with the output's S3 endpoint and credentials.",
+    )
+    pvc: PVCPath | None = Field(
+        default=None, description="A saved model directory on a PersistentVolumeClaim."
+    )
+    trust_remote_code: WireBool = Field(
+        default=False,
+        description="Allow model repositories to run their own Python code. Off by default: "
+        "it executes code from the model source inside the trainer.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSource:
+        _one_of(self, ["hub_id", "s3_uri", "pvc"], "spec.model")
+        if self.revision is not None and self.hub_id is None:
+            raise ValueError("spec.model.revision: revision applies only to hubId")
+        if self.token_secret_ref is not None and self.hub_id is None:
+            raise ValueError("spec.model.tokenSecretRef: tokenSecretRef applies only to hubId")
+        return self
+
+    def display(self) -> str:
+        """A one-line name of the model for humans (`status.model`, the Model column of
+        `kubectl get ftj`): `org/name[@revision]`, the s3:// URI or `pvc://claim/path`."""
+        if self.hub_id is not None:
+            return self.hub_id + (f"@{self.revision}" if self.revision else "")
+        if self.s3_uri is not None:
+            return self.s3_uri
+        assert self.pvc is not None
+        return f"pvc://{self.pvc.claim_name}/{self.pvc.path.lstrip('/')}"
+
+
+class ClassificationSpec(Spec):
+    """Labels for `task: sequence-classification`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.numLabels) || has(self.labelNames)",
+                "set numLabels or labelNames",
+            ),
+            cel(
+                "!has(self.numLabels) || !has(self.labelNames) || "
+                "self.numLabels == self.labelNames.size()",
+                "numLabels must equal the number of labelNames",
+                ".numLabels",
+            ),
+        )
+    )
+
+    num_labels: WireInt | None = Field(
+        default=None,
+        ge=2,
+        le=10000,
+        description="Number of classes. Labels in the data are integers 0..numLabels-1 "
+        "(or names from labelNames).",
+    )
+    label_names: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=10000,
+        description="Class names in id order (index = label id), each unique; data may use "
+        "either the name or the id. Saved as id2label/label2id in the model config.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassificationSpec:
+        if self.num_labels is None and self.label_names is None:
+            raise ValueError("spec.classification: set numLabels or labelNames")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("spec.classification.labelNames: label names must be unique")
+        if (
+            self.num_labels is not None
+            and self.label_names is not None
+            and self.num_labels != len(self.label_names)
+        ):
+            raise ValueError(
+                "spec.classification.numLabels: numLabels must equal the number of labelNames"
+            )
+        return self
+
+    @property
+    def count(self) -> int:
+        if self.label_names is not None:
+            return len(self.label_names)
+        assert self.num_labels is not None
+        return self.num_labels

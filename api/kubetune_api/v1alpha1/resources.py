@@ -1,0 +1,234 @@
+"""`spec.resources`: GPUs, nodes, distribution strategy and scheduling."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ._base import (
+    INT32_MAX,
+    NAME_PATTERN,
+    JsonObject,
+    LabelValue,
+    Quantity,
+    ResourceName,
+    Spec,
+    WireInt,
+    cel,
+    validations,
+)
+from .method import MethodType
+
+# ---------------------------------------------------------------------------------------------
+# Resources and scheduling
+# ---------------------------------------------------------------------------------------------
+
+
+class Toleration(Spec):
+    """A pod toleration (as core/v1 Toleration, with the same rules, so that a bad one is refused
+    at apply time rather than when the operator creates the pod)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.key) && self.key != '') || "
+                "(has(self.operator) && self.operator == 'Exists')",
+                "operator must be Exists when key is empty",
+                ".operator",
+            ),
+            cel(
+                "!has(self.operator) || self.operator != 'Exists' || "
+                "!has(self.value) || self.value == ''",
+                "value must be empty when operator is Exists",
+                ".value",
+            ),
+            cel(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds applies only to effect NoExecute",
+                ".tolerationSeconds",
+            ),
+        )
+    )
+
+    key: str | None = Field(
+        default=None, max_length=316, description="Taint key; empty matches all."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value (Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect; empty matches all."
+    )
+    toleration_seconds: WireInt | None = Field(
+        default=None,
+        ge=0,
+        le=INT32_MAX,
+        description="For NoExecute: how long the pod stays bound after the taint.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Toleration:
+        where = "spec.resources.tolerations"
+        if not self.key and self.operator != "Exists":
+            raise ValueError(f"{where}.operator: operator must be Exists when key is empty")
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"{where}.value: value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(
+                f"{where}.tolerationSeconds: tolerationSeconds applies only to effect NoExecute"
+            )
+        return self
+
+
+class DistributionStrategy(StrEnum):
+    AUTO = "auto"
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
+# Methods whose trainable part is a set of virtual tokens: PEFT's prompt learning cannot be
+# sharded by FSDP (the prompt encoder lives outside the wrapped layers).
+PROMPT_METHODS = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
+
+
+class DistributionSpec(Spec):
+    """How the processes of a run share the work (docs/scaling.md)."""
+
+    strategy: DistributionStrategy = Field(
+        default=DistributionStrategy.AUTO,
+        description="auto (picked from the model's size, the method and the GPU's memory), ddp "
+        "(every process holds the whole model; LoRA/QLoRA/prompt methods that fit one GPU) or "
+        "fsdp (parameters, gradients and optimizer state sharded across all processes; full "
+        "fine-tuning and models that do not fit one GPU, QLoRA included).",
+    )
+    processes_per_node: WireInt | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Training processes per pod. Default: one per GPU (gpus), or 1 on CPU. "
+        "With GPUs it must equal gpus (every reserved GPU does work); set it only to run "
+        "several CPU processes (tests).",
+    )
+
+
+class ResourcesSpec(Spec):
+    """Compute resources and placement of the trainer pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.distribution) || !has(self.distribution.processesPerNode) || "
+                "!has(self.gpus) || self.gpus == 0 || "
+                "self.distribution.processesPerNode == self.gpus",
+                "distribution.processesPerNode must equal gpus (one process per GPU, so no "
+                "reserved GPU sits idle); leave it out",
+                ".distribution.processesPerNode",
+            ),
+        )
+    )
+
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _drop_null_labels(cls, value: Any) -> Any:
+        # The API server prunes null map values, like null fields.
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if v is not None}
+        return value
+
+    gpus: WireInt = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="GPUs per node, requested as the operator's GPU resource name "
+        "(nvidia.com/gpu by default). 0 runs on CPU (tests, tiny models).",
+    )
+    gpu_type: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="GPU product, e.g. NVIDIA-H100-80GB-HBM3; becomes a node selector on the "
+        "operator's GPU product label (nvidia.com/gpu.product by default).",
+    )
+    gpu_resource_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$",
+        description="Extended resource to request instead of the operator default "
+        "(e.g. nvidia.com/mig-1g.10gb).",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit, e.g. 64Gi. Exceeding it is OOMKilled."
+    )
+    ephemeral_storage: Quantity | None = Field(
+        default=None, description="Scratch disk for model downloads and checkpoints, e.g. 200Gi."
+    )
+    shm_size: Quantity | None = Field(
+        default=None, description="Size of /dev/shm for data loaders; default 1Gi or memory/4."
+    )
+    nodes: WireInt = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Nodes (pods) to train on; each gets `gpus` GPUs. More than 1 runs the pods "
+        "as one group (an Indexed Job): one pod failing restarts them all from the last "
+        "checkpoint.",
+    )
+    distribution: DistributionSpec = Field(
+        default_factory=DistributionSpec,
+        description="How several processes share the work (strategy auto/ddp/fsdp).",
+    )
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=64,
+        description="Extra node labels the trainer pod requires (label key to value).",
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Tolerations, added to the operator's defaults."
+    )
+    affinity: JsonObject | None = Field(
+        default=None, description="A core/v1 Affinity, passed through to the pod."
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=NAME_PATTERN, description="PriorityClass for the pod."
+    )
+    service_account_name: ResourceName | None = Field(
+        default=None,
+        description="Run the trainer as this existing ServiceAccount instead of the per-job one "
+        "(e.g. for cloud IAM). Only names in the operator's allowedServiceAccounts are accepted: "
+        "choosing a pod's identity is a privilege.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@\-]*$",
+        description="Trainer image override; default the operator's trainer image.",
+    )
+
+    def processes_per_node(self) -> int:
+        """Training processes in one pod: one per GPU; on CPU processesPerNode (default 1)."""
+        if self.gpus:
+            return self.gpus
+        return self.distribution.processes_per_node or 1
+
+    def world_size(self) -> int:
+        """Training processes in the run, over all its pods."""
+        return self.processes_per_node() * self.nodes
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesSpec:
+        ppn = self.distribution.processes_per_node
+        if ppn is not None and self.gpus and ppn != self.gpus:
+            raise ValueError(
+                "spec.resources.distribution.processesPerNode: distribution.processesPerNode "
+                "must equal gpus (one process per GPU, so no reserved GPU sits idle); leave it out"
+            )
+        return self

@@ -1,0 +1,160 @@
+"""`FineTuneJob.spec`: the whole spec and its cross-field rules."""
+
+from __future__ import annotations
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from ._base import ResourceName, Spec, cel, validations
+from .dataset import DataFormat, DatasetSpec
+from .hyperparameters import Hyperparameters, Strategy
+from .method import MethodSpec, MethodType
+from .model import ClassificationSpec, ModelSource, TaskType
+from .output import OutputSpec, RunPolicy, TrackingSpec
+from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
+
+# ---------------------------------------------------------------------------------------------
+# The spec
+# ---------------------------------------------------------------------------------------------
+
+
+class FineTuneJobSpec(Spec):
+    """Desired state of a FineTuneJob: what to fine-tune, on what data, how, where the artifacts go."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.workloadPriorityClass) || has(self.queueName)",
+                "workloadPriorityClass needs queueName (the Kueue LocalQueue the run waits in)",
+                ".workloadPriorityClass",
+            ),
+            cel(
+                "self.task != 'sequence-classification' || has(self.classification)",
+                "task sequence-classification needs classification (numLabels or labelNames)",
+                ".classification",
+            ),
+            cel(
+                "self.task == 'sequence-classification' || !has(self.classification)",
+                "classification applies only to task sequence-classification",
+                ".classification",
+            ),
+            cel(
+                "(self.task == 'sequence-classification') == (self.dataset.format == 'classification')",
+                "dataset.format classification goes with task sequence-classification, and "
+                "only with it",
+                ".dataset.format",
+            ),
+            cel(
+                "!has(self.hyperparameters) || !has(self.hyperparameters.earlyStopping) || "
+                "has(self.dataset.validation)",
+                "earlyStopping needs dataset.validation",
+                ".hyperparameters.earlyStopping",
+            ),
+            cel(
+                "!has(self.hyperparameters) || !has(self.hyperparameters.evalStrategy) || "
+                "self.hyperparameters.evalStrategy == 'no' || has(self.dataset.validation)",
+                "evalStrategy needs dataset.validation",
+                ".hyperparameters.evalStrategy",
+            ),
+            cel(
+                "!has(self.resources) || !has(self.resources.distribution) || "
+                "!has(self.resources.distribution.strategy) || "
+                "self.resources.distribution.strategy != 'fsdp' || !has(self.method) || "
+                "!has(self.method.type) || "
+                "!(self.method.type in ['prompt-tuning', 'prefix-tuning'])",
+                "resources.distribution.strategy fsdp cannot shard prompt-tuning or "
+                "prefix-tuning (their virtual tokens live outside the sharded layers): use ddp "
+                "or auto",
+                ".resources.distribution.strategy",
+            ),
+            # Transition rules (oldSelf): checked on update only, and only where the object
+            # holding the rule exists before and after. They sit on the spec, which always
+            # does, and the fields always exist too (task has a default, output.uri is
+            # required); on a field's own schema a rule would be skipped when it is added or
+            # removed. tests/integration/test_api_crd.py updates a live object to check them.
+            cel(
+                "self.task == oldSelf.task", "task is immutable: create a new FineTuneJob", ".task"
+            ),
+            cel(
+                "self.output.uri == oldSelf.output.uri",
+                "output.uri is immutable (earlier runs' artifacts live there): create a new "
+                "FineTuneJob",
+                ".output.uri",
+            ),
+        )
+    )
+
+    task: TaskType = Field(
+        default=TaskType.CAUSAL_LM,
+        description="causal-lm (supervised fine-tuning of a generative model) or "
+        "sequence-classification. Immutable.",
+    )
+    classification: ClassificationSpec | None = Field(
+        default=None, description="Labels, for task sequence-classification."
+    )
+    model: ModelSource = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Training (and validation) data.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="Adaptation method.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Training hyperparameters."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Compute resources and placement."
+    )
+    output: OutputSpec = Field(description="Where artifacts are written.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Retry, deadline, suspend."
+    )
+    queue_name: ResourceName | None = Field(
+        default=None,
+        description="Kueue LocalQueue (in this namespace) the run waits in for quota. The Job is "
+        "created suspended with the kueue.x-k8s.io/queue-name label and Kueue admits it; phase "
+        "Queued until then. Unset: the namespace's default LocalQueue, if Kueue has one.",
+    )
+    workload_priority_class: ResourceName | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass of the run (needs queueName): orders the queue "
+        "and decides which admitted run Kueue may preempt (a preempted run is Suspended, and "
+        "resumes from its last checkpoint when admitted again).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FineTuneJobSpec:
+        is_cls = self.task == TaskType.SEQUENCE_CLASSIFICATION
+        if is_cls and self.classification is None:
+            raise ValueError(
+                "spec.classification: task sequence-classification needs classification "
+                "(numLabels or labelNames)"
+            )
+        if not is_cls and self.classification is not None:
+            raise ValueError(
+                "spec.classification: classification applies only to task sequence-classification"
+            )
+        if is_cls != (self.dataset.format == DataFormat.CLASSIFICATION):
+            raise ValueError(
+                "spec.dataset.format: dataset.format classification goes with task "
+                "sequence-classification, and only with it"
+            )
+        if (
+            self.resources.distribution.strategy == DistributionStrategy.FSDP
+            and MethodType(self.method.type) in PROMPT_METHODS
+        ):
+            raise ValueError(
+                "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
+                "cannot shard prompt-tuning or prefix-tuning (their virtual tokens live outside "
+                "the sharded layers): use ddp or auto"
+            )
+        h = self.hyperparameters
+        if h.early_stopping is not None and self.dataset.validation is None:
+            raise ValueError(
+                "spec.hyperparameters.earlyStopping: earlyStopping needs dataset.validation"
+            )
+        if h.eval_strategy != Strategy.NO and self.dataset.validation is None:
+            raise ValueError(
+                "spec.hyperparameters.evalStrategy: evalStrategy needs dataset.validation"
+            )
+        return self
