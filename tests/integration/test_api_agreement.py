@@ -27,13 +27,13 @@ import yaml
 from clusterlib import Cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubetune_api.build import crd
+from kubetune_api.build import crd as crdbuild
 from kubetune_api.v1alpha1 import FineTuneJob
 from pydantic import ValidationError
 from test_api_crd import api_dry_run, assert_same_defaults, cases, install_crd
 
 EXAMPLES = int(os.environ.get("KUBETUNE_AGREEMENT_EXAMPLES", "100"))
-SCHEMA = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+SCHEMA = crdbuild.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 SPEC_SCHEMA = SCHEMA["properties"]["spec"]
 REPO = Path(__file__).resolve().parents[2]
 NAME = "agreement"

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from clusterlib import Cluster
 from kubernetes.client.exceptions import ApiException
-from kubetune_api.build import crd
+from kubetune_api.build import crd as crdbuild
 from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_FILE = REPO / crd.CRD_PATHS[0]
+CRD_FILE = REPO / crdbuild.CRD_PATHS[0]
 # Dry runs are admitted like creates, so they need an existing namespace; nothing is stored.
 DRY_RUN_NAMESPACE = "default"
 
@@ -79,7 +79,7 @@ def install_crd(cluster: Cluster) -> None:
         "apply", "--server-side", "--force-conflicts", "--field-manager=kubetune-tests",
         "-f", str(CRD_FILE),
     )  # fmt: skip
-    cluster.wait_crd_established(crd.CRD_NAME)
+    cluster.wait_crd_established(crdbuild.CRD_NAME)
     # The handler for a changed schema is swapped in asynchronously: wait until a few probes get
     # the answers the committed schema gives.
     probes = [
@@ -108,7 +108,7 @@ def custom(crd: Cluster) -> Any:
 
 
 def test_crd_is_established_and_structural(crd: Cluster) -> None:
-    obj = crd.kubectl_json("get", "crd", crd.CRD_NAME)
+    obj = crd.kubectl_json("get", "crd", crdbuild.CRD_NAME)
     conditions = {c["type"]: c for c in obj["status"]["conditions"]}
     assert conditions["Established"]["status"] == "True"
     assert conditions["NamesAccepted"]["status"] == "True"
@@ -246,7 +246,7 @@ def _described_fields(node: dict[str, Any], prefix: str) -> list[tuple[str, str]
 
 
 def test_kubectl_explain_describes_every_field(crd: Cluster) -> None:
-    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = crdbuild.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     fields = _described_fields(schema["properties"]["spec"], "finetunejob.spec")
     fields += _described_fields(schema["properties"]["status"], "finetunejob.status")
     assert len(fields) > 150

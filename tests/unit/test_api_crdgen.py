@@ -17,14 +17,15 @@ import annotated_types
 import pytest
 import yaml
 from kubetune_api import v1alpha1 as c
-from kubetune_api.build import cli, crd
+from kubetune_api.build import cli
+from kubetune_api.build import crd as crdbuild
 from kubetune_api.build import docs as apidocs
 from kubetune_api.v1alpha1 import FineTuneJobSpec
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = crd.crd()
+CRD = crdbuild.crd()
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 SPEC = SCHEMA["properties"]["spec"]
@@ -71,7 +72,7 @@ def test_printer_columns() -> None:
 def test_schema_is_structural() -> None:
     for path, node in NODES:
         for key in node:
-            assert key in crd.ALLOWED_KEYS, f"{path}: unexpected key {key!r}"
+            assert key in crdbuild.ALLOWED_KEYS, f"{path}: unexpected key {key!r}"
         for key in ("$ref", "anyOf", "oneOf", "allOf", "not", "title", "$defs", "nullable"):
             assert key not in node, f"{path}: {key}"
         assert node.get("additionalProperties") is not False, path
@@ -305,7 +306,7 @@ def test_committed_files_are_current() -> None:
 
 
 def test_helm_copy_is_identical() -> None:
-    a, b = (REPO / p for p in crd.CRD_PATHS)
+    a, b = (REPO / p for p in crdbuild.CRD_PATHS)
     assert a.read_bytes() == b.read_bytes()
     assert yaml.safe_load(a.read_text()) == CRD
 
@@ -346,7 +347,7 @@ def test_check_fails_with_a_diff_when_stale(
 
 def test_check_fails_when_a_file_is_missing(tmp_path: Path) -> None:
     _copy_generated(tmp_path)
-    (tmp_path / crd.CRD_PATHS[1]).unlink()
+    (tmp_path / crdbuild.CRD_PATHS[1]).unlink()
     assert cli.main(["--check", "--root", str(tmp_path)]) == 1
 
 
@@ -356,5 +357,5 @@ def test_docs_mention_every_spec_field() -> None:
         if path.startswith((".spec.", ".status.")) and not path.endswith(("[]", "{}")):
             name = path.rsplit(".", 1)[-1].rstrip("[]{}")
             assert f"`{name}`" in docs, path
-    for col in crd.PRINTER_COLUMNS:
+    for col in crdbuild.PRINTER_COLUMNS:
         assert col["jsonPath"] in docs
