@@ -35,7 +35,7 @@ from kubetune_api.v1alpha1 import (
     run_prefix,
 )
 
-from . import group
+from . import group, policy
 from .settings import OperatorSettings
 
 # Labels and annotations on everything the operator creates.
@@ -306,6 +306,10 @@ def check(
     service_account(spec, owner_name, settings)
     check_secrets(spec, namespace, settings)
     check_tracking_hosts(spec, settings)
+    try:
+        policy.check(spec, namespace, settings)
+    except policy.PolicyError as e:
+        raise RenderError(e.reason, e.message) from None
     for field, value in (
         ("resources.cpu", spec.resources.cpu),
         ("resources.memory", spec.resources.memory),
@@ -577,7 +581,7 @@ def pod_spec(
     if tolerations:
         pod["tolerations"] = tolerations
     if res.affinity:
-        pod["affinity"] = res.affinity
+        pod["affinity"] = res.affinity.wire()
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
     return pod

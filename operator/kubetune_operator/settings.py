@@ -85,6 +85,29 @@ class OperatorSettings(BaseSettings):
         "(tracking.mlflow.trackingUri, tracking.wandb.baseUrl), and S3 endpoints other than "
         "the operator's (output.endpoint). Empty: none.",
     )
+    # Guardrails (chart values guardrails.*; kubetune_operator.policy).
+    allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="PriorityClasses a spec may name. Empty: any but system-*.",
+    )
+    allowed_toleration_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Taint keys a spec may tolerate. Empty: any key."
+    )
+    allow_wildcard_toleration: bool = Field(
+        default=False, description="Allow a toleration without a key (tolerates every taint)."
+    )
+    image_override_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces where resources.image may replace the trainer image (* for all).",
+    )
+    trust_remote_code_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces where model.trustRemoteCode may be true (* for all).",
+    )
+    namespace_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="JSON: namespace (or *) to {gpus, nodes, activeDeadlineSeconds} maxima.",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables /metrics.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
     leader_election: bool = True
@@ -113,6 +136,10 @@ class OperatorSettings(BaseSettings):
         "allowed_service_accounts",
         "allowed_secrets",
         "allowed_tracking_hosts",
+        "allowed_priority_classes",
+        "allowed_toleration_keys",
+        "image_override_namespaces",
+        "trust_remote_code_namespaces",
         mode="before",
     )
     @classmethod
@@ -126,7 +153,7 @@ class OperatorSettings(BaseSettings):
             value = json.loads(value) if value.strip() else []
         return value
 
-    @field_validator("default_node_selector", mode="before")
+    @field_validator("default_node_selector", "namespace_limits", mode="before")
     @classmethod
     def _json_map(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -180,7 +180,8 @@ def test_gpu_without_gpu_node_is_pending_unschedulable_then_runs_on_one(
 def test_image_that_cannot_be_pulled_is_pending_with_the_reason(
     cluster: Cluster, namespace: str, operators: Operators
 ) -> None:
-    operators.new()
+    # An image override is a guardrail the platform opts into (guardrails.imageOverrideNamespaces).
+    operators.new(env={"KUBETUNE_IMAGE_OVERRIDE_NAMESPACES": namespace})
     image = "registry.invalid/kubetune/trainer:missing"
     cluster.apply(stub_ftj("no-image", resources={"image": image}), namespace=namespace)
     ftj = Ftj(cluster, namespace, "no-image")

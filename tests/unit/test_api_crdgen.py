@@ -161,9 +161,10 @@ def test_quantities_are_int_or_string() -> None:
 def test_free_form_objects_preserve_unknown_fields() -> None:
     inline = SPEC["properties"]["dataset"]["properties"]["inline"]["items"]
     assert inline == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    assert SPEC["properties"]["resources"]["properties"]["affinity"][
-        "x-kubernetes-preserve-unknown-fields"
-    ]
+    # affinity is the typed core/v1 Affinity now: nothing unknown survives in it.
+    affinity = SPEC["properties"]["resources"]["properties"]["affinity"]
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert set(affinity["properties"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
     selector = SPEC["properties"]["resources"]["properties"]["nodeSelector"]
     assert selector["additionalProperties"]["type"] == "string"
 

@@ -379,3 +379,115 @@ def test_status_tolerates_nan_metrics() -> None:
     assert status.metrics is not None
     with pytest.raises(ValidationError):
         c.Hyperparameters.model_validate({"learningRate": float("nan")})
+
+
+# --- resources.affinity, nodeSelector: the core types, refused at apply when malformed ---------
+
+GOOD_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}
+            ]
+        },
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 50,
+                "preference": {"matchExpressions": [{"key": "zone", "operator": "Exists"}]},
+            }
+        ],
+    },
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 10,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app": "x"}},
+                },
+            }
+        ]
+    },
+}
+
+
+def test_a_core_affinity_round_trips_to_the_pod_unchanged() -> None:
+    res = c.ResourcesSpec.model_validate({"affinity": GOOD_AFFINITY})
+    assert res.affinity is not None
+    wire = res.affinity.wire()
+    # default-empty values lists appear; everything the user wrote is kept as written
+    pref = wire["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert pref["preference"]["matchExpressions"][0] == {
+        "key": "zone", "operator": "Exists", "values": []
+    }  # fmt: skip
+    assert wire["podAntiAffinity"] == GOOD_AFFINITY["podAntiAffinity"]
+
+
+@pytest.mark.parametrize(
+    ("affinity", "needle"),
+    [
+        ({"nodeAffinity": {"required": {}}}, "required"),  # a typo of the long field name
+        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}, "nodeSelectorTerms"),
+        (
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "Among", "values": ["a"]}]}]}}},
+            "operator",
+        ),
+        (
+            {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In"}]}]}}},
+            "values",
+        ),
+        ({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 0, "podAffinityTerm": {"topologyKey": "zone"}}]}}, "weight"),
+        ({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}, "topologyKey"),
+    ],
+)  # fmt: skip
+def test_a_malformed_affinity_is_refused_naming_the_field(affinity: dict, needle: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        c.ResourcesSpec.model_validate({"affinity": affinity})
+    assert needle in str(e.value)
+
+
+def test_node_selector_keys_must_be_label_keys() -> None:
+    c.ResourcesSpec.model_validate({"nodeSelector": {"example.com/pool": "gpu"}})
+    with pytest.raises(ValidationError, match="nodeSelector keys must be label keys"):
+        c.ResourcesSpec.model_validate({"nodeSelector": {"bad key!": "gpu"}})
+
+
+# --- settings a CPU run or the method cannot honour: refused at apply, not inside the pod ------
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "needle"),
+    [
+        ({"hyperparameters": {"optimizer": "paged_adamw_8bit"}}, "hyperparameters.optimizer", "GPUs only"),
+        ({"hyperparameters": {"optimizer": "adamw_8bit"}}, "hyperparameters.optimizer", "GPUs only"),
+        ({"hyperparameters": {"precision": "fp16"}}, "hyperparameters.precision", "GPUs only"),
+        (
+            {"method": {"type": "prefix-tuning"}, "output": {"uri": "s3://bkt/o", "adapter": False}},
+            "output.adapter",
+            "no merged form",
+        ),
+    ],
+)  # fmt: skip
+def test_settings_that_cannot_work_are_refused_naming_the_field(
+    patch: dict, field: str, needle: str
+) -> None:
+    raw = {**_minimal_spec(), **patch}
+    with pytest.raises(ValidationError) as e:
+        c.FineTuneJobSpec.model_validate(raw)
+    assert f"spec.{field}: " in str(e.value) and needle in str(e.value)
+    # the same settings with a GPU (or an adapter) are fine
+    if field.startswith("hyperparameters"):
+        c.FineTuneJobSpec.model_validate({**raw, "resources": {"gpus": 1}})
+    else:
+        c.FineTuneJobSpec.model_validate({**raw, "output": {"uri": "s3://bkt/o"}})
+
+
+def _minimal_spec() -> dict:
+    return {
+        "model": {"s3Uri": "s3://bkt/m/"},
+        "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
+        "output": {"uri": "s3://bkt/o"},
+    }

@@ -225,8 +225,10 @@ def test_training_kwargs_cpu_defaults_and_guards() -> None:
     assert kw["use_cpu"] is True and not kw["bf16"] and not kw["fp16"]
     assert kw["report_to"] == "none"
     assert "warmup_steps" not in kw and "load_best_model_at_end" not in kw
+    # The API refuses it with gpus: 0 (tests/unit/test_api_models.py); a pod that asked for a
+    # GPU but found no CUDA still gets the trainer's own refusal.
     with pytest.raises(ConfigError, match="paged_adamw_8bit needs a GPU"):
-        targs(spec(hyperparameters={"optimizer": "paged_adamw_8bit"}))
+        targs(spec(hyperparameters={"optimizer": "paged_adamw_8bit"}, resources={"gpus": 1}))
     from transformers import TrainingArguments
 
     TrainingArguments(**kw)

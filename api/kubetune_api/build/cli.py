@@ -84,4 +84,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.stdout.write(render_docs() if args.docs else render_crd())
     return 0
-

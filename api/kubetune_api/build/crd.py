@@ -292,5 +292,3 @@ def render_crd() -> str:
         crd(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True, indent=2
     )
     return HEADER + body
-
-

@@ -239,5 +239,3 @@ def render_docs() -> str:
     for name in status_names:
         out += _object_section(name, defs[name], defs, name)
     return "\n".join(out).rstrip("\n") + "\n"
-
-

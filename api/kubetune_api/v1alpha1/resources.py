@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -15,7 +16,6 @@ from pydantic import (
 from ._base import (
     INT32_MAX,
     NAME_PATTERN,
-    JsonObject,
     LabelValue,
     Quantity,
     ResourceName,
@@ -24,6 +24,7 @@ from ._base import (
     cel,
     validations,
 )
+from .affinity import LABEL_KEY_PATTERN, Affinity
 from .method import MethodType
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +126,14 @@ class ResourcesSpec(Spec):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
+                "!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('"
+                + LABEL_KEY_PATTERN
+                + "'))",
+                "nodeSelector keys must be label keys ([prefix/]name, name at most 63 "
+                "characters of alphanumerics, -, _ and .)",
+                ".nodeSelector",
+            ),
+            cel(
                 "!has(self.distribution) || !has(self.distribution.processesPerNode) || "
                 "!has(self.gpus) || self.gpus == 0 || "
                 "self.distribution.processesPerNode == self.gpus",
@@ -141,6 +150,17 @@ class ResourcesSpec(Spec):
         # The API server prunes null map values, like null fields.
         if isinstance(value, dict):
             return {k: v for k, v in value.items() if v is not None}
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key in value or {}:
+            if not re.match(LABEL_KEY_PATTERN, key) or len(key) > 316:
+                raise ValueError(
+                    "nodeSelector keys must be label keys ([prefix/]name, name at most 63 "
+                    "characters of alphanumerics, -, _ and .)"
+                )
         return value
 
     gpus: WireInt = Field(
@@ -194,8 +214,10 @@ class ResourcesSpec(Spec):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Tolerations, added to the operator's defaults."
     )
-    affinity: JsonObject | None = Field(
-        default=None, description="A core/v1 Affinity, passed through to the pod."
+    affinity: Affinity | None = Field(
+        default=None,
+        description="A core/v1 Affinity for the trainer pod (nodeAffinity, podAffinity, "
+        "podAntiAffinity), checked as the core type at apply.",
     )
     priority_class_name: str | None = Field(
         default=None, max_length=253, pattern=NAME_PATTERN, description="PriorityClass for the pod."

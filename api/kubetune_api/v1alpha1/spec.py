@@ -10,7 +10,7 @@ from pydantic import (
 
 from ._base import ResourceName, Spec, cel, validations
 from .dataset import DataFormat, DatasetSpec
-from .hyperparameters import Hyperparameters, Strategy
+from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
 from .method import MethodSpec, MethodType
 from .model import ClassificationSpec, ModelSource, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
@@ -19,6 +19,13 @@ from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
 # ---------------------------------------------------------------------------------------------
 # The spec
 # ---------------------------------------------------------------------------------------------
+
+
+GPU_ONLY_OPTIMIZERS = {
+    Optimizer.ADAMW_8BIT.value,
+    Optimizer.PAGED_ADAMW_8BIT.value,
+    Optimizer.PAGED_ADAMW_32BIT.value,
+}
 
 
 class FineTuneJobSpec(Spec):
@@ -69,6 +76,35 @@ class FineTuneJobSpec(Spec):
                 "prefix-tuning (their virtual tokens live outside the sharded layers): use ddp "
                 "or auto",
                 ".resources.distribution.strategy",
+            ),
+            # GPU-only settings on a CPU run would fail inside the trainer, after the
+            # downloads; refuse them at apply instead.
+            cel(
+                "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0) "
+                "|| !has(self.hyperparameters) || !has(self.hyperparameters.optimizer) || "
+                "!(self.hyperparameters.optimizer in "
+                "['adamw_8bit', 'paged_adamw_8bit', 'paged_adamw_32bit'])",
+                "the 8-bit and paged optimizers (bitsandbytes) run "
+                "on GPUs only; set resources.gpus, or use adamw_torch on CPU",
+                ".hyperparameters.optimizer",
+            ),
+            cel(
+                "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0) "
+                "|| !has(self.hyperparameters) || !has(self.hyperparameters.precision) || "
+                "self.hyperparameters.precision != 'fp16'",
+                "fp16 mixed precision runs on GPUs only; set "
+                "resources.gpus, or use bf16, fp32 or auto on CPU",
+                ".hyperparameters.precision",
+            ),
+            # An output the method cannot produce: prompt/prefix tuning trains virtual tokens,
+            # which have no merged form, so asking only for a merged model yields nothing.
+            cel(
+                "!has(self.method) || !has(self.method.type) || "
+                "!(self.method.type in ['prompt-tuning', 'prefix-tuning']) || "
+                "!has(self.output.adapter) || self.output.adapter",
+                "output.adapter: prompt-tuning and prefix-tuning have no merged form (their "
+                "virtual tokens are not weights of the model): set output.adapter: true",
+                ".output.adapter",
             ),
             # Transition rules (oldSelf): checked on update only, and only where the object
             # holding the rule exists before and after. They sit on the spec, which always
@@ -149,6 +185,23 @@ class FineTuneJobSpec(Spec):
                 "the sharded layers): use ddp or auto"
             )
         h = self.hyperparameters
+        if not self.resources.gpus and h.optimizer in GPU_ONLY_OPTIMIZERS:
+            raise ValueError(
+                "spec.hyperparameters.optimizer: the 8-bit and paged optimizers"
+                " (bitsandbytes) run on GPUs only; set resources.gpus, or use "
+                "adamw_torch on CPU"
+            )
+        if not self.resources.gpus and h.precision == Precision.FP16:
+            raise ValueError(
+                "spec.hyperparameters.precision: fp16 mixed precision runs on GPUs only"
+                "; set resources.gpus, or use bf16, fp32 or auto on CPU"
+            )
+        if MethodType(self.method.type) in PROMPT_METHODS and not self.output.adapter:
+            raise ValueError(
+                "spec.output.adapter: prompt-tuning and prefix-tuning have no merged form"
+                " (their virtual tokens are not weights of the model): set "
+                "output.adapter: true"
+            )
         if h.early_stopping is not None and self.dataset.validation is None:
             raise ValueError(
                 "spec.hyperparameters.earlyStopping: earlyStopping needs dataset.validation"

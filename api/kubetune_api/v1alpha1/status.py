@@ -85,6 +85,12 @@ class Reason(StrEnum):
     NAME_CONFLICT = "NameConflict"
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
     TRACKING_HOST_NOT_ALLOWED = "TrackingHostNotAllowed"
+    # The platform's guardrails (chart values guardrails.*): no Job is created.
+    PRIORITY_CLASS_NOT_ALLOWED = "PriorityClassNotAllowed"
+    TOLERATION_NOT_ALLOWED = "TolerationNotAllowed"
+    LIMIT_EXCEEDED = "LimitExceeded"
+    IMAGE_OVERRIDE_NOT_ALLOWED = "ImageOverrideNotAllowed"
+    TRUST_REMOTE_CODE_NOT_ALLOWED = "TrustRemoteCodeNotAllowed"
     QUEUED = "Queued"
     # Running
     TRAINING = "Training"

@@ -1,0 +1,140 @@
+"""The platform's guardrails (issue 18, floor 4) on the real API server and operator:
+
+- the chart's ValidatingAdmissionPolicy, rendered by helm from guardrails values, refuses a
+  violating FineTuneJob at `kubectl apply`, naming the field and the chart value, per namespace;
+- the operator refuses the same spec at reconcile (an object the policy did not see) with a
+  Failed/Stalled status naming the field, and creates no Job.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from clusterlib import Cluster
+from operator_harness import (  # noqa: F401 (fixtures)
+    Ftj,
+    Operators,
+    op_identity_fixture,
+    operators_fixture,
+    stub_ftj,
+)
+from test_api_crd import install_crd
+
+pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "kubetune"
+
+
+def _policy(
+    cluster: Cluster, release: str, guardrails: dict[str, Any], namespaces: list[str]
+) -> str:
+    return subprocess.run(
+        [cluster.helm_path, "template", release, str(CHART),
+         "--set-json", f"guardrails={json.dumps(guardrails)}",
+         "--set-json", f"watchNamespaces={json.dumps(namespaces)}",
+         "--show-only", "templates/guardrails-policy.yaml"],
+        capture_output=True, text=True, check=True, env=cluster.process_env(), timeout=120,
+    ).stdout  # fmt: skip
+
+
+@pytest.fixture(name="teams")
+def teams_fixture(cluster: Cluster, namespace: str) -> Iterator[tuple[str, str]]:
+    """Two team namespaces under one policy: `namespace` gets the default limits, `big` its own
+    (and may override the image)."""
+    install_crd(cluster)
+    big = f"{namespace[:50]}-big"
+    cluster.kubectl("create", "namespace", big)
+    release = f"g{uuid.uuid4().hex[:6]}"
+    manifest = _policy(
+        cluster,
+        release,
+        {
+            "admissionPolicy": True,
+            "imageOverrideNamespaces": [big],
+            "limits": {
+                "*": {"gpus": 2, "nodes": 1, "activeDeadlineSeconds": 3600},
+                big: {"gpus": 8, "nodes": 4},
+            },
+        },
+        [namespace, big],
+    )
+    kinds = [d["kind"] for d in yaml.safe_load_all(manifest) if d]
+    assert kinds == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    try:
+        yield namespace, big
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
+        cluster.kubectl("delete", "namespace", big, "--wait=false", check=False)
+
+
+def _apply(cluster: Cluster, ns: str, **spec: Any) -> subprocess.CompletedProcess[str]:
+    obj = stub_ftj(f"g-{uuid.uuid4().hex[:6]}", **spec)
+    return cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", namespace=ns, input=json.dumps(obj), check=False
+    )
+
+
+OK = {"runPolicy": {"backoffLimit": 0, "activeDeadlineSeconds": 600}}
+
+
+def _wait_active(cluster: Cluster, ns: str) -> None:
+    """The API server loads a new policy within a second or two: wait until it refuses."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if _apply(cluster, ns, resources={"gpus": 0, "nodes": 3}, **OK).returncode != 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the guardrails policy never took effect")
+
+
+def test_the_admission_policy_refuses_violations_at_apply_per_namespace(
+    cluster: Cluster, teams: tuple[str, str]
+) -> None:
+    team, big = teams
+    _wait_active(cluster, team)
+    assert _apply(cluster, team, **OK).returncode == 0, "a plain spec must pass"
+
+    refused = {
+        "spec.resources.priorityClassName": {"resources": {"priorityClassName": "system-node-critical"}},
+        "spec.resources.tolerations": {"resources": {"tolerations": [{"operator": "Exists"}]}},
+        "spec.resources.image": {"resources": {"image": "ghcr.io/me/trainer:x"}},
+        "spec.model.trustRemoteCode": {"model": {"hubId": "stub/ok", "trustRemoteCode": True}},
+        "spec.resources.gpus": {"resources": {"gpus": 4}},
+    }  # fmt: skip
+    for field, patch in refused.items():
+        out = _apply(cluster, team, **{**OK, **patch})
+        assert out.returncode != 0, f"{field} was accepted"
+        assert field in out.stderr and "chart value guardrails." in out.stderr, out.stderr
+    missing_deadline = _apply(cluster, team, runPolicy={"backoffLimit": 0})
+    assert "spec.runPolicy.activeDeadlineSeconds: must be set" in missing_deadline.stderr
+
+    # The big team's own entry: 8 GPUs, 4 nodes, no deadline needed, its own image allowed.
+    assert _apply(cluster, big, resources={"gpus": 8, "nodes": 4, "image": "ghcr.io/me/t:x"}).returncode == 0  # fmt: skip
+    assert "at most 8 in namespace" in _apply(cluster, big, resources={"gpus": 9}).stderr
+
+
+def test_the_operator_refuses_a_system_priority_class_without_creating_a_job(
+    cluster: Cluster, namespace: str, operators: Operators
+) -> None:
+    # No admission policy here: the object reaches the operator, which holds the same line.
+    operators.new()
+    cluster.apply(
+        stub_ftj("greedy", resources={"priorityClassName": "system-node-critical"}),
+        namespace=namespace,
+    )
+    ftj = Ftj(cluster, namespace, "greedy")
+    st = ftj.wait_phase("Failed", "Succeeded", timeout=60)
+    assert st["phase"] == "Failed", st
+    cond = ftj.condition("Stalled")
+    assert cond["status"] == "True" and cond["reason"] == "PriorityClassNotAllowed"
+    assert cond["message"].startswith("spec.resources.priorityClassName: 'system-node-critical'")
+    assert ftj.jobs() == []
