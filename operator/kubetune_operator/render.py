@@ -35,7 +35,7 @@ from kubetune_api.v1alpha1 import (
     run_prefix,
 )
 
-from . import group, policy
+from . import group, podoptions, policy
 from .settings import OperatorSettings
 
 # Labels and annotations on everything the operator creates.
@@ -231,7 +231,7 @@ def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
         refs.append(("tracking.mlflow.tokenSecretRef", tracking.mlflow.token_secret_ref.name))
     if tracking.wandb is not None:
         refs.append(("tracking.wandb.apiKeySecretRef", tracking.wandb.api_key_secret_ref.name))
-    return refs
+    return refs + podoptions.secret_refs(spec)
 
 
 def check_secrets(spec: FineTuneJobSpec, namespace: str, settings: OperatorSettings) -> None:
@@ -649,12 +649,9 @@ def job(
     # runPolicy.ttlSecondsAfterFinished is applied by the operator (runs.expired_jobs), not as
     # the Job's own TTL: the TTL controller could delete a Job, and with it the pod holding the
     # trainer's result, before the operator has read it (e.g. while the operator restarts).
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": job_spec,
-    }
+    rendered = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+    podoptions.apply(rendered, spec, settings)
+    return rendered
 
 
 def rbac(spec: FineTuneJobSpec, owner: Owner, settings: OperatorSettings) -> list[dict[str, Any]]:

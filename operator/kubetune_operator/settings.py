@@ -85,6 +85,14 @@ class OperatorSettings(BaseSettings):
         "(tracking.mlflow.trackingUri, tracking.wandb.baseUrl), and S3 endpoints other than "
         "the operator's (output.endpoint). Empty: none.",
     )
+    trainer_image_pull_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Pull secrets of every trainer pod (its namespace's)."
+    )
+    extra_ca_bundle_config_map: str | None = Field(
+        default=None,
+        description="ConfigMap (in the run's namespace) with a PEM bundle every trainer trusts.",
+    )
+    extra_ca_bundle_key: str = Field(default="ca.crt", description="Its key.")
     # Guardrails (chart values guardrails.*; kubetune_operator.policy).
     allowed_priority_classes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -137,6 +145,7 @@ class OperatorSettings(BaseSettings):
         "allowed_secrets",
         "allowed_tracking_hosts",
         "allowed_priority_classes",
+        "trainer_image_pull_secrets",
         "allowed_toleration_keys",
         "image_override_namespaces",
         "trust_remote_code_namespaces",

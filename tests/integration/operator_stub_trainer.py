@@ -107,6 +107,11 @@ def main() -> int:
             if k in os.environ
         }
         print("secret digests " + json.dumps(digests, sort_keys=True), flush=True)
+        # What spec.pod put in the environment (names and whether the CA file is mounted).
+        ca = os.environ.get("KUBETUNE_EXTRA_CA_BUNDLE", "")
+        extra = {k: os.environ.get(k) for k in ("HTTPS_PROXY", "HF_ENDPOINT", "PROXY_USER")}
+        extra["ca_file"] = os.path.isfile(ca) if ca else None
+        print("pod options " + json.dumps(extra, sort_keys=True), flush=True)
         report(cfg, 0, steps, "train")
         time.sleep(steps / 10)
         report(cfg, steps, steps, "upload")

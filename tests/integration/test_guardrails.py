@@ -138,3 +138,47 @@ def test_the_operator_refuses_a_system_priority_class_without_creating_a_job(
     assert cond["status"] == "True" and cond["reason"] == "PriorityClassNotAllowed"
     assert cond["message"].startswith("spec.resources.priorityClassName: 'system-node-critical'")
     assert ftj.jobs() == []
+
+
+# Only its presence as a mounted file is checked here (the stub trainer does not parse it).
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_pod_options_reach_the_running_pod(
+    cluster: Cluster, namespace: str, operators: Operators
+) -> None:
+    """spec.pod (issue 18, floor 6) through to the pod: labels and annotations on Job and pod,
+    plain env, env from a ConfigMap and from an allowed Secret, an extra CA bundle file."""
+    cluster.kubectl("create", "configmap", "hub-mirror", "--from-literal=HF_ENDPOINT=http://mirror.corp",
+                    namespace=namespace)  # fmt: skip
+    cluster.kubectl("create", "secret", "generic", "proxy-auth", "--from-literal=USER=svc-train",
+                    namespace=namespace)  # fmt: skip
+    cluster.kubectl("create", "configmap", "corp-ca", f"--from-literal=bundle.pem={CA_PEM}",
+                    namespace=namespace)  # fmt: skip
+    operators.new(env={"KUBETUNE_ALLOWED_SECRETS": f"{namespace}/proxy-auth"})
+    pod_options = {
+        "labels": {"cost-center": "nlp-42"},
+        "annotations": {"example.com/owner": "team-nlp"},
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"}],
+        "envFrom": [
+            {"configMapRef": {"name": "hub-mirror"}},
+            {"secretRef": {"name": "proxy-auth"}, "prefix": "PROXY_"},
+        ],
+        "extraCaBundle": {"name": "corp-ca", "key": "bundle.pem"},
+    }
+    cluster.apply(stub_ftj("dressed", pod=pod_options), namespace=namespace)
+    ftj = Ftj(cluster, namespace, "dressed")
+    assert ftj.wait_phase("Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
+    (job,) = ftj.jobs()
+    (pod,) = ftj.pods()
+    for meta in (job["metadata"], pod["metadata"]):
+        assert meta["labels"]["cost-center"] == "nlp-42"
+        assert meta["annotations"]["example.com/owner"] == "team-nlp"
+    log = cluster.pod_log(namespace, pod["metadata"]["name"])
+    seen = json.loads(log.split("pod options ", 1)[1].splitlines()[0])
+    assert seen == {
+        "HTTPS_PROXY": "http://proxy.corp:3128",
+        "HF_ENDPOINT": "http://mirror.corp",
+        "PROXY_USER": "svc-train",
+        "ca_file": True,
+    }

@@ -426,9 +426,17 @@ def test_trainer_egress_networkpolicy_needs_namespaces() -> None:
     assert res.returncode != 0 and "trainerNetworkPolicy.namespaces" in res.stderr
 
 
+CLUSTER_SCOPED = (
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+)
+
+
 def test_every_namespaced_object_is_in_the_release_namespace() -> None:
     for o in render():
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in CLUSTER_SCOPED:
             assert o["metadata"].get("namespace") == RELEASE_NS, o["kind"]
 
 

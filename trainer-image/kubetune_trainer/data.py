@@ -388,7 +388,10 @@ def load_rows(resolved: ResolvedData, cache_dir: Path, what: str) -> Any:
                 hub.config,
                 split=hub.split,
                 revision=hub.revision,
-                token=os.environ.get("HF_TOKEN") or None,
+                # A private dataset has its own token (dataset.tokenSecretRef); else the model's.
+                token=os.environ.get("KUBETUNE_DATASET_HF_TOKEN")
+                or os.environ.get("HF_TOKEN")
+                or None,
                 cache_dir=str(cache_dir),
             )
         return datasets.load_dataset(

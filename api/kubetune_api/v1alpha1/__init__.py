@@ -114,6 +114,7 @@ from .output import (
     TrackingSpec,
     WandbSpec,
 )
+from .pod import ConfigMapKeyRef, EnvFromSource, EnvVar, LocalObjectRef, PodOptions
 from .refs import PVCPath, S3CredentialsRef, SecretKeyRef
 from .resource import FineTuneJob
 from .resources import (
@@ -166,6 +167,7 @@ __all__ = [
     "Condition",
     "ConditionType",
     "ConfigError",
+    "ConfigMapKeyRef",
     "DataFormat",
     "DataSource",
     "DatasetError",
@@ -173,6 +175,8 @@ __all__ = [
     "DistributionSpec",
     "DistributionStrategy",
     "EarlyStoppingSpec",
+    "EnvFromSource",
+    "EnvVar",
     "FieldMapping",
     "FileFormat",
     "FineTuneJob",
@@ -187,6 +191,7 @@ __all__ = [
     "LabelSelector",
     "LabelSelectorRequirement",
     "LabelValue",
+    "LocalObjectRef",
     "LoraBias",
     "LoraSpec",
     "MergedDtype",
@@ -208,6 +213,7 @@ __all__ = [
     "Phase",
     "PodAffinity",
     "PodAffinityTerm",
+    "PodOptions",
     "Precision",
     "PreferredSchedulingTerm",
     "PrefixTuningSpec",

@@ -23,7 +23,7 @@ from ._base import (
     cel,
     validations,
 )
-from .refs import PVCPath
+from .refs import PVCPath, SecretKeyRef
 
 # ---------------------------------------------------------------------------------------------
 # Dataset
@@ -177,6 +177,12 @@ class DatasetSpec(DataSource):
                 "textTemplate applies only to format text",
                 ".textTemplate",
             ),
+            cel(
+                "!has(self.tokenSecretRef) || has(self.hub) || "
+                "(has(self.validation) && has(self.validation.hub))",
+                "tokenSecretRef applies only to a Hub dataset (hub or validation.hub)",
+                ".tokenSecretRef",
+            ),
         )
     )
 
@@ -197,6 +203,11 @@ class DatasetSpec(DataSource):
         "'Quote: {quote} Author: {author}'. Placeholders are column names, optionally with a "
         "format spec ({score:.2f}); write {{ and }} for literal braces. Attribute and index "
         "access ({a.b}, {a[0]}) is not allowed. A row missing a column is a bad row.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a Hugging Face token for a gated or private Hub "
+        "dataset (hub, validation.hub); the model's token (model.tokenSecretRef) is separate.",
     )
     validation: ValidationSpec | None = Field(
         default=None,
@@ -250,4 +261,10 @@ class DatasetSpec(DataSource):
             raise ValueError("spec.dataset.packing: packing applies to causal-lm formats only")
         if self.text_template is not None and self.format != DataFormat.TEXT:
             raise ValueError("spec.dataset.textTemplate: textTemplate applies only to format text")
+        hub_validation = self.validation is not None and self.validation.hub is not None
+        if self.token_secret_ref is not None and self.hub is None and not hub_validation:
+            raise ValueError(
+                "spec.dataset.tokenSecretRef: tokenSecretRef applies only to a Hub dataset "
+                "(hub or validation.hub)"
+            )
         return self

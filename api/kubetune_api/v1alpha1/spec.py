@@ -14,6 +14,7 @@ from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
 from .method import MethodSpec, MethodType
 from .model import ClassificationSpec, ModelSource, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
+from .pod import PodOptions
 from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +145,11 @@ class FineTuneJobSpec(Spec):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     run_policy: RunPolicy = Field(
         default_factory=RunPolicy, description="Retry, deadline, suspend."
+    )
+    pod: PodOptions | None = Field(
+        default=None,
+        description="Labels, annotations, pull secrets, extra environment and an extra CA "
+        "bundle for the run's Job and pods.",
     )
     queue_name: ResourceName | None = Field(
         default=None,
