@@ -12,7 +12,9 @@ from kubetune_api.v1alpha1 import FineTuneJobSpec
 
 from .settings import OperatorSettings
 
-CA_DIR = "/etc/kubetune/ca"
+# Beside, not inside, the config volume (/etc/kubetune): a mount point cannot be created inside
+# a read-only volume.
+CA_DIR = "/etc/kubetune-ca"
 CA_VOLUME = "extra-ca"
 DATASET_TOKEN_ENV = "KUBETUNE_DATASET_HF_TOKEN"
 

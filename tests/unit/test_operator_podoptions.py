@@ -58,12 +58,12 @@ def test_pod_options_reach_the_job_and_its_pod_without_touching_the_operators_ow
         "name": "hf-data",
         "key": "t",
     }
-    assert env["KUBETUNE_EXTRA_CA_BUNDLE"]["value"] == "/etc/kubetune/ca/bundle.pem"
+    assert env["KUBETUNE_EXTRA_CA_BUNDLE"]["value"] == "/etc/kubetune-ca/bundle.pem"
     assert c["envFrom"] == [
         {"configMapRef": {"name": "hub-mirror"}},
         {"secretRef": {"name": "proxy-auth"}, "prefix": "PROXY_"},
     ]
-    assert {"name": "extra-ca", "mountPath": "/etc/kubetune/ca", "readOnly": True} in c[
+    assert {"name": "extra-ca", "mountPath": "/etc/kubetune-ca", "readOnly": True} in c[
         "volumeMounts"
     ]
     vol = next(v for v in pod["volumes"] if v["name"] == "extra-ca")
@@ -80,7 +80,7 @@ def test_platform_pull_secrets_and_ca_bundle_apply_to_every_run() -> None:
     pod = job(spec(), st)["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "mirror"}]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["KUBETUNE_EXTRA_CA_BUNDLE"] == "/etc/kubetune/ca/ca.crt"
+    assert env["KUBETUNE_EXTRA_CA_BUNDLE"] == "/etc/kubetune-ca/ca.crt"
     both = job(spec(pod={"imagePullSecrets": ["team-registry", "mirror"]}), st)
     assert both["spec"]["template"]["spec"]["imagePullSecrets"] == [
         {"name": "mirror"}, {"name": "team-registry"}
