@@ -420,10 +420,11 @@ def test_trainer_egress_networkpolicy_is_opt_in_and_allows_only_what_is_listed()
     nps = [o for o in objs if o["metadata"]["name"].endswith("-trainer-egress")]
     assert sorted(np["metadata"]["namespace"] for np in nps) == ["ml-a", "ml-b"]
     spec = nps[0]["spec"]
-    # Selects the pods the operator renders (render.labels), and nothing else.
+    # Selects the pods the operator renders (naming.child_labels), and nothing else.
+    from kubetune_operator import naming as op_naming
     from kubetune_operator import render as op_render
 
-    pod_labels = op_render._labels(op_render.Owner("ml-a", "j", "u"), run=1)
+    pod_labels = op_naming.child_labels(op_render.Owner("ml-a", "j", "u"), run=1)
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert spec["policyTypes"] == ["Egress"]
     rules = spec["egress"]
