@@ -104,13 +104,20 @@ def test_a_crash_at_any_request_converges_to_the_crash_free_result(
         assert set(events(kube)) == set(want_events), where
 
 
+def first_pass_dies(
+    kube: FakeKube, settings: OperatorSettings, verb: str, resource: str, before: bool
+) -> None:
+    """A new FineTuneJob's first pass, killed before or after its first `verb` on `resource`."""
+    kube.put(finetunejob())
+    kube.crash_on(verb, resource, before=before)
+    with pytest.raises(Crash):
+        reconcile(kube, settings)
+
+
 def test_crash_after_job_create_before_status_adopts_the_job(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:
-    fake_kube.put(finetunejob())
-    fake_kube.crash_on("create", "jobs", before=False)
-    with pytest.raises(Crash):
-        reconcile(fake_kube, operator_settings)
+    first_pass_dies(fake_kube, operator_settings, "create", "jobs", before=False)
     job = job_of(fake_kube, 1)
     assert job is not None and not ftj(fake_kube).get("status")
     settle(fake_kube, operator_settings)
@@ -124,10 +131,7 @@ def test_crash_after_job_create_before_status_adopts_the_job(
 def test_crash_after_configmap_before_job_creates_the_job_once(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:
-    fake_kube.put(finetunejob())
-    fake_kube.crash_on("create", "jobs", before=True)
-    with pytest.raises(Crash):
-        reconcile(fake_kube, operator_settings)
+    first_pass_dies(fake_kube, operator_settings, "create", "jobs", before=True)
     cm = fake_kube.find("ConfigMap", NS, render.config_map_name(NAME, 1))
     assert cm is not None and job_of(fake_kube, 1) is None
     settle(fake_kube, operator_settings)
@@ -139,10 +143,7 @@ def test_crash_after_configmap_before_job_creates_the_job_once(
 def test_crash_between_record_and_status_rewrites_the_status(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:
-    fake_kube.put(finetunejob())
-    fake_kube.crash_on("patch", "finetunejobs/status", before=True)
-    with pytest.raises(Crash):
-        reconcile(fake_kube, operator_settings)
+    first_pass_dies(fake_kube, operator_settings, "patch", "finetunejobs/status", before=True)
     assert ledger.recorded(ftj(fake_kube)) is not None and not ftj(fake_kube).get("status")
     settle(fake_kube, operator_settings)
     record = ledger.recorded(ftj(fake_kube))
