@@ -143,31 +143,7 @@ class PodExec:
         else:
             cmd = ["/bin/sh", str(script), *argv]
         r.container_id = f"kubetune://{self.uid}-{r.name}-{r.restarts}"
-        r.started_at = now()
-        with open(r.log_path, "ab") as out:
-            r.proc = subprocess.Popen(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                cwd=str(self._home()),
-            )
-        log.info(
-            "%s/%s: started %s (pid %d): %s",
-            self.ns,
-            self.pod_name,
-            r.name,
-            r.proc.pid,
-            shlex.join(argv),
-        )
-        r.state = {"running": {"startedAt": r.started_at}}
-        if not r.init:
-            self.phase = "Running"
-        self._event("Normal", "Started", f"Started container {r.name}")
-        self.push()
+        self._launch(r, cmd, env, argv, "")
 
     def _spawn_in_image(
         self, r: ContainerRun, env: dict[str, str], argv: list[str], limit: int | None
@@ -199,11 +175,18 @@ class PodExec:
         penv.update({k: cenv[k] for k in multiline})
         r.container_id = f"podman://{r.podman_name}"
         r.signalled = False
+        self._launch(r, podman_argv, penv, argv, f" in image {r.spec.get('image')}")
+
+    def _launch(
+        self, r: ContainerRun, cmd: list[str], env: dict[str, str], argv: list[str], where: str
+    ) -> None:
+        """Start `cmd` for container `r` (its output appended to its log); it is Running."""
+        assert r.log_path is not None
         r.started_at = now()
         with open(r.log_path, "ab") as out:
             r.proc = subprocess.Popen(
-                podman_argv,
-                env=penv,
+                cmd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -212,8 +195,8 @@ class PodExec:
                 cwd=str(self._home()),
             )
         log.info(
-            "%s/%s: started %s in image %s (pid %d): %s",
-            self.ns, self.pod_name, r.name, r.spec.get("image"), r.proc.pid, shlex.join(argv),
+            "%s/%s: started %s%s (pid %d): %s",
+            self.ns, self.pod_name, r.name, where, r.proc.pid, shlex.join(argv),
         )  # fmt: skip
         r.state = {"running": {"startedAt": r.started_at}}
         if not r.init:
