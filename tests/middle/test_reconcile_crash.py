@@ -20,7 +20,6 @@ from kubetune_operator.reconcile import Requeue
 from kubetune_operator.settings import OperatorSettings
 from scenarios import (
     NAME,
-    NOW,
     NS,
     SCENARIOS,
     UID,
@@ -274,4 +273,3 @@ def test_a_status_forged_by_the_trainer_is_reverted(
     settle(fake_kube, operator_settings)
     assert ftj(fake_kube)["status"] == honest
     assert job_of(fake_kube, 7) is None and job_of(fake_kube, 8) is None
-    assert NOW  # the scenarios' clock
