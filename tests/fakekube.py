@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from kubetune_operator.k8s import KINDS, REQUEST_TIMEOUT, ApiError, Kube
+from kubetune_operator.k8s import KINDS, ApiError, Kube
 
 JSON = dict[str, Any]
 
@@ -188,17 +188,10 @@ class FakeKube(Kube):
 
     # ------------------------------------------------------------------------ transport
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        query: dict[str, str] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        expected: tuple[int, ...] = (),
-        timeout: tuple[float, float] = REQUEST_TIMEOUT,
-    ) -> Any:
+    def request(  # Kube.request's signature; timeouts and `expected` mean nothing here
+        self, method: str, url: str, *, query: dict[str, str] | None = None, body: Any = None,
+        content_type: str = "application/json", **_: Any,
+    ) -> Any:  # fmt: skip
         u = parse_url(url)
         verb = ("get" if u.name is not None else "list") if method == "GET" else _VERBS[method]
         resource = f"{u.plural}/{u.sub}" if u.sub else u.plural
