@@ -132,6 +132,25 @@ def complete(kube: FakeKube, run: int) -> None:
     }})  # fmt: skip
 
 
+def fail(kube: FakeKube, run: int, code: int = 11) -> None:
+    """Run `run`'s trainer exited `code` and the Job controller marked its Job Failed."""
+    pod(kube, run, "Failed", {
+        "exitCode": code, "reason": "Error", "startedAt": "2026-01-01T11:00:00Z",
+        "finishedAt": "2026-01-01T11:10:00Z",
+        "message": json.dumps({"outcome": "Failed", "reason": "DatasetInvalid", "message": "row 3"}),
+    })  # fmt: skip
+    stamp = "2026-01-01T11:10:00Z"
+    kube.edit("Job", NS, render.job_name(NAME, run), {"status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+         "lastTransitionTime": stamp},
+    ]}})  # fmt: skip
+
+
+def admit(kube: FakeKube, run: int) -> None:
+    """Kueue admits run `run`'s Job: it unsuspends it (the operator must leave that alone)."""
+    kube.edit("Job", NS, render.job_name(NAME, run), {"spec": {"suspend": False}})
+
+
 def change_spec(kube: FakeKube, **spec: Any) -> None:
     """The user edits the spec (the API server bumps the generation)."""
     obj = ftj(kube)
@@ -188,6 +207,17 @@ def _queued_then_done(kube: FakeKube, settings: OperatorSettings) -> None:
     complete(kube, 1)
 
 
+def _failed(kube: FakeKube, settings: OperatorSettings) -> None:
+    _running(kube, settings)
+    fail(kube, 1)
+
+
+def _queued_in_kueue_then_admitted(kube: FakeKube, settings: OperatorSettings) -> None:
+    kube.put(finetunejob(queueName="team-q"))
+    settle(kube, settings)
+    admit(kube, 1)
+
+
 def _suspended(kube: FakeKube, settings: OperatorSettings) -> None:
     _running(kube, settings)
     change_spec(kube, runPolicy={"suspend": True})
@@ -239,6 +269,8 @@ SCENARIOS = [
     Scenario("first-run-of-two-nodes", _new({"resources": TWO_NODES})),
     Scenario("two-node-spec-change-restarts", _two_nodes_restarted),
     Scenario("completed", _completed),
+    Scenario("failed", _failed),
+    Scenario("kueue-admits", _queued_in_kueue_then_admitted),
     Scenario("spec-change-restarts", _restarted),
     Scenario("queued-change-after-completion", _queued_then_done),
     Scenario("suspend", _suspended),

@@ -24,6 +24,7 @@ from scenarios import (
     SCENARIOS,
     UID,
     Scenario,
+    admit,
     finetunejob,
     ftj,
     job_of,
@@ -261,6 +262,23 @@ def test_a_deleted_or_deleting_finetunejob_is_left_alone(
     before = fake_kube.revision
     reconcile(fake_kube, operator_settings)
     assert fake_kube.revision == before and not _writes(fake_kube.calls)
+
+
+def test_kueue_suspend_and_admission_are_never_undone(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    """A Job in a Kueue queue is created suspended; Kueue unsuspends it on admission and may
+    suspend it again on preemption. The operator patches neither (runPolicy.suspend is unset)."""
+    fake_kube.put(finetunejob(queueName="team-q"))
+    settle(fake_kube, operator_settings)
+    job = job_of(fake_kube, 1)
+    assert job is not None and job["spec"]["suspend"] is True
+    admit(fake_kube, 1)
+    settle(fake_kube, operator_settings)
+    fake_kube.edit("Job", NS, job["metadata"]["name"], {"spec": {"suspend": True}})  # preempted
+    settle(fake_kube, operator_settings)
+    assert job_of(fake_kube, 1)["spec"]["suspend"] is True  # type: ignore[index]
+    assert not [c for c in fake_kube.calls if c.resource == "jobs" and c.verb == "patch"]
 
 
 def test_a_status_forged_by_the_trainer_is_reverted(
