@@ -90,9 +90,10 @@ def test_a_crash_at_any_request_converges_to_the_crash_free_result(
     reference, requests = clean(scenario, operator_settings)
     want, want_events = snapshot(reference), events(reference)
     assert requests > 0
+    start = FakeKube()
+    scenario.setup(start, operator_settings)
     for n in range(requests):
-        kube = FakeKube()
-        scenario.setup(kube, operator_settings)
+        kube = copy.deepcopy(start)  # the cluster as the pass finds it
         kube.crash_at(n, before=before)
         with pytest.raises(Crash):
             settle(kube, operator_settings, scenario.now)
