@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools images lint typecheck unit integration test demo crds check-crds cluster-up cluster-down docs
+.PHONY: help venv tools images lint typecheck unit middle integration test demo crds check-crds cluster-up cluster-down docs
 
 help:
 	@echo "make demo   - bring up the local control plane + MinIO, run the quickstart FineTuneJob end to end"
@@ -48,6 +48,10 @@ check-crds: venv
 
 unit: venv
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+# The middle tier: reconcile and leader election over a fake API server (seconds, no cluster).
+middle: venv
+	$(BIN)/pytest tests/middle tests/unit/test_chart_rbac.py $(PYTEST_ARGS)
 
 integration: venv tools
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)

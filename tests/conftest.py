@@ -14,6 +14,16 @@ Fixtures (integration tests only; unit tests must not use them):
 
 ``s3`` (session)
     A boto3 S3 client for MinIO (the bucket is ``cluster.s3_bucket``).
+
+Fixtures of the middle tier (tests/middle: no cluster, runs in seconds):
+
+``fake_kube`` (function)
+    A :class:`fakekube.FakeKube`: the operator's own ``Kube`` client over an in-memory API
+    server that records every (verb, resource) it serves.
+
+``operator_settings`` (function)
+    ``OperatorSettings`` for a test operator, independent of any ``KUBETUNE_*`` variable an
+    integration test exported into the environment.
 """
 
 from __future__ import annotations
@@ -38,8 +48,26 @@ from clusterlib import (
     load_env,
     state_dir,
 )
+from fakekube import FakeKube
 
-__all__ = ["Cluster", "cluster", "namespace", "s3"]
+__all__ = ["Cluster", "cluster", "fake_kube", "namespace", "operator_settings", "s3"]
+
+
+@pytest.fixture
+def fake_kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def operator_settings(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from kubetune_operator.settings import OperatorSettings
+
+    for name in list(os.environ):
+        if name.startswith("KUBETUNE_"):
+            monkeypatch.delenv(name)
+    return OperatorSettings(
+        trainer_image="trainer:test", lease_namespace="kubetune-system", identity="op-0"
+    )
 
 
 @pytest.fixture(scope="session")

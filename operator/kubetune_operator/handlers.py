@@ -177,7 +177,7 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorSettings) -> None:
     # Our own Lease decides who runs; Kopf's peering is not used.
     settings.peering.standalone = True
     # Kopf would turn handler logs and errors into Events; we post our own, and only those.
@@ -195,6 +195,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Watch only our Jobs and Pods (server-side selection), not every pod in the cluster.
     settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_JOB
     settings.watching.label_selectors["v1", "pods"] = LABEL_JOB
+    # With explicit namespaces, serve exactly those: no cluster-wide namespace/CRD scanning
+    # (which would need list rights on namespaces that a namespaced install does not have).
+    settings.scanning.disabled = bool(config.namespaces)
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -205,10 +208,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _runtime
     config = OperatorSettings()
     klog.setup(config.log_level)
-    configure_kopf(settings)
-    # With explicit namespaces, serve exactly those: no cluster-wide namespace/CRD scanning
-    # (which would need list rights on namespaces that a namespaced install does not have).
-    settings.scanning.disabled = bool(config.namespaces)
+    configure_kopf(settings, config)
     _runtime = Runtime(config)
     await _runtime.start()
 

@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 REQUEST_TIMEOUT = (5.0, 30.0)
 
-# kind -> (API path prefix, plural) for everything the operator reads or writes.
+# kind -> (API path prefix, plural) for everything the operator reads or writes. No Secret:
+# the operator never reads one (pods reference them by name; the chart grants none).
 KINDS: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Service": ("/api/v1", "services"),
     "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
-    "Secret": ("/api/v1", "secrets"),
     "Job": ("/apis/batch/v1", "jobs"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),

@@ -150,8 +150,9 @@ def start_run(
 def delete_run(kube: Kube, owner: Owner, job_name: str) -> None:
     """Delete a run's Job, ConfigMap and (multi-pod runs, group.py) headless Service, each
     only if this FineTuneJob controls it (checked by uid, which the API server enforces as a
-    delete precondition)."""
-    for kind in ("Job", "ConfigMap", "Service"):
+    delete precondition). The Job goes last: the next pass finds the run to delete through its
+    Job, so a crash in between must not leave the others behind without it."""
+    for kind in ("Service", "ConfigMap", "Job"):
         obj = kube.get(path(kind, owner.namespace, job_name))
         if obj is not None and runs.controlled_by(obj, owner.uid):
             kube.delete(kind, owner.namespace, job_name, uid=obj["metadata"]["uid"])

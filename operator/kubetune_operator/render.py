@@ -14,178 +14,100 @@ Security properties that hold by construction (the CRD offers no field to change
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 from kubetune_api.v1alpha1 import (
     API_GROUP,
-    API_VERSION,
-    KIND,
     PLURAL,
     FineTuneJobSpec,
     JobIdentity,
-    Reason,
     TrainerConfig,
     pvc_mount_path,
     run_prefix,
 )
 
-from . import group, podoptions, policy
+from . import group, podoptions
+from .admission import check, check_secrets, parse_quantity, secret_refs, service_account
+from .naming import (
+    ANN_FINETUNEJOB,
+    ANN_GENERATION,
+    ANN_SPEC_HASH,
+    ANN_SUSPEND,
+    CONFIG_DIR,
+    CONFIG_KEY,
+    CONFIG_PATH,
+    CONTAINER,
+    GRACE_SECONDS,
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    LABEL_JOB,
+    LABEL_RUN,
+    NON_RETRYABLE_EXIT_CODES,
+    TERMINATION_LOG,
+    TRAINER_UID,
+    WORKSPACE,
+    Owner,
+    RenderError,
+    Run,
+    child_labels,
+    child_meta,
+    config_map_name,
+    job_name,
+    label_value,
+    selector,
+    trainer_sa_name,
+)
 from .settings import OperatorSettings
 
-# Labels and annotations on everything the operator creates.
-LABEL_JOB = f"{API_GROUP}/job"
-LABEL_RUN = f"{API_GROUP}/run"
-ANN_FINETUNEJOB = f"{API_GROUP}/finetunejob"
-ANN_SPEC_HASH = f"{API_GROUP}/spec-hash"
-ANN_GENERATION = f"{API_GROUP}/generation"
-# The runPolicy.suspend value the operator last applied to the Job. A Job whose spec.suspend
-# differs from it was suspended (or resumed) by someone else, e.g. Kueue: that is left alone.
-ANN_SUSPEND = f"{API_GROUP}/suspend"
-# Kueue's labels: the LocalQueue a Job waits in, and its WorkloadPriorityClass.
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-MANAGED_BY = "kubetune-operator"
-
-CONTAINER = "trainer"
-CONFIG_DIR = "/etc/kubetune"
-CONFIG_KEY = "config.json"
-CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-WORKSPACE = "/workspace"
-TERMINATION_LOG = "/dev/termination-log"
-# The trainer image's non-root user (trainer-image/Dockerfile USER); the pod runs as it so
-# /workspace ownership in the image and fsGroup on the volumes agree.
-TRAINER_UID = 10001
-# Exit codes the trainer uses for errors that cannot succeed on retry (docs/design.md).
-NON_RETRYABLE_EXIT_CODES = list(range(10, 20))
-GRACE_SECONDS = 60
-
-_MAX_NAME = 63  # Job names become the `job-name` label of their pods: a label value, <= 63.
-
-
-class RenderError(Exception):
-    """The spec cannot be turned into a run. `reason` is a `Reason`; the message names the field
-    and never contains a credential (specs hold only Secret names)."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The FineTuneJob a rendered object belongs to."""
-
-    namespace: str
-    name: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of a FineTuneJob: the number, the generation it trains, and its spec hash."""
-
-    number: int
-    generation: int
-    spec_hash: str
-
-
-# ------------------------------------------------------------------------------------- names
-
-
-def _short_hash(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def bounded(base: str, suffix: str = "", limit: int = _MAX_NAME) -> str:
-    """`base + suffix`, or, when that is longer than `limit`, base cut short plus a hash of the
-    full base (so distinct long names stay distinct) before the suffix."""
-    full = f"{base}{suffix}"
-    if len(full) <= limit:
-        return full
-    head = base[: max(1, limit - len(suffix) - 9)].rstrip("-.")
-    return f"{head}-{_short_hash(base)}{suffix}"
-
-
-def job_name(name: str, run: int) -> str:
-    return bounded(name, f"-run-{run}")
-
-
-def config_map_name(name: str, run: int) -> str:
-    return bounded(name, f"-run-{run}")
-
-
-def trainer_sa_name(name: str) -> str:
-    return bounded(name, "-trainer")
-
-
-def label_value(name: str) -> str:
-    """A FineTuneJob name as a label value (<= 63 characters)."""
-    return bounded(name)
-
-
-def selector(name: str, run: int | None = None) -> str:
-    """Label selector for the children of FineTuneJob `name` (of one run, if given)."""
-    sel = f"{LABEL_JOB}={label_value(name)}"
-    return sel if run is None else f"{sel},{LABEL_RUN}={run}"
-
-
-def _labels(owner: Owner, run: int | None = None) -> dict[str, str]:
-    labels = {
-        LABEL_JOB: label_value(owner.name),
-        "app.kubernetes.io/name": "kubetune-trainer",
-        "app.kubernetes.io/instance": label_value(owner.name),
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-    }
-    if run is not None:
-        labels[LABEL_RUN] = str(run)
-    return labels
-
-
-def _meta(owner: Owner, name: str, run: int | None = None, **annotations: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": _labels(owner, run),
-        "annotations": {ANN_FINETUNEJOB: owner.name, **annotations},
-        "ownerReferences": [owner.reference()],
-    }
-    return meta
-
-
-# ------------------------------------------------------------------------------- quantities
-
-_SUFFIXES: dict[str, int | Decimal] = {
-    "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "m": Decimal("0.001"),
-}  # fmt: skip
-
-
-def parse_quantity(q: str) -> Decimal:
-    """A Kubernetes resource quantity ("16Gi", "500m", "1e9") as a number of base units."""
-    m = re.fullmatch(r"\s*\+?([0-9.]+)(e[+-]?[0-9]+|E[+-]?[0-9]+)?([a-zA-Z]*)\s*", q)
-    if not m or m.group(3) not in _SUFFIXES:
-        raise ValueError(f"not a resource quantity: {q!r}")
-    number = Decimal(m.group(1) + (m.group(2) or ""))
-    return number * Decimal(_SUFFIXES[m.group(3)])
+# The operator renders through this module; names, labels and checks live in naming.py and
+# admission.py and are re-exported here for its callers.
+__all__ = [
+    "ANN_FINETUNEJOB",
+    "ANN_GENERATION",
+    "ANN_SPEC_HASH",
+    "ANN_SUSPEND",
+    "CONFIG_DIR",
+    "CONFIG_KEY",
+    "CONFIG_PATH",
+    "CONTAINER",
+    "GRACE_SECONDS",
+    "KUEUE_PRIORITY_LABEL",
+    "KUEUE_QUEUE_LABEL",
+    "LABEL_JOB",
+    "LABEL_RUN",
+    "NON_RETRYABLE_EXIT_CODES",
+    "TERMINATION_LOG",
+    "TRAINER_UID",
+    "WORKSPACE",
+    "Owner",
+    "RenderError",
+    "Run",
+    "check",
+    "check_secrets",
+    "child_labels",
+    "child_meta",
+    "config_map",
+    "config_map_name",
+    "env",
+    "gpu_resource",
+    "job",
+    "job_name",
+    "label_value",
+    "parse_quantity",
+    "pod_spec",
+    "rbac",
+    "role",
+    "role_binding",
+    "run_objects",
+    "secret_refs",
+    "selector",
+    "service_account",
+    "service_account_object",
+    "shm_size",
+    "trainer_config",
+    "trainer_sa_name",
+]
 
 
 def shm_size(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
@@ -199,131 +121,6 @@ def shm_size(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
         if mib >= 64:
             return f"{mib}Mi"
     return settings.default_shm_size
-
-
-# ------------------------------------------------------------------------------- validation
-
-
-def service_account(spec: FineTuneJobSpec, owner_name: str, settings: OperatorSettings) -> str:
-    """The pod's ServiceAccount: the per-job one, or an allow-listed override."""
-    wanted = spec.resources.service_account_name
-    if wanted is None:
-        return trainer_sa_name(owner_name)
-    if wanted not in settings.allowed_service_accounts:
-        allowed = ", ".join(settings.allowed_service_accounts) or "none"
-        raise RenderError(
-            Reason.SERVICE_ACCOUNT_NOT_ALLOWED,
-            f"spec.resources.serviceAccountName: {wanted!r} is not in the operator's "
-            f"allowed service accounts ({allowed}); remove the field to use the per-job account",
-        )
-    return wanted
-
-
-def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
-    """(spec field, Secret name) of every Secret a spec makes the pod read."""
-    refs: list[tuple[str, str]] = []
-    if spec.model.token_secret_ref is not None:
-        refs.append(("model.tokenSecretRef", spec.model.token_secret_ref.name))
-    if spec.output.credentials_secret_ref is not None:
-        refs.append(("output.credentialsSecretRef", spec.output.credentials_secret_ref.name))
-    tracking = spec.tracking
-    if tracking.mlflow is not None and tracking.mlflow.token_secret_ref is not None:
-        refs.append(("tracking.mlflow.tokenSecretRef", tracking.mlflow.token_secret_ref.name))
-    if tracking.wandb is not None:
-        refs.append(("tracking.wandb.apiKeySecretRef", tracking.wandb.api_key_secret_ref.name))
-    return refs + podoptions.secret_refs(spec)
-
-
-def check_secrets(spec: FineTuneJobSpec, namespace: str, settings: OperatorSettings) -> None:
-    """A Secret reference hands the Secret's value to code of the author's choosing (a custom
-    image, remote model code) and to endpoints of the author's choosing: only Secrets the
-    platform opted in (`trainer.allowedSecrets`) may be referenced."""
-    allowed = set(settings.allowed_secrets)
-    if settings.s3_credentials_secret:  # the platform's own, already given to every pod
-        allowed.add(settings.s3_credentials_secret)
-    for field, name in secret_refs(spec):
-        if name in allowed or f"{namespace}/{name}" in allowed:
-            continue
-        raise RenderError(
-            Reason.SECRET_NOT_ALLOWED,
-            f"spec.{field}: Secret {name!r} is not in the operator's allowed Secrets; a platform "
-            f"admin can allow it with the chart value trainer.allowedSecrets (e.g. "
-            f"[{namespace}/{name}]), which lets anyone who may create a FineTuneJob in "
-            f"{namespace} read it",
-        )
-
-
-def _host(url: str) -> tuple[str, str]:
-    """(host, host:port) of a URL, lower-cased; port from the scheme when absent."""
-    parsed = urlsplit(url if "://" in url else f"//{url}")
-    host = (parsed.hostname or "").lower()
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    port = port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
-    return host, f"{host}:{port}"
-
-
-def _host_allowed(url: str, allowed: list[str]) -> bool:
-    host, host_port = _host(url)
-    return bool(host) and any(a.lower() in (host, host_port) for a in allowed)
-
-
-def check_tracking_hosts(spec: FineTuneJobSpec, settings: OperatorSettings) -> None:
-    """Where a spec sends metrics, parameters and tokens: tracking servers, and an S3 endpoint
-    that would receive the operator's own S3 credentials, must be opted in
-    (`trainer.allowedTrackingHosts`)."""
-    allowed = settings.allowed_tracking_hosts
-    targets: list[tuple[str, str]] = []
-    if spec.tracking.mlflow is not None:
-        targets.append(("tracking.mlflow.trackingUri", spec.tracking.mlflow.tracking_uri))
-    if spec.tracking.wandb is not None and spec.tracking.wandb.base_url:
-        targets.append(("tracking.wandb.baseUrl", spec.tracking.wandb.base_url))
-    endpoint = spec.output.endpoint
-    platform_endpoint = _host(settings.s3_endpoint)[1] if settings.s3_endpoint else None
-    if (
-        endpoint
-        and spec.output.credentials_secret_ref is None  # the operator's credentials go there
-        and _host(endpoint)[1] != platform_endpoint
-    ):
-        targets.append(("output.endpoint", endpoint))
-    for field, url in targets:
-        if url.startswith("file:") or _host_allowed(url, allowed):
-            continue
-        host = _host(url)[0] or url
-        raise RenderError(
-            Reason.TRACKING_HOST_NOT_ALLOWED,
-            f"spec.{field}: host {host!r} is not in the operator's allowed tracking hosts; a "
-            "platform admin can allow it with the chart value trainer.allowedTrackingHosts",
-        )
-
-
-def check(
-    spec: FineTuneJobSpec, owner_name: str, settings: OperatorSettings, namespace: str = ""
-) -> None:
-    """Raise RenderError if this spec cannot be run by this operator (beyond schema validity)."""
-    service_account(spec, owner_name, settings)
-    check_secrets(spec, namespace, settings)
-    check_tracking_hosts(spec, settings)
-    try:
-        policy.check(spec, namespace, settings)
-    except policy.PolicyError as e:
-        raise RenderError(e.reason, e.message) from None
-    for field, value in (
-        ("resources.cpu", spec.resources.cpu),
-        ("resources.memory", spec.resources.memory),
-        ("resources.ephemeralStorage", spec.resources.ephemeral_storage),
-        ("resources.shmSize", spec.resources.shm_size),
-    ):
-        if value is not None:
-            try:
-                parse_quantity(value)
-            except ValueError as e:
-                raise RenderError(Reason.INVALID_SPEC, f"spec.{field}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------- objects
 
 
 def trainer_config(
@@ -356,7 +153,7 @@ def config_map(
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(
+        "metadata": child_meta(
             owner,
             config_map_name(owner.name, run.number),
             run.number,
@@ -371,7 +168,7 @@ def service_account_object(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _meta(owner, trainer_sa_name(owner.name)),
+        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
         "automountServiceAccountToken": True,
     }
 
@@ -381,7 +178,7 @@ def role(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _meta(owner, trainer_sa_name(owner.name)),
+        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
         "rules": [
             {
                 "apiGroups": [API_GROUP],
@@ -397,7 +194,7 @@ def role_binding(owner: Owner, service_account_name: str) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(owner, trainer_sa_name(owner.name)),
+        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",
@@ -619,7 +416,7 @@ def job(
         },
         "template": {
             "metadata": {
-                "labels": _labels(owner, run.number),
+                "labels": child_labels(owner, run.number),
                 "annotations": {ANN_FINETUNEJOB: owner.name},
             },
             "spec": pod_spec(spec, owner, run, settings),
@@ -628,7 +425,7 @@ def job(
     job_spec.update(group.job_fields(spec, job_name(owner.name, run.number), policy.backoff_limit))
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    meta = _meta(
+    meta = child_meta(
         owner,
         job_name(owner.name, run.number),
         run.number,
@@ -672,7 +469,7 @@ def run_objects(
     service = group.headless_service(
         spec,
         name,
-        _meta(owner, name, run.number),
+        child_meta(owner, name, run.number),
         {LABEL_JOB: label_value(owner.name), LABEL_RUN: str(run.number)},
     )
     return [

@@ -1,4 +1,8 @@
-"""The node agent process: one Node, its heartbeats, its pods and its log endpoint."""
+"""The node agent process: one Node, its heartbeats, its pods and its log endpoint.
+
+The Node (object, status, registration, heartbeats, Lease) is agentnode.py, the log endpoint
+agentlogs.py, each pod a pods.PodWorker thread; this module parses arguments, watches pods and
+runs the loops."""
 
 from __future__ import annotations
 
@@ -7,29 +11,25 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import re
 import signal
-import ssl
 import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import urlparse
 
+from .agentlogs import AgentLogs
+from .agentnode import AgentNode
 from .cgroups import MemoryCgroups
 from .images import LocalImages
 from .kube import JSON, ApiError, Kube
 from .pods import NodeContext, PodWorker, delete_pod_now
-from .util import now, now_micro
+from .util import now
 
 log = logging.getLogger("nodeagent")
 
-HEARTBEAT_SECONDS = 10.0
-LEASE_SECONDS = 40
 DEFAULT_PASS_ENV = (
     "PATH",
     "LANG",
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class Agent:
+class Agent(AgentNode, AgentLogs):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.node: str = args.node
@@ -160,173 +160,6 @@ class Agent:
             post_event=self.post_event,
             images=LocalImages(),
         )
-
-    # ------------------------------------------------------------------ node
-
-    def node_object(self) -> JSON:
-        labels = {
-            "kubernetes.io/hostname": self.node,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-            "kubetune.dev/node-agent": "true",
-        }
-        for item in self.args.label:
-            k, _, v = item.partition("=")
-            labels[k] = v
-        node: JSON = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": self.node, "labels": labels},
-            "spec": {},
-        }
-        taints = []
-        for t in self.args.taint:
-            kv, _, effect = t.rpartition(":")
-            k, _, v = kv.partition("=")
-            taints.append({"key": k, "value": v or None, "effect": effect})
-        if taints:
-            node["spec"]["taints"] = taints
-        return node
-
-    def node_status(self, version: str) -> JSON:
-        ts = now()
-        allocatable: dict[str, Any] = dict(self.allocatable)
-        if "nvidia.com/gpu" not in allocatable:
-            allocatable["nvidia.com/gpu"] = None  # merge patch: drop a stale GPU capacity
-
-        def cond(ctype: str, status: str, reason: str, message: str) -> JSON:
-            return {
-                "type": ctype,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastHeartbeatTime": ts,
-                "lastTransitionTime": self.started,
-            }
-
-        return {
-            "capacity": allocatable,
-            "allocatable": allocatable,
-            "conditions": [
-                cond(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "node agent has sufficient memory available",
-                ),
-                cond(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "node agent has no disk pressure",
-                ),
-                cond(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "node agent has sufficient PID available",
-                ),
-                cond(
-                    "Ready", "True", "KubeletReady", "kubetune node agent is posting ready status"
-                ),
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": self.node},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
-            "nodeInfo": {
-                "machineID": self.machine_id,
-                "systemUUID": self.machine_id,
-                "bootID": self.boot_id,
-                "kernelVersion": platform.release(),
-                "osImage": "kubetune node agent (processes on the host)",
-                "containerRuntimeVersion": "kubetune-nodeagent://0.1.0",
-                "kubeletVersion": version,
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-        }
-
-    def register(self) -> None:
-        body = self.node_object()
-        try:
-            created = self.kube.create("/api/v1/nodes", body)
-            log.info("registered node %s", self.node)
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            patch: JSON = {"metadata": {"labels": body["metadata"]["labels"]}}
-            if "taints" in body["spec"]:
-                patch["spec"] = {"taints": body["spec"]["taints"]}
-            created = self.kube.merge_patch(f"/api/v1/nodes/{self.node}", patch)
-            log.info("node %s already registered; labels updated", self.node)
-        self.node_uid = created["metadata"]["uid"]
-        self.heartbeat()
-
-    def heartbeat(self) -> None:
-        try:
-            self.kube.merge_patch(
-                f"/api/v1/nodes/{self.node}/status", {"status": self.node_status(self.version)}
-            )
-        except ApiError as e:
-            if e.status == 404 and not self.stop.is_set():
-                log.warning("node %s disappeared; registering it again", self.node)
-                self.register()
-                return
-            raise
-        self.renew_lease()
-
-    def renew_lease(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}"
-        try:
-            self.kube.merge_patch(
-                path,
-                {
-                    "spec": {
-                        "holderIdentity": self.node,
-                        "renewTime": now_micro(),
-                        "leaseDurationSeconds": LEASE_SECONDS,
-                    }
-                },
-            )
-        except ApiError as e:
-            if e.status != 404:
-                raise
-            self.kube.create(
-                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-                {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {
-                        "name": self.node,
-                        "namespace": "kube-node-lease",
-                        "ownerReferences": [
-                            {
-                                "apiVersion": "v1",
-                                "kind": "Node",
-                                "name": self.node,
-                                "uid": self.node_uid,
-                            }
-                        ],
-                    },
-                    "spec": {
-                        "holderIdentity": self.node,
-                        "leaseDurationSeconds": LEASE_SECONDS,
-                        "renewTime": now_micro(),
-                    },
-                },
-            )
-
-    def heartbeat_loop(self) -> None:
-        while not self.stop.wait(HEARTBEAT_SECONDS):
-            try:
-                self.heartbeat()
-            except Exception as e:
-                log.warning("heartbeat failed: %s", e)
-
-    # ------------------------------------------------------------------ pods
 
     def post_event(self, pod: JSON, type_: str, reason: str, message: str) -> None:
         meta = pod["metadata"]
@@ -441,109 +274,6 @@ class Agent:
             except Exception as e:
                 log.warning("pod watch failed: %s; re-listing", e)
                 self.stop.wait(1.0)
-
-    # ------------------------------------------------------------------ log endpoint
-
-    def log_file(
-        self, namespace: str, pod: str, container: str, previous: bool
-    ) -> tuple[Path | None, PodWorker | None]:
-        with self.lock:
-            workers = list(self.workers.values())
-        for w in workers:
-            if w.ns == namespace and w.pod_name == pod:
-                r = w.find_run(container)
-                if r is None:
-                    return None, w
-                restarts = r.restarts - 1 if previous else r.restarts
-                path = w.log_dir / f"{container}.{restarts}.log"
-                return (path if path.exists() else None), w
-        # Pod no longer has a worker (finished before an agent restart): newest file on disk.
-        candidates = sorted(
-            self.ctx.logs_dir.glob(f"{namespace}_{pod}_*/{container}.*.log"), key=os.path.getmtime
-        )
-        return (candidates[-1] if candidates else None), None
-
-    def start_log_server(self) -> None:
-        if not (self.args.serving_cert and self.args.serving_key):
-            return
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("log endpoint: " + format, *args)
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                parts = [unquote(p) for p in url.path.strip("/").split("/")]
-                if parts == ["healthz"]:
-                    self._send(200, b"ok")
-                    return
-                if len(parts) != 4 or parts[0] != "containerLogs":
-                    self._send(
-                        404, b"the kubetune node agent serves only /containerLogs and /healthz\n"
-                    )
-                    return
-                q = parse_qs(url.query)
-                previous = q.get("previous", ["false"])[0] == "true"
-                path, worker = agent.log_file(parts[1], parts[2], parts[3], previous)
-                if path is None:
-                    self._send(
-                        404,
-                        f"no logs for container {parts[3]} of pod {parts[1]}/{parts[2]}\n".encode(),
-                    )
-                    return
-                data = path.read_bytes()
-                if "tailLines" in q:
-                    n = int(q["tailLines"][0])
-                    data = b"".join(data.splitlines(keepends=True)[-n:]) if n > 0 else b""
-                if "limitBytes" in q:
-                    data = data[: int(q["limitBytes"][0])]
-                follow = (
-                    q.get("follow", ["false"])[0] == "true" and worker is not None and not previous
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                if not follow:
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-                offset = path.stat().st_size
-                run = worker.find_run(parts[3]) if worker else None
-                while run is not None and not agent.stop.is_set():
-                    with open(path, "rb") as f:
-                        f.seek(offset)
-                        chunk = f.read()
-                    if chunk:
-                        offset += len(chunk)
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                    elif not run.running:
-                        break
-                    time.sleep(0.2)
-
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        server = ThreadingHTTPServer(("127.0.0.1", self.args.log_port), Handler)
-        server.daemon_threads = True
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(self.args.serving_cert), str(self.args.serving_key))
-        ctx.load_verify_locations(cafile=str(self.args.ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED  # only the API server (kubelet-client cert) may read
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        self.log_port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, name="log-endpoint", daemon=True).start()
-        log.info("log endpoint on https://127.0.0.1:%d", self.log_port)
-
-    # ------------------------------------------------------------------ main
 
     def run(self) -> None:
         self.started = now()

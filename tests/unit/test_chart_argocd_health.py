@@ -24,7 +24,8 @@ Obj = dict[str, Any]
 
 
 def lua_runtime() -> Any:
-    lupa = pytest.importorskip("lupa")
+    import lupa  # a dev dependency (pyproject.toml)
+
     try:
         mod = importlib.import_module("lupa.lua51")
     except ImportError:  # a lupa without the bundled Lua 5.1

@@ -33,8 +33,7 @@ def helm_bin() -> str:
     ).stdout
     paths = dict(line.split("=", 1) for line in out.split())
     helm = Path(paths["KUBETUNE_HELM_BIN"]) / "helm"
-    if not helm.exists():
-        pytest.skip(f"helm is not built yet: run `hack/build-tools helm` (expected {helm})")
+    assert helm.exists(), f"helm is not built: run `hack/build-tools helm` (expected {helm})"
     return str(helm)
 
 
@@ -205,9 +204,8 @@ def test_env_covers_design_operator_configuration() -> None:
 def test_env_names_are_operator_settings() -> None:
     """Every KUBETUNE_* variable the chart sets is a field of the operator's settings (which
     ignores unknown variables, so a typo here would be silently lost)."""
-    settings = pytest.importorskip(
-        "kubetune_operator.settings", reason="operator settings have not landed yet"
-    )
+    from kubetune_operator import settings
+
     fields = {f"KUBETUNE_{name.upper()}" for name in settings.OperatorSettings.model_fields}
     env = env_of(render(ALL_SET))
     unknown = sorted(n for n in env if n.startswith("KUBETUNE_") and n not in fields)
@@ -219,9 +217,8 @@ def test_env_names_are_operator_settings() -> None:
 
 def test_env_settings_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     """The operator parses the chart's rendered env into the values that were set."""
-    settings = pytest.importorskip(
-        "kubetune_operator.settings", reason="operator settings have not landed yet"
-    )
+    from kubetune_operator import settings
+
     for name in list(os.environ):
         if name.startswith("KUBETUNE_") or name in ("POD_NAME", "POD_NAMESPACE"):
             monkeypatch.delenv(name)
@@ -317,16 +314,42 @@ def test_probes_ports_and_resources() -> None:
 
 
 def test_probe_paths_are_served_by_the_operator() -> None:
-    """The operator's health server registers the paths the chart probes (the node agent in the
-    integration tests does not run probes, so this is checked here)."""
-    src_dir = REPO / "operator" / "kubetune_operator"
-    src = "\n".join(p.read_text() for p in src_dir.glob("*.py"))
-    if "add_get(" not in src:
-        pytest.skip("the operator's health server has not landed yet")
-    c = container(render())
-    for probe in ("livenessProbe", "readinessProbe"):
-        path = c[probe]["httpGet"]["path"]
-        assert f'add_get("{path}"' in src, f"operator does not serve {path}"
+    """The operator's health server answers 200 on the paths and port the chart probes (the
+    node agent in the integration tests does not run probes, so this is checked here)."""
+    import asyncio
+    import socket
+    import urllib.request
+
+    from fakekube import FakeKube
+    from kubetune_operator.handlers import Runtime
+    from kubetune_operator.settings import OperatorSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = container(render({"health": {"port": port}}))
+    probes = [c[p]["httpGet"] for p in ("livenessProbe", "readinessProbe")]
+    settings = OperatorSettings(
+        trainer_image="t", lease_namespace="x", health_port=port, leader_election=False
+    )
+    runtime = Runtime(settings, kube=FakeKube())
+
+    def get(path: str) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status)
+
+    async def probe() -> list[int]:
+        await runtime._serve_health()
+        try:
+            return [await asyncio.to_thread(get, p["path"]) for p in probes]
+        finally:
+            await runtime.queue.close()
+            assert runtime._health is not None
+            await runtime._health.cleanup()
+
+    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert {named.get(p["port"], p["port"]) for p in probes} == {port}
+    assert asyncio.run(probe()) == [200, 200]
 
 
 def test_restricted_pod_security() -> None:
@@ -397,10 +420,11 @@ def test_trainer_egress_networkpolicy_is_opt_in_and_allows_only_what_is_listed()
     nps = [o for o in objs if o["metadata"]["name"].endswith("-trainer-egress")]
     assert sorted(np["metadata"]["namespace"] for np in nps) == ["ml-a", "ml-b"]
     spec = nps[0]["spec"]
-    # Selects the pods the operator renders (render.labels), and nothing else.
+    # Selects the pods the operator renders (naming.child_labels), and nothing else.
+    from kubetune_operator import naming as op_naming
     from kubetune_operator import render as op_render
 
-    pod_labels = op_render._labels(op_render.Owner("ml-a", "j", "u"), run=1)
+    pod_labels = op_naming.child_labels(op_render.Owner("ml-a", "j", "u"), run=1)
     assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert spec["policyTypes"] == ["Egress"]
     rules = spec["egress"]
@@ -492,7 +516,6 @@ def test_notes_say_what_to_do_next(tmp_path: Path) -> None:
 def test_chart_crds_come_from_the_api_build() -> None:
     """crds/ is written by `make crds`; if present it must equal the top-level crds/."""
     chart_crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    if not chart_crds:
-        pytest.skip("helm/kubetune/crds/ not generated yet (make crds)")
+    assert chart_crds, "helm/kubetune/crds/ is empty: run `make crds`"
     for name in chart_crds:
         assert (CHART / "crds" / name).read_text() == (REPO / "crds" / name).read_text(), name

@@ -42,7 +42,7 @@ def _example() -> dict[str, Any]:
         for doc in yaml.safe_load_all(p.read_text()):
             if doc and doc.get("kind") == "FineTuneJob":
                 return doc
-    pytest.skip("no FineTuneJob example")  # examples/ always has one; guards a rename only
+    raise AssertionError(f"no FineTuneJob in {[str(p) for p in EXAMPLES]}")
 
 
 def test_load_job_names_the_bad_field() -> None:

@@ -40,7 +40,7 @@ def test_expand_like_kubelet() -> None:
 def test_mount_that_would_hide_the_host_checkout_is_detected() -> None:
     from pathlib import Path
 
-    from nodeagent.pods import hidden_host_path, host_paths_in_use
+    from nodeagent.podvolumes import hidden_host_path, host_paths_in_use
 
     needed = [Path("/tmp/ci/repo"), Path("/root/.cache/kubetune/cluster")]
     assert hidden_host_path("/tmp", needed) == Path("/tmp/ci/repo")

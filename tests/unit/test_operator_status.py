@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fakekube import merge
 from kubetune_api.v1alpha1 import FineTuneJobStatus
 from kubetune_operator import render, status
 from kubetune_operator.runs import Decision
@@ -108,16 +109,7 @@ def apply(f: dict[str, Any], derived: status.Derived) -> dict[str, Any]:
     return new
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    target = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            target.pop(k, None)
-        else:
-            target[k] = _merge(target.get(k), v)
-    return target
+_merge = merge  # RFC 7386, as the API server applies a merge patch
 
 
 # --------------------------------------------------------------------------- the first run

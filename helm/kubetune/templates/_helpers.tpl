@@ -70,18 +70,22 @@ the operator's API calls by tests/unit/test_chart_rbac.py and proven sufficient 
 tests/integration/test_chart_install.py.
 */}}
 {{- define "kubetune.workloadRules" -}}
-# The custom resource: watch it; patch for Kopf's bookkeeping (finalizer cleanup) and for the
-# operator's status record, an annotation the trainer cannot write (ledger.py).
+# Exactly the requests the operator makes: tests/middle runs it over a fake API server that
+# records them, and tests/unit/test_chart_rbac.py checks these rules against that record. A
+# verb granted beyond it says why here.
+# The custom resource: read and watch it; patch the operator's status record, an annotation the
+# trainer cannot write (ledger.py).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
   verbs: ["get", "list", "watch", "patch"]
-# Status is the operator's to write (merge patches). get+patch are also what it grants each
-# run's trainer (resourceNames: [<job>]), and RBAC only lets it grant what it holds.
+# Status is the operator's to write (merge patches). get is unused by the operator itself: it
+# grants each run's trainer get+patch (resourceNames: [<job>]), and RBAC only lets it grant what
+# it holds.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/status"]
   verbs: ["get", "patch"]
-# Children carry ownerReferences with blockOwnerDeletion; clusters running the
-# OwnerReferencesPermissionEnforcement admission plugin require this to create them.
+# Unused by any request: children carry ownerReferences with blockOwnerDeletion, and clusters
+# running the OwnerReferencesPermissionEnforcement admission plugin require this to create them.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
@@ -92,18 +96,28 @@ tests/integration/test_chart_install.py.
 # Read-only: pod phase, scheduling and termination messages of the runs' pods.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Per run: the trainer config (ConfigMap), the trainer's own ServiceAccount, and for runs of
-# several pods the headless Service that names them for rendezvous.
+  verbs: ["list", "watch"]
+# Per run: the trainer config (ConfigMap) and, for runs of several pods, the headless Service
+# that names them for rendezvous; both are replaced (never patched) when they drift, and go with
+# a superseded run.
 - apiGroups: [""]
-  resources: ["configmaps", "serviceaccounts", "services"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Per job: a Role + RoleBinding letting its trainer patch only that job's status.
+  resources: ["configmaps", "services"]
+  verbs: ["create", "get", "delete"]
+# Per job: the trainer's own ServiceAccount (removed with the FineTuneJob by the garbage
+# collector).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "get"]
+# Per job: a Role + RoleBinding letting its trainer patch only that job's status; patched back
+# when edited; a RoleBinding whose roleRef changed is replaced (roleRef is immutable).
 - apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Events on FineTuneJobs (core/v1 Events).
+  resources: ["roles"]
+  verbs: ["create", "get", "patch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["rolebindings"]
+  verbs: ["create", "get", "patch", "delete"]
+# Events on FineTuneJobs (core/v1 Events; each is a new object).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
