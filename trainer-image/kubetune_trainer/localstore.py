@@ -74,11 +74,12 @@ class LocalS3(S3):
 
     def download_file(
         self, uri: str, dest: str | os.PathLike[str], size: int | None = None
-    ) -> None:
+    ) -> str | None:
         if size is not None and Path(dest).is_file() and Path(dest).stat().st_size == size:
-            return
+            return None
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(uri), dest)
+        return None
 
     def upload_file(
         self, path: str | os.PathLike[str], uri: str, sha256: str | None = None, rel: str = ""
@@ -92,7 +93,12 @@ class LocalS3(S3):
         return Uploaded(uri=uri, key=rel or os.path.basename(str(target)), size=size, sha256=digest)
 
     def verify(
-        self, uri: str, size: int, sha256: str, path: str | os.PathLike[str] | None = None
+        self,
+        uri: str,
+        size: int,
+        sha256: str,
+        path: str | os.PathLike[str] | None = None,
+        checksum: str | None = None,
     ) -> None:
         p = self.path(uri)
         if not p.is_file() or p.stat().st_size != size:

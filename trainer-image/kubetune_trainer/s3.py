@@ -2,11 +2,14 @@
 
 Endpoint, region and credentials come from the environment (AWS_ENDPOINT_URL,
 AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; docs/design.md), with the spec's
-output.endpoint/region as a fallback. Large objects move through boto3's transfer manager
-(multipart, parallel parts); many small objects move in parallel threads.
+output.endpoint/region as a fallback. Files move through transfer.py: several files in flight,
+large ones in parallel parts, every byte read once and its SHA-256 computed while it streams
+(docs/design.md, "Data movement").
 
-Every upload carries an S3 SHA-256 checksum (the server verifies each part) and the file's
-hex SHA-256 as object metadata; after the upload a HEAD checks size and digest again.
+Every upload carries an S3 SHA-256 checksum per request (the server verifies each part), and a
+single-request object also the file's hex SHA-256 as metadata; after the upload a HEAD checks
+the size and the checksum S3 computed. Every download is checked against the digest the object
+records (ChecksumMismatch when it differs).
 
 Ownership: every object the trainer writes carries the FineTuneJob's metadata.uid as object
 metadata (`kubetune-uid`). Deleting under a prefix (cleanup of an earlier attempt, checkpoint
@@ -40,6 +43,11 @@ from kubetune_api.v1alpha1 import (
     StorageConflict,
     StorageUnavailable,
 )
+
+from . import transfer
+from .transfer import ChecksumMismatch, Expect
+
+__all__ = ["S3", "ChecksumMismatch", "Uploaded", "join", "sha256_file", "split_s3_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +92,8 @@ def is_connection_error(e: BaseException) -> bool:
     for c in _chain(e):
         if isinstance(c, BotoConnectionError | HTTPClientError | ConnectionError):
             return True
-        if type(c).__name__ == "RetriesExceededError":  # s3transfer's streaming download
-            return True
+        if type(c).__name__ in ("RetriesExceededError", "IncompleteReadError"):
+            return True  # s3transfer's streaming download; a body cut short
     return False
 
 
@@ -175,6 +183,7 @@ class RetryingClient:
         self, client: Any, retry_seconds: float, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self._client = client
+        self.raw = client  # for calls that wrap a whole request+read in call_with_retry
         self._retry_seconds = retry_seconds
         self._sleep = sleep
 
@@ -228,6 +237,11 @@ class Uploaded:
     sha256: str
 
 
+# Measured with bench/transfer_bench.py (docs/benchmarks.md); KUBETUNE_S3_CONCURRENCY,
+# KUBETUNE_S3_FILES and KUBETUNE_S3_PART_MIB override them.
+TRANSFER_DEFAULTS = {"concurrency": 16, "files": 8, "part_mib": 32}
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
@@ -248,10 +262,12 @@ class S3:
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         import boto3
-        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        self.concurrency = max(1, _env_int("KUBETUNE_S3_CONCURRENCY", 16))
+        self.concurrency = max(
+            1, _env_int("KUBETUNE_S3_CONCURRENCY", TRANSFER_DEFAULTS["concurrency"])
+        )
+        self.files_in_flight = max(1, _env_int("KUBETUNE_S3_FILES", TRANSFER_DEFAULTS["files"]))
         endpoint = (
             os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or endpoint
         )
@@ -260,11 +276,16 @@ class S3:
             # Few attempts here: connection errors are waited out by RetryingClient for
             # s3RetrySeconds, and throttling (503 SlowDown) still gets botocore's backoff.
             retries={"max_attempts": 4, "mode": "standard"},
-            max_pool_connections=self.concurrency * 2,
+            max_pool_connections=self.concurrency + self.files_in_flight,
             connect_timeout=10,
             read_timeout=120,
             # Path-style works with every S3-compatible server (MinIO, Ceph) and with AWS.
-            s3={"addressing_style": "path"} if endpoint else {},
+            # Unsigned payloads: every request carries its own SHA-256 checksum, which S3
+            # verifies, so signing would only hash each byte once more (botocore does not sign
+            # payloads over https by default either).
+            s3={"addressing_style": "path", "payload_signing_enabled": False}
+            if endpoint
+            else {"payload_signing_enabled": False},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -276,13 +297,11 @@ class S3:
             ),
             retry_seconds,
         )
-        chunk = max(5, _env_int("KUBETUNE_S3_PART_MIB", 64)) * MiB
-        self.transfer = TransferConfig(
-            multipart_threshold=chunk,
-            multipart_chunksize=chunk,
-            max_concurrency=self.concurrency,
-            use_threads=True,
+        self.part_size = (
+            max(5, _env_int("KUBETUNE_S3_PART_MIB", TRANSFER_DEFAULTS["part_mib"])) * MiB
         )
+        self._parts: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.extra: dict[str, Any] = {}
         if sse and sse != "none":
             self.extra["ServerSideEncryption"] = sse
@@ -331,8 +350,8 @@ class S3:
         meta = {k.lower(): v for k, v in ((head or {}).get("Metadata") or {}).items()}
         return meta.get(OWNER_META)
 
-    def _metadata(self, digest: str) -> dict[str, str]:
-        meta = {SHA256_META: digest}
+    def _metadata(self, digest: str | None) -> dict[str, str]:
+        meta = {SHA256_META: digest} if digest else {}
         if self.owner_uid:
             meta[OWNER_META] = self.owner_uid
         return meta
@@ -358,30 +377,75 @@ class S3:
             )
         return keys
 
+    def _pool(self) -> ThreadPoolExecutor:
+        """The part workers shared by every transfer of this client (files in flight submit
+        their parts here; part workers never submit, so nothing waits on itself)."""
+        with self._pool_lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="s3-part"
+                )
+            return self._parts
+
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        return call_with_retry(fn, what, self.retry_seconds, time.sleep)
+
+    def expect(self, uri: str) -> Expect:
+        """What the object records about its bytes (size, ETag, sha256, composite checksum)."""
+        bucket, key = split_s3_uri(uri)
+        head = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+
+        def part_one() -> int | None:
+            h = self.client.head_object(Bucket=bucket, Key=key, PartNumber=1)
+            return int(h["ContentLength"]) if int(h.get("PartsCount") or 1) > 1 else None
+
+        return transfer.expect_from_head(dict(head), part_one)
+
     def download_file(
         self, uri: str, dest: str | os.PathLike[str], size: int | None = None
-    ) -> None:
-        """Download one object to `dest`. With `size` (the object's), a file of that size already
-        at `dest` is kept (another local rank fetched it, or a retry in the same pod). The bytes
-        go to a temporary name of this process and thread and are renamed into place, so ranks
-        that fetch the same object at once never rename each other's partial file."""
+    ) -> str | None:
+        """Download one object to `dest`; returns its sha256 (computed while streaming and
+        checked against what the object records: ChecksumMismatch when it differs, after one
+        more try). With `size` (the object's), a file of that size already at `dest` is kept
+        (another local rank fetched it, or a retry in the same pod): then None. The bytes go to
+        a temporary name of this process and thread and are renamed into place, so ranks that
+        fetch the same object at once never rename each other's partial file."""
         bucket, key = split_s3_uri(uri)
         target = Path(dest)
         if size is not None and target.is_file() and target.stat().st_size == size:
-            return
+            return None
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.part-{os.getpid()}-{threading.get_ident()}")
         try:
-            self.client.download_file(bucket, key, str(tmp), Config=self.transfer)
+            for attempt in (1, 2):
+                expect = self.expect(uri)
+                try:
+                    digest = transfer.download(
+                        self.client.raw,
+                        self._pool(),
+                        self._retry,
+                        bucket,
+                        key,
+                        tmp,
+                        expect,
+                        part_size=self.part_size,
+                    )
+                    break
+                except ChecksumMismatch as e:
+                    if attempt == 2:
+                        raise
+                    log.warning("%s; downloading it once more", e)
             os.replace(tmp, target)
+            return digest
         finally:
             tmp.unlink(missing_ok=True)
 
     def download_prefix(
         self, uri: str, dest: str | os.PathLike[str], skip: Iterable[str] = ()
     ) -> list[dict[str, Any]]:
-        """Download every object under `uri/` into `dest`, keeping relative paths. Returns the
-        listed objects (Key, Size, ETag). Objects whose relative path is in `skip` are left."""
+        """Download every object under `uri/` into `dest`, keeping relative paths, several
+        files at once. Returns the listed objects (Key, Size, ETag; and Sha256 for each one
+        downloaded). Objects whose relative path is in `skip` are left."""
         prefix = uri.rstrip("/") + "/"
         bucket, key_prefix = split_s3_uri(prefix)
         objects = [o for o in self.list_objects(prefix) if not o["Key"].endswith("/")]
@@ -391,10 +455,13 @@ class S3:
 
         def fetch(obj: dict[str, Any]) -> None:
             rel = obj["Key"][len(key_prefix) :]
-            self.download_file(f"s3://{bucket}/{obj['Key']}", dest / rel, size=obj["Size"])
+            digest = self.download_file(f"s3://{bucket}/{obj['Key']}", dest / rel, size=obj["Size"])
+            if digest is not None:
+                obj["Sha256"] = digest
 
-        # Large files parallelize inside the transfer manager; small ones across threads.
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(todo)))) as pool:
+        # Largest first: the big files' parts fill the part pool while small files go by.
+        todo.sort(key=lambda o: -int(o["Size"]))
+        with ThreadPoolExecutor(max_workers=min(self.files_in_flight, max(1, len(todo)))) as pool:
             list(pool.map(fetch, todo))
         return objects
 
@@ -403,22 +470,38 @@ class S3:
     def upload_file(
         self, path: str | os.PathLike[str], uri: str, sha256: str | None = None, rel: str = ""
     ) -> Uploaded:
-        """Upload one file with an S3 SHA-256 checksum, then verify size and digest by HEAD."""
+        """Upload one file, its SHA-256 computed while it streams (one read of the file), with
+        an S3 SHA-256 checksum on every request; then verify size and checksum by HEAD. A
+        given `sha256` that differs from the streamed one (the file changed) is an error."""
         bucket, key = split_s3_uri(uri)
-        size = os.path.getsize(path)
-        digest = sha256 or sha256_file(path)
-        extra = dict(self.extra)
-        extra["ChecksumAlgorithm"] = "SHA256"
-        extra["Metadata"] = self._metadata(digest)
-        self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer)
-        self.verify(uri, size, digest, path)
-        return Uploaded(uri=uri, key=rel or os.path.basename(key), size=size, sha256=digest)
+        sent = transfer.upload(
+            self.client,
+            self._pool(),
+            path,
+            bucket,
+            key,
+            part_size=self.part_size,
+            extra=self.extra,
+            metadata=lambda digest: self._metadata(digest),
+        )
+        if sha256 is not None and sha256 != sent.sha256:
+            raise ArtifactsMissing(f"{path} changed while it was uploaded to {uri}")
+        self.verify(uri, sent.size, sent.sha256, checksum=sent.checksum)
+        return Uploaded(
+            uri=uri, key=rel or os.path.basename(key), size=sent.size, sha256=sent.sha256
+        )
 
     def verify(
-        self, uri: str, size: int, sha256: str, path: str | os.PathLike[str] | None = None
+        self,
+        uri: str,
+        size: int,
+        sha256: str,
+        path: str | os.PathLike[str] | None = None,
+        checksum: str | None = None,
     ) -> None:
         """HEAD the object: size, our sha256 metadata and the server's SHA-256 checksum must
-        match the local file (for multipart objects the per-part composite is recomputed)."""
+        match (`checksum`: the full-object or composite checksum computed while uploading; for
+        a multipart object without it, the composite is recomputed from `path`)."""
         head = self.head(uri)
         if head is None:
             raise ArtifactsMissing(f"uploaded object {uri} is not there on HEAD")
@@ -432,12 +515,12 @@ class S3:
         server = head.get("ChecksumSHA256")
         if not server:
             return
-        if "-" not in server:
+        if checksum is not None:
+            expected = checksum
+        elif "-" not in server:
             expected = base64.b64encode(bytes.fromhex(sha256)).decode()
-        elif path is not None and int(server.rsplit("-", 1)[1]) == -(
-            -size // self.transfer.multipart_chunksize
-        ):
-            expected = composite_sha256(path, self.transfer.multipart_chunksize)
+        elif path is not None and int(server.rsplit("-", 1)[1]) == -(-size // self.part_size):
+            expected = composite_sha256(path, self.part_size)
         else:
             return  # parts of an unknown size: S3 verified each part on arrival
         if server != expected:
@@ -461,7 +544,8 @@ class S3:
     def upload_dir(
         self, local: str | os.PathLike[str], uri: str, digests: dict[str, str] | None = None
     ) -> list[Uploaded]:
-        """Upload every file under `local` to `uri/<relative path>`, in parallel."""
+        """Upload every file under `local` to `uri/<relative path>`, several files at once
+        (largest first); returns them in path order, each with its streamed sha256."""
         root = Path(local)
         files = sorted(p for p in root.rglob("*") if p.is_file())
         digests = digests or {}
@@ -470,8 +554,10 @@ class S3:
             rel = p.relative_to(root).as_posix()
             return self.upload_file(p, join(uri, rel), digests.get(str(p)), rel=rel)
 
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(files)))) as pool:
-            return list(pool.map(put, files))
+        by_size = sorted(files, key=lambda p: -p.stat().st_size)
+        with ThreadPoolExecutor(max_workers=min(self.files_in_flight, max(1, len(files)))) as pool:
+            done = dict(zip(by_size, pool.map(put, by_size), strict=True))
+        return [done[p] for p in files]
 
     def delete_prefix(self, uri: str, keep: tuple[str, ...] = ()) -> int:
         """Delete every object under `uri/`, except those whose relative key starts with one

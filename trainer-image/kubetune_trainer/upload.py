@@ -16,7 +16,7 @@ from typing import Any
 from kubetune_api.v1alpha1 import ADAPTER_METHODS, ArtifactsMissing, MethodType, TrainerConfig
 
 from . import manifest as manifest_mod
-from .s3 import S3, join, sha256_file, split_s3_uri
+from .s3 import S3, join, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def upload(
     stale = s3.delete_prefix(cfg.run_prefix, keep=("checkpoints/",))
     if stale:
         log.info("removed %d objects of an earlier attempt under %s", stale, cfg.run_prefix)
-    digests = {str(p): sha256_file(p) for p in files}
-    uploaded = s3.upload_dir(root, cfg.run_prefix, digests)
+    # Each file's sha256 is computed while it streams to S3 (no separate pass over the files).
+    uploaded = s3.upload_dir(root, cfg.run_prefix)
     if len(uploaded) != len(files):
         raise ArtifactsMissing(f"uploaded {len(uploaded)} of {len(files)} artifact files")
     doc = manifest_mod.build(
