@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+from kubetune_trainer.s3 import S3, ChecksumMismatch, split_s3_uri
 from trainer_fixtures import TrainerS3, trainer_s3, unique  # noqa: F401
 
 
@@ -58,3 +60,46 @@ def test_a_complete_file_is_not_downloaded_again(
     head: Any = trainer_s3.s3.head(uri)
     trainer_s3.s3.download_file(uri, dest, size=int(head["ContentLength"]) + 1)
     assert dest.read_bytes() == b"b" * 1000
+
+
+def test_a_corrupt_object_is_detected_on_download(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An object whose bytes no longer match the sha256 it records (bit rot, a bad copy) fails
+    the download with ChecksumMismatch, and leaves no file (complete or partial) behind."""
+    data = os.urandom(2**20)
+    uri = trainer_s3.uri(unique("corrupt"), "model.safetensors")
+    bucket, key = split_s3_uri(uri)
+    bad = data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
+    trainer_s3.s3.client.put_object(
+        Bucket=bucket, Key=key, Body=bad, Metadata={"sha256": hashlib.sha256(data).hexdigest()}
+    )
+    dest = tmp_path / "m" / "model.safetensors"
+    with pytest.raises(ChecksumMismatch, match="corrupt"):
+        trainer_s3.s3.download_file(uri, dest)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_multipart_round_trip_hashes_while_streaming(
+    trainer_s3: TrainerS3,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file of several parts: the digest upload_file reports is the file's sha256 (computed
+    while the parts stream), S3's composite checksum agrees, and the download checks it."""
+    monkeypatch.setenv("KUBETUNE_S3_PART_MIB", "5")
+    s3 = S3()
+    data = os.urandom(12 * 2**20 + 3)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    uri = trainer_s3.uri(unique("multipart"), "big.bin")
+    up = s3.upload_file(src, uri)
+    assert up.sha256 == hashlib.sha256(data).hexdigest()
+    head: Any = s3.head(uri)
+    assert str(head["ChecksumSHA256"]).endswith("-3")
+    expect = s3.expect(uri)
+    assert (expect.composite, expect.part_size) == (head["ChecksumSHA256"], 5 * 2**20)
+    out = tmp_path / "down" / "big.bin"
+    assert s3.download_file(uri, out) == up.sha256
+    assert out.read_bytes() == data

@@ -40,6 +40,7 @@ class LocalS3(S3):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.concurrency = 4
+        self.files_in_flight = 4
         self.extra: dict[str, Any] = {}
         self.client = _Client(self)
         self.owner_uid: str | None = None
