@@ -48,6 +48,9 @@ from .affinity import (
 )
 from .contract import (
     ARTIFACT_KEYS,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_ROOT,
+    MODEL_CACHE_SUBPATH,
     PVC_MOUNT_ROOT,
     RDZV_PORT,
     UID_PREFIX_CHARS,
@@ -148,6 +151,9 @@ __all__ = [
     "LABEL_KEY_PATTERN",
     "LORA_METHODS",
     "MAX_NAME_LENGTH",
+    "MODEL_CACHE_ENV",
+    "MODEL_CACHE_ROOT",
+    "MODEL_CACHE_SUBPATH",
     "NAME_PATTERN",
     "PATH_PATTERN",
     "PLURAL",

@@ -73,6 +73,13 @@ def pvc_mount_path(claim_name: str, root: str = PVC_MOUNT_ROOT) -> str:
     return f"{root.rstrip('/')}/{claim_name}"
 
 
+# Where the operator mounts spec.model.cacheClaimName (its kubetune-model-cache/ directory,
+# read-write), and the variable that tells the trainer; without it the trainer caches models
+# under <workDir>/model-cache (the pod's scratch volume).
+MODEL_CACHE_ROOT = "/mnt/kubetune/model-cache"
+MODEL_CACHE_SUBPATH = "kubetune-model-cache"
+MODEL_CACHE_ENV = "KUBETUNE_MODEL_CACHE"
+
 UID_PREFIX_CHARS = 8
 
 

@@ -11,7 +11,17 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import HUB_ID_PATTERN, S3Uri, Spec, WireBool, WireInt, _one_of, cel, validations
+from ._base import (
+    HUB_ID_PATTERN,
+    ResourceName,
+    S3Uri,
+    Spec,
+    WireBool,
+    WireInt,
+    _one_of,
+    cel,
+    validations,
+)
 from .refs import PVCPath, SecretKeyRef
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +52,11 @@ class ModelSource(Spec):
                 "!has(self.tokenSecretRef) || has(self.hubId)",
                 "tokenSecretRef applies only to hubId",
                 ".tokenSecretRef",
+            ),
+            cel(
+                "!has(self.cacheClaimName) || !has(self.pvc)",
+                "cacheClaimName applies only to hubId and s3Uri (a pvc model is read in place)",
+                ".cacheClaimName",
             ),
         )
     )
@@ -75,6 +90,16 @@ class ModelSource(Spec):
         description="Allow model repositories to run their own Python code. Off by default: "
         "it executes code from the model source inside the trainer.",
     )
+    cache_claim_name: ResourceName | None = Field(
+        default=None,
+        description="A PersistentVolumeClaim in the FineTuneJob's namespace that keeps "
+        "downloaded base models, keyed by the model's URI and revision (the Hub commit, or the "
+        "S3 objects' names, sizes and ETags) and verified by sha256 when reused: a retried "
+        "attempt, or a later run of any job naming the same model, does not download it "
+        "again. Mounted read-write (only its kubetune-model-cache/ directory); use "
+        "ReadWriteMany when runs of several pods share it. Without it the model is cached on "
+        "the pod's scratch volume, for the pod's lifetime.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
@@ -83,6 +108,11 @@ class ModelSource(Spec):
             raise ValueError("spec.model.revision: revision applies only to hubId")
         if self.token_secret_ref is not None and self.hub_id is None:
             raise ValueError("spec.model.tokenSecretRef: tokenSecretRef applies only to hubId")
+        if self.cache_claim_name is not None and self.pvc is not None:
+            raise ValueError(
+                "spec.model.cacheClaimName: cacheClaimName applies only to hubId and s3Uri "
+                "(a pvc model is read in place)"
+            )
         return self
 
     def display(self) -> str:
