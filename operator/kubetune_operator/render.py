@@ -19,6 +19,9 @@ from typing import Any
 
 from kubetune_api.v1alpha1 import (
     API_GROUP,
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_ROOT,
+    MODEL_CACHE_SUBPATH,
     PLURAL,
     FineTuneJobSpec,
     JobIdentity,
@@ -249,6 +252,12 @@ def env(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any
     if spec.model.token_secret_ref:
         ref = spec.model.token_secret_ref
         out.append(_secret_env("HF_TOKEN", ref.name, ref.key))
+    if spec.model.cache_claim_name:
+        # S3 models: the trainer's model cache; Hub models: huggingface_hub's own cache.
+        out += [
+            {"name": MODEL_CACHE_ENV, "value": MODEL_CACHE_ROOT},
+            {"name": "HF_HUB_CACHE", "value": f"{MODEL_CACHE_ROOT}/hub"},
+        ]
     tracking = spec.tracking
     if tracking.wandb is not None:
         ref = tracking.wandb.api_key_secret_ref
@@ -319,6 +328,18 @@ def pod_spec(
             {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
         mounts.append({"name": f"pvc-{i}", "mountPath": pvc_mount_path(claim), "readOnly": True})
+    if spec.model.cache_claim_name:
+        # Read-write, but only the claim's kubetune-model-cache/ directory: the rest of the
+        # volume stays out of the trainer's reach.
+        volumes.append(
+            {
+                "name": "model-cache",
+                "persistentVolumeClaim": {"claimName": spec.model.cache_claim_name},
+            }
+        )
+        mounts.append(
+            {"name": "model-cache", "mountPath": MODEL_CACHE_ROOT, "subPath": MODEL_CACHE_SUBPATH}
+        )
 
     container: dict[str, Any] = {
         "name": CONTAINER,

@@ -3,15 +3,20 @@
 `down()` closes the listening socket (new connections are refused) and resets every open
 connection, as an S3 endpoint that went away would; `up()` listens again on the same port.
 The trainer under test gets `AWS_ENDPOINT_URL=proxy.url`; the test itself talks to MinIO directly.
+`requests` records the (method, path) of every HTTP request that went through, for tests that
+count what a trainer read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+
+REQUEST_LINE = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (/[^ \r\n]*) HTTP/1\.1\r\n")
 
 
 class S3Proxy:
@@ -27,6 +32,7 @@ class S3Proxy:
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self.connections = 0  # accepted while up
+        self.requests: list[tuple[str, str]] = []  # (method, path with query), in order
 
     # ------------------------------------------------------------------ control
 
@@ -80,12 +86,21 @@ class S3Proxy:
                     return
                 self._conns.update((client, server))
                 self.connections += 1
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, log in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, log), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, log: bool) -> None:
+        carry = b""  # a request line may be split between two reads
         try:
             while data := src.recv(65536):
+                if log:
+                    buf = carry + data
+                    for m in REQUEST_LINE.finditer(buf):
+                        if m.end() > len(carry):  # not seen in the previous read
+                            self.requests.append(
+                                (m.group(1).decode(), unquote(m.group(2).decode()))
+                            )
+                    carry = buf[-2048:]
                 dst.sendall(data)
         except OSError:
             pass

@@ -6,7 +6,15 @@ import json
 from typing import Any
 
 import pytest
-from kubetune_api.v1alpha1 import FineTuneJobSpec, Reason, TrainerConfig, pvc_mount_path
+from kubetune_api.v1alpha1 import (
+    MODEL_CACHE_ENV,
+    MODEL_CACHE_ROOT,
+    MODEL_CACHE_SUBPATH,
+    FineTuneJobSpec,
+    Reason,
+    TrainerConfig,
+    pvc_mount_path,
+)
 from kubetune_operator import render
 from kubetune_operator.render import Owner, RenderError, Run
 from kubetune_operator.settings import OperatorSettings
@@ -329,6 +337,29 @@ def test_pvc_sources_are_mounted_read_only_where_the_trainer_looks() -> None:
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert mounts[pvc_mount_path("models")]["readOnly"] is True
     assert mounts[pvc_mount_path("data")]["readOnly"] is True
+
+
+def test_model_cache_claim_is_mounted_read_write_only_in_its_directory() -> None:
+    spec = make_spec(model={"s3Uri": "s3://models/llama/", "cacheClaimName": "model-cache"})
+    pod = render.pod_spec(spec, OWNER, RUN, settings())
+    vol = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert vol["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    c = pod["containers"][0]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "model-cache")
+    assert mount == {
+        "name": "model-cache",
+        "mountPath": MODEL_CACHE_ROOT,
+        "subPath": MODEL_CACHE_SUBPATH,
+    }
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env[MODEL_CACHE_ENV] == MODEL_CACHE_ROOT
+    assert env["HF_HUB_CACHE"].startswith(MODEL_CACHE_ROOT)
+    # without the field: no volume, no variable (the trainer caches on the pod's scratch volume)
+    plain = render.pod_spec(make_spec(), OWNER, RUN, settings())
+    assert not any(v["name"] == "model-cache" for v in plain["volumes"])
+    assert MODEL_CACHE_ENV not in {e["name"] for e in plain["containers"][0]["env"]}
+    with pytest.raises(ValueError, match="cacheClaimName applies only"):
+        make_spec(model={"pvc": {"claimName": "m"}, "cacheClaimName": "model-cache"})
 
 
 def test_quantities() -> None:

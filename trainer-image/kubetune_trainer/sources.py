@@ -31,7 +31,7 @@ from kubetune_api.v1alpha1 import (
     pvc_mount_path,
 )
 
-from .s3 import S3, sha256_file
+from .s3 import S3, ChecksumMismatch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def resolve_model(src: ModelSource, work_dir: Path, s3: S3 | None) -> ResolvedMo
         return _resolve_hub_model(src, work_dir)
     if src.s3_uri:
         assert s3 is not None
-        return _resolve_s3_model(src.s3_uri, work_dir / "model", s3)
+        return _resolve_s3_model(src.s3_uri, work_dir, s3)
     assert src.pvc is not None
     path = pvc_path(src.pvc)
     source = describe_pvc(src.pvc)
@@ -160,7 +160,9 @@ def resolve_model(src: ModelSource, work_dir: Path, s3: S3 | None) -> ResolvedMo
     return ResolvedModel(path=path, source=source, revision=digest_listing(items), kind="pvc")
 
 
-def _resolve_s3_model(uri: str, dest: Path, s3: S3) -> ResolvedModel:
+def _resolve_s3_model(uri: str, work_dir: Path, s3: S3) -> ResolvedModel:
+    from . import modelcache
+
     prefix = uri.rstrip("/") + "/"
     objects = [o for o in s3.list_objects(prefix) if not o["Key"].endswith("/")]
     if not objects:
@@ -175,18 +177,45 @@ def _resolve_s3_model(uri: str, dest: Path, s3: S3) -> ResolvedModel:
         if r.startswith(("checkpoint-", "checkpoints/"))
         or (has_safetensors and r.lower().endswith(LEGACY_WEIGHTS))
     }
-    log.info(
-        "downloading model %s (%d files, %.1f MiB)",
-        uri,
-        len(rels) - len(skip),
-        sum(o["Size"] for o, r in zip(objects, rels, strict=True) if r not in skip) / 2**20,
-    )
-    s3.download_prefix(prefix, dest, skip=skip)
-    check_model_dir(dest, uri)
     revision = digest_listing(
         [(r, int(o["Size"]), str(o.get("ETag", ""))) for o, r in zip(objects, rels, strict=True)]
     )
-    return ResolvedModel(path=dest, source=uri, revision=revision, kind="s3")
+    size = sum(o["Size"] for o, r in zip(objects, rels, strict=True) if r not in skip)
+    cache_root = modelcache.root(work_dir.parent)  # work_dir is <workDir>/kubetune-run-<n>
+
+    def download(dest: Path) -> list[dict[str, Any]]:
+        log.info(
+            "downloading model %s (%d files, %.1f MiB) into the model cache %s",
+            uri,
+            len(rels) - len(skip),
+            size / 2**20,
+            cache_root,
+        )
+        try:
+            got = s3.download_prefix(prefix, dest, skip=skip)
+        except ChecksumMismatch as e:
+            raise ModelError(f"model {uri}: {e}") from e
+        check_model_dir(dest, uri)
+        return [
+            {"rel": o["Key"][len(key_prefix) :], "size": int(o["Size"]), "sha256": o.get("Sha256")}
+            for o in got
+            if o["Key"][len(key_prefix) :] not in skip
+        ]
+
+    path, hit = modelcache.fetch(cache_root, uri, revision, download)
+    if hit:
+        log.info(
+            "model cache hit: %s (revision %s, %.1f MiB) at %s, every file verified by sha256; "
+            "nothing downloaded",
+            uri,
+            revision[:12],
+            size / 2**20,
+            path,
+        )
+    else:
+        log.info("model cache: stored %s (revision %s) at %s", uri, revision[:12], path)
+    check_model_dir(path, uri)
+    return ResolvedModel(path=path, source=uri, revision=revision, kind="s3")
 
 
 def _resolve_hub_model(src: ModelSource, work_dir: Path) -> ResolvedModel:
@@ -310,6 +339,8 @@ def _resolve_s3_data(uri: str, file_format: str, dest: Path, s3: S3, what: str) 
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         raise DatasetError(f"{what} {uri}: cannot read ({code or e})") from e
+    except ChecksumMismatch as e:
+        raise DatasetError(f"{what}: {e}") from e
     if not objects:
         raise DatasetError(f"{what} {uri}: not found (no object at that key, no objects under it)")
     _, key_prefix = prefix.split("://", 1)[1].split("/", 1)
