@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .checkpoints import CheckpointStore
+from .logs import STARTUP
 from .progress import ProgressReporter
 
 log = logging.getLogger("kubetune.train")
@@ -74,6 +75,19 @@ class ConsoleLogCallback(TrainerCallback):
                 "training: %d steps planned, starting at step %d",
                 state.max_steps,
                 state.global_step,
+            )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if "firstStepSeconds" in STARTUP or "t0" not in STARTUP:
+            return
+        STARTUP["firstStepSeconds"] = round(time.monotonic() - STARTUP["t0"], 2)
+        if state.is_world_process_zero:
+            log.info(
+                "time to first step: %.1fs after the trainer started (model resolve %.1fs, "
+                "load %.1fs)",
+                STARTUP["firstStepSeconds"],
+                STARTUP.get("modelResolveSeconds", 0.0),
+                STARTUP.get("modelLoadSeconds", 0.0),
             )
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:

@@ -12,6 +12,11 @@ import os
 import sys
 import warnings
 
+# Time to first step (issue 19): the trainer's start (pipeline.run sets "t0"), the model's
+# resolve (download) and load seconds, and the seconds from the start to the end of the first
+# optimizer step (callbacks.ConsoleLogCallback). The manifest's speed.startup carries them.
+STARTUP: dict[str, float] = {}
+
 # AWS_ACCESS_KEY_ID is an identifier, not a secret (and often a plain word on MinIO): it stays.
 SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY",

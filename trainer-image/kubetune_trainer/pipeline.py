@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from kubetune_api.v1alpha1 import (
 
 from . import distribute, tracking
 from . import result as result_mod
+from .logs import STARTUP
 from .progress import ProgressReporter
 from .s3 import S3, join
 
@@ -126,6 +128,8 @@ def _store(cfg: TrainerConfig) -> S3:
 
 def run(cfg: TrainerConfig) -> dict[str, Any]:
     """All stages; returns the success result (failures raise TrainerFailure)."""
+    STARTUP.clear()
+    STARTUP["t0"] = time.monotonic()
     preflight(cfg)
     is_main, local_rank = _distributed()
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -194,7 +198,9 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         )
         ctx.datasets = prepared.info
         ctx.report(stage="resolve")
+        t_resolve = time.monotonic()
         resolved = sources.resolve_model(spec.model, ctx.work, ctx.s3)
+        STARTUP["modelResolveSeconds"] = round(time.monotonic() - t_resolve, 2)
     ctx.model_path = resolved.path
     ctx.base_model = {
         "source": resolved.source,
@@ -233,6 +239,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     ctx.report(stage="load")
     seed = spec.hyperparameters.seed
     set_seed(seed)  # newly initialised heads are part of the run's reproducibility
+    t_load = time.monotonic()
     tokenizer = modelload.load_tokenizer(
         resolved.path, spec.dataset, spec.model.trust_remote_code, resolved.source
     )
@@ -249,6 +256,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         attn_implementation=plan.attn_implementation if cuda else None,
         quant_storage=distribute.quant_storage(dist, str(quant.compute_dtype)) if quant else None,
     )
+    STARTUP["modelLoadSeconds"] = round(time.monotonic() - t_load, 2)
     if plan.liger and speed.apply_liger(loaded.model):
         log.info("speed: Liger kernels applied")
     ctx.report(stage="build")
@@ -319,7 +327,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             merged_possible=t in MERGEABLE or t not in ADAPTER_METHODS,
             base_model=ctx.base_model,
             datasets=ctx.datasets,
-            speed=ctx.speed,
+            speed={**ctx.speed, "startup": {k: v for k, v in STARTUP.items() if k != "t0"}},
             metrics=_jsonable(metrics),
         )
         if store is not None:
