@@ -109,6 +109,7 @@ def test_round_trip_hashes_while_streaming(tmp_path: Path, size: int) -> None:
     src = tmp_path / "src"
     src.write_bytes(data)
     store = Store()
+    tags: list[str] = []
     with ThreadPoolExecutor(4) as pool:
         sent = transfer.upload(
             store,
@@ -119,6 +120,7 @@ def test_round_trip_hashes_while_streaming(tmp_path: Path, size: int) -> None:
             part_size=16 * 1024,
             extra={},
             metadata=lambda d: {"sha256": d} if d else {},
+            tag=tags.append,
         )
         assert store.objects["k"] == data
         assert sent.sha256 == hashlib.sha256(data).hexdigest()
@@ -128,6 +130,7 @@ def test_round_trip_hashes_while_streaming(tmp_path: Path, size: int) -> None:
                 hashlib.sha256(data[o : o + n]).digest() for o, n in transfer.parts(size, 16 * 1024)
             ]
             assert sent.checksum == transfer.composite(parts)
+            assert tags == [sent.sha256]
         expect = Expect(
             size=size,
             composite=sent.checksum if "-" in sent.checksum else None,
@@ -172,3 +175,8 @@ def test_expect_reads_our_metadata_and_s3s_checksums() -> None:
     assert transfer.expect_from_head({**comp, "Metadata": {}}, lambda: 7).part_size == 7
     assert transfer.expect_from_head({**comp, "Metadata": {}}, lambda: 5).composite is None
     assert transfer.expect_from_head({"ContentLength": 3}, lambda: None) == Expect(size=3)
+    # a sha256 tag (set after a multipart upload) replaces the part digests; junk is ignored
+    tag = hashlib.sha256(b"y").hexdigest()
+    e = transfer.expect_from_head(comp, lambda: None, lambda: tag)
+    assert (e.sha256, e.composite) == (tag, None)
+    assert transfer.expect_from_head(comp, lambda: None, lambda: "junk").composite == "abc=-3"

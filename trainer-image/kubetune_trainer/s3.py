@@ -301,6 +301,7 @@ class S3:
             max(5, _env_int("KUBETUNE_S3_PART_MIB", TRANSFER_DEFAULTS["part_mib"])) * MiB
         )
         self._parts: ThreadPoolExecutor | None = None
+        self._tagging_off = False
         self._pool_lock = threading.Lock()
         self.extra: dict[str, Any] = {}
         if sse and sse != "none":
@@ -399,7 +400,40 @@ class S3:
             h = self.client.head_object(Bucket=bucket, Key=key, PartNumber=1)
             return int(h["ContentLength"]) if int(h.get("PartsCount") or 1) > 1 else None
 
-        return transfer.expect_from_head(dict(head), part_one)
+        def tagged() -> str | None:
+            from botocore.exceptions import ClientError
+
+            try:
+                tags = self.client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+            except (ClientError, StorageAccessDenied):
+                return None  # not allowed or not supported: the part digests are checked
+            return next((t["Value"] for t in tags if t["Key"] == transfer.SHA256_TAG), None)
+
+        return transfer.expect_from_head(dict(head), part_one, tagged)
+
+    def _tag_sha256(self, bucket: str, key: str, digest: str) -> None:
+        """Tag a multipart object with its sha256 (transfer.SHA256_TAG). Where the credentials
+        may not tag objects (s3:PutObjectTagging) or the server has no tagging, downloads fall
+        back to the part digests; said once."""
+        from botocore.exceptions import ClientError
+
+        if self._tagging_off:
+            return
+        try:
+            self.client.put_object_tagging(
+                Bucket=bucket,
+                Key=key,
+                Tagging={"TagSet": [{"Key": transfer.SHA256_TAG, "Value": digest}]},
+            )
+        except (ClientError, StorageAccessDenied) as e:
+            self._tagging_off = True
+            log.info(
+                "cannot tag s3://%s/%s with its sha256 (%s); downloads of multipart objects "
+                "check their part digests instead",
+                bucket,
+                key,
+                type(e).__name__,
+            )
 
     def download_file(
         self, uri: str, dest: str | os.PathLike[str], size: int | None = None
@@ -483,6 +517,7 @@ class S3:
             part_size=self.part_size,
             extra=self.extra,
             metadata=lambda digest: self._metadata(digest),
+            tag=lambda digest: self._tag_sha256(bucket, key, digest),
         )
         if sha256 is not None and sha256 != sent.sha256:
             raise ArtifactsMissing(f"{path} changed while it was uploaded to {uri}")

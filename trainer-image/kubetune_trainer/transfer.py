@@ -34,6 +34,10 @@ from typing import Any
 
 MiB = 1024 * 1024
 PART_SIZE_META = "kubetune-part-size"
+# A multipart object's whole-file sha256 is known only once every part is sent, after its
+# metadata is fixed: it goes into this object tag, so a download checks one digest, not the
+# part digests as well.
+SHA256_TAG = "kubetune-sha256"
 
 
 class ChecksumMismatch(Exception):
@@ -143,6 +147,7 @@ def upload(
     part_size: int,
     extra: dict[str, Any],
     metadata: Callable[[str | None], dict[str, str]],
+    tag: Callable[[str], None] | None = None,
 ) -> Sent:
     """Upload one file, hashing while streaming. `metadata(sha256 or None)` gives the object's
     metadata (the digest is known up front only for a single-request upload). Every request
@@ -205,9 +210,10 @@ def upload(
                 raw = getattr(client, "raw", client)
                 raw.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
-        return Sent(
-            size=size, sha256=chain.hash.hexdigest(), checksum=composite([d for _, d in done])
-        )
+        digest_hex = chain.hash.hexdigest()
+        if tag is not None:
+            tag(digest_hex)
+        return Sent(size=size, sha256=digest_hex, checksum=composite([d for _, d in done]))
 
 
 @dataclass(frozen=True)
@@ -221,9 +227,15 @@ class Expect:
     part_size: int | None = None  # the parts' size when `composite` is set
 
 
-def expect_from_head(head: dict[str, Any], part_one: Callable[[], int | None]) -> Expect:
-    """The digests a HEAD (ChecksumMode=ENABLED) reports. `part_one()` gives the size of part 1
-    (HEAD with PartNumber=1), asked only for a composite checksum without our part-size."""
+def expect_from_head(
+    head: dict[str, Any],
+    part_one: Callable[[], int | None],
+    tagged: Callable[[], str | None] = lambda: None,
+) -> Expect:
+    """The digests a HEAD (ChecksumMode=ENABLED) reports. For a composite checksum without our
+    sha256 metadata, `tagged()` gives the sha256 tag (then the part digests need not be
+    computed) and `part_one()` the size of part 1 (HEAD with PartNumber=1), asked only when
+    there is no tag and no recorded part size."""
     meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
     size = int(head.get("ContentLength", 0))
     etag = head.get("ETag")
@@ -233,6 +245,10 @@ def expect_from_head(head: dict[str, Any], part_one: Callable[[], int | None]) -
         sha = base64.b64decode(server).hex()
     comp = server if server and "-" in server else None
     part_size = None
+    if comp and not sha:
+        t = tagged()
+        if t and len(t) == 64 and all(c in "0123456789abcdef" for c in t):
+            sha, comp = t, None
     if comp:
         raw = meta.get(PART_SIZE_META)
         part_size = int(raw) if raw and raw.isdigit() else part_one()
