@@ -1,23 +1,26 @@
 """The `kubetune` command (Typer + Rich) on kubetune.Client; see docs/cli.md.
 
 Exit codes: 0 ok / succeeded, 1 the job failed, 2 bad input (names the field),
-3 timed out, 4 not found.
+3 timed out, 4 not found, 5 artifacts failed verification (or are missing).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from kubetune.client import Client, JobFailed, load_job
+from kubetune.client import ArtifactsError, Client, JobFailed, load_job
 
 app = typer.Typer(
     help="Submit and follow kubetune FineTuneJobs.",
@@ -27,7 +30,7 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_NOT_FOUND = 1, 2, 3, 4
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_NOT_FOUND, EXIT_VERIFY = 1, 2, 3, 4, 5
 
 NsOpt = typer.Option(None, "--namespace", "-n", help="Namespace (default: kubeconfig's).")
 CtxOpt = typer.Option(None, "--context", help="kubeconfig context.")
@@ -59,18 +62,91 @@ def _api_error(e: ApiException) -> None:
     raise typer.Exit(EXIT_NOT_FOUND if e.status == 404 else EXIT_BAD_INPUT)
 
 
+def _source(uri: str, what: str) -> dict[str, Any]:
+    """--model/--data value to a source: s3://..., pvc://claim/path, or a Hub id."""
+    if uri.startswith("s3://"):
+        return {"s3Uri": uri}
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        return {"pvc": {"claimName": claim, "path": "/" + path}}
+    if what == "model":
+        return {"hubId": uri}
+    return {"hub": {"name": uri}}
+
+
+def spec_from_flags(
+    *,
+    name: str,
+    model: str,
+    data: str,
+    output: str,
+    method: str = "lora",
+    data_format: str | None = None,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    gpus: int | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """The FineTuneJob the common-case flags describe (validated by load_job afterwards)."""
+    hp: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("epochs", epochs),
+            ("maxSteps", max_steps),
+            ("learningRate", learning_rate),
+            ("batchSize", batch_size),
+        )
+        if v is not None
+    }
+    dataset = _source(data, "data")
+    if data_format:
+        dataset["format"] = data_format
+    spec: dict[str, Any] = {
+        "model": _source(model, "model"),
+        "dataset": dataset,
+        "method": {"type": method},
+        "output": {"uri": output},
+    }
+    if hp:
+        spec["hyperparameters"] = hp
+    if gpus is not None:
+        spec["resources"] = {"gpus": gpus}
+    if dry_run:
+        spec["dryRun"] = True
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 @app.command()
 def submit(
     file: Path | None = typer.Option(None, "--file", "-f", help="FineTuneJob YAML."),
     name: str | None = typer.Option(None, help="metadata.name (with --model/--data)."),
-    model: str | None = typer.Option(None, help="spec.model.name (hub id)."),
-    data: str | None = typer.Option(None, help="spec.data.uri (s3:// or hub dataset)."),
-    method: str = typer.Option("lora", help="spec.method.type."),
+    model: str | None = typer.Option(
+        None, help="Base model: Hub id, s3://bucket/prefix/ or pvc://claim/path."
+    ),
+    data: str | None = typer.Option(
+        None, help="Dataset: s3://bucket/key, Hub dataset id or pvc://claim/path."
+    ),
+    method: str = typer.Option("lora", help="spec.method.type (lora, qlora, full, ...)."),
     output: str | None = typer.Option(None, help="spec.output.uri (s3://bucket/prefix)."),
+    data_format: str | None = typer.Option(
+        None, "--format", help="spec.dataset.format (text, prompt-completion, messages)."
+    ),
+    epochs: float | None = typer.Option(None, help="spec.hyperparameters.epochs."),
+    max_steps: int | None = typer.Option(None, help="spec.hyperparameters.maxSteps."),
+    learning_rate: float | None = typer.Option(None, help="spec.hyperparameters.learningRate."),
+    batch_size: int | None = typer.Option(None, help="spec.hyperparameters.batchSize."),
+    gpus: int | None = typer.Option(None, help="spec.resources.gpus."),
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
 ) -> None:
-    """Create a FineTuneJob from -f job.yaml or from flags."""
+    """Create a FineTuneJob from -f job.yaml or from flags (--name --model --data --output)."""
     try:
         if file is not None:
             job = load_job(file)
@@ -88,21 +164,29 @@ def submit(
             if missing:
                 err.print(f"[red]error[/red]: give -f job.yaml or {', '.join(missing)}")
                 raise typer.Exit(EXIT_BAD_INPUT)
+            assert name and model and data and output
             job = load_job(
-                {
-                    "metadata": {"name": name},
-                    "spec": {
-                        "model": {"name": model},
-                        "data": {"uri": data},
-                        "method": {"type": method},
-                        "output": {"uri": output},
-                    },
-                }
+                spec_from_flags(
+                    name=name,
+                    model=model,
+                    data=data,
+                    output=output,
+                    method=method,
+                    data_format=data_format,
+                    epochs=epochs,
+                    max_steps=max_steps,
+                    learning_rate=learning_rate,
+                    batch_size=batch_size,
+                    gpus=gpus,
+                )
             )
         created = _client(namespace, context).create(job)
     except ValidationError as e:
         _bad_input(e)
         return
+    except (OSError, yaml.YAMLError) as e:
+        err.print(f"[red]error[/red]: {file}: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from e
     except ApiException as e:
         _api_error(e)
         return
@@ -133,9 +217,33 @@ def get(name: str, namespace: str | None = NsOpt, context: str | None = CtxOpt) 
     except ApiException as e:
         _api_error(e)
         return
-    import yaml
-
     console.print(yaml.safe_dump(job.model_dump(by_alias=True, exclude_none=True, mode="json")))
+
+
+def _fmt_eta(seconds: int | None) -> str:
+    if seconds is None:
+        return "eta -"
+    h, rem = divmod(int(seconds), 3600)
+    m, sec = divmod(rem, 60)
+    return f"eta {h}:{m:02d}:{sec:02d}" if h else f"eta {m}:{sec:02d}"
+
+
+def progress_fields(job: Any) -> dict[str, Any]:
+    """What the watch bar shows, from status alone (pure; the unit tests read it)."""
+    st = job.status
+    p = st.progress if st else None
+    phase = (st.phase if st else None) or "Pending"
+    out: dict[str, Any] = {"phase": phase, "completed": 0, "total": None, "info": ""}
+    if p is None:
+        return out
+    parts = []
+    if p.stage:
+        parts.append(p.stage)
+    parts.append(f"loss {p.loss:.4f}" if p.loss is not None else "loss -")
+    parts.append(f"{p.tokens_per_second:,.0f} tok/s" if p.tokens_per_second else "- tok/s")
+    parts.append(_fmt_eta(p.eta_seconds if phase != "Succeeded" else 0))
+    out.update(completed=p.step or 0, total=p.total_steps or None, info="  ".join(parts))
+    return out
 
 
 @app.command()
@@ -145,30 +253,34 @@ def watch(
     context: str | None = CtxOpt,
     timeout: int = typer.Option(3600, help="Seconds."),
 ) -> None:
-    """A live progress bar: step, loss, tokens/s and ETA from status.progress."""
+    """A live progress bar: step/total, loss, tokens/s and ETA from status.progress.
+    Exit 0 when Succeeded, 1 when Failed, 3 when the timeout passes first."""
     client = _client(namespace, context)
     phase = None
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task(name, total=None, info="")
-        for job in client.watch(name, timeout_seconds=timeout):
-            st = job.status
-            phase = st.phase if st else None
-            p = st.progress if st else None
-            info = f"phase={phase}"
-            if p is not None:
-                info += f" loss={p.loss:.4f}" if p.loss is not None else ""
-                info += f" tok/s={p.tokens_per_second:.0f}" if p.tokens_per_second else ""
-                info += f" eta={p.eta_seconds}s" if p.eta_seconds is not None else ""
-                bar.update(task, completed=p.step or 0, total=p.total_steps, info=info)
-            else:
-                bar.update(task, info=info)
+    deadline = time.monotonic() + timeout
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.fields[phase]}"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task(name, total=None, phase="", info="")
+            # the watch stream may end (server timeout) before the job does: watch again
+            while phase not in ("Succeeded", "Failed") and time.monotonic() < deadline:
+                left = max(1, int(deadline - time.monotonic()))
+                for job in client.watch(name, timeout_seconds=left):
+                    f = progress_fields(job)
+                    phase = f["phase"]
+                    bar.update(task, completed=f["completed"], total=f["total"],
+                               phase=phase, info=f["info"])  # fmt: skip
+    except ApiException as e:
+        _api_error(e)
+        return
     console.print(f"{name}: {phase}")
     if phase == "Failed":
         raise typer.Exit(EXIT_FAILED)
@@ -182,29 +294,38 @@ def wait(
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
     timeout: float = typer.Option(3600, help="Seconds."),
+    condition: str = typer.Option(
+        "Succeeded", "--for", help="kstatus condition to wait for (Succeeded, Ready, Suspended)."
+    ),
 ) -> None:
-    """Block until the job succeeds (exit 0), fails (1) or the timeout passes (3)."""
+    """Block until the condition is True (exit 0), the job fails (1) or time is up (3)."""
     try:
-        _client(namespace, context).wait(name, timeout=timeout)
+        _client(namespace, context).wait(name, timeout=timeout, condition=condition)
+    except ApiException as e:
+        _api_error(e)
     except JobFailed as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(EXIT_FAILED) from e
     except TimeoutError as e:
         err.print(str(e))
         raise typer.Exit(EXIT_TIMEOUT) from e
-    console.print(f"{name}: Succeeded")
+    console.print(f"{name}: {condition}")
 
 
 @app.command()
 def logs(
     name: str,
     follow: bool = typer.Option(False, "--follow", "-f"),
+    wait: float = typer.Option(0, help="Seconds to wait for the pod to start."),
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
 ) -> None:
-    """Logs of the current run's rank-0 pod."""
-    for line in _client(namespace, context).logs(name, follow=follow):
-        print(line)
+    """Logs of the current run's rank-0 pod (completion index 0 of a run of several pods)."""
+    try:
+        for line in _client(namespace, context).logs(name, follow=follow, wait=wait):
+            print(line, flush=True)
+    except ApiException as e:
+        _api_error(e)
 
 
 def _simple(action: str):
@@ -223,6 +344,56 @@ def _simple(action: str):
 
 for _action in ("cancel", "suspend", "resume"):
     app.command(_action)(_simple(_action))
+
+
+artifacts_app = typer.Typer(help="The current run's artifacts.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+
+
+@artifacts_app.command("download")
+def artifacts_download(
+    name: str,
+    dest: Path = typer.Option(Path("."), "--dest", "-o", help="Directory to write to."),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Check every file's sha256 against manifest.json."
+    ),
+    only: str = typer.Option("", "--only", help="Only paths under this prefix (adapter/)."),
+    s3_endpoint: str | None = typer.Option(
+        None, envvar="AWS_ENDPOINT_URL", help="S3 endpoint (MinIO); credentials from AWS_*."
+    ),
+    namespace: str | None = NsOpt,
+    context: str | None = CtxOpt,
+) -> None:
+    """Download the files manifest.json lists; exit 5 if one fails verification."""
+    try:
+        files = _client(namespace, context).download_artifacts(
+            name, dest, verify=verify, prefix=only, s3_endpoint=s3_endpoint
+        )
+    except ArtifactsError as e:
+        err.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(EXIT_VERIFY) from e
+    except ApiException as e:
+        _api_error(e)
+        return
+    total = sum(f.size for f in files)
+    what = "verified against manifest.json (sha256)" if verify else "not verified"
+    console.print(f"{len(files)} files, {total / 2**20:.1f} MiB in {dest}: {what}")
+
+
+@artifacts_app.command("verify")
+def artifacts_verify(
+    dest: Path = typer.Argument(..., help="A directory artifacts download wrote."),
+) -> None:
+    """Check a downloaded copy against its manifest.json again; exit 5 on a mismatch."""
+    from kubetune.client import verify_dir
+
+    manifest = json.loads((dest / "manifest.json").read_text())
+    problems = verify_dir(dest, manifest)
+    for p in problems:
+        err.print(f"[red]mismatch[/red]: {p}")
+    if problems:
+        raise typer.Exit(EXIT_VERIFY)
+    console.print(f"{len(manifest.get('files', []))} files match manifest.json")
 
 
 def main() -> None:

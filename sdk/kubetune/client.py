@@ -7,8 +7,12 @@ before the API server sees it.
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,50 @@ from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 CANCELLED_ANNOTATION = "kubetune.io/cancelled-at"
 TERMINAL = ("Succeeded", "Failed")
+
+
+class ArtifactsError(RuntimeError):
+    """The run's artifacts are missing, or a file does not match the sha256 manifest."""
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    path: str  # relative to the run prefix (as in manifest.json)
+    size: int
+    sha256: str
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_dir(dest: Path, manifest: dict[str, Any]) -> list[str]:
+    """Problems of a local copy against manifest.json's `files` (empty: every file matches)."""
+    problems = []
+    for f in manifest.get("files", []):
+        local = dest / f["path"]
+        if not local.is_file():
+            problems.append(f"{f['path']}: missing")
+            continue
+        size = local.stat().st_size
+        if size != int(f["size"]):
+            problems.append(f"{f['path']}: size {size}, manifest says {f['size']}")
+            continue
+        digest = _sha256_file(local)
+        if digest != f["sha256"]:
+            problems.append(f"{f['path']}: sha256 {digest}, manifest says {f['sha256']}")
+    return problems
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 class JobFailed(RuntimeError):
@@ -150,19 +198,95 @@ class Client:
         )
 
     # -- waiting ----------------------------------------------------------------------------
-    def wait(self, name: str, timeout: float = 3600, poll: float = 2.0) -> FineTuneJob:
-        """Block until Ready (Succeeded); raise JobFailed on Failed/Stalled, TimeoutError on time."""
+    def wait(
+        self, name: str, timeout: float = 3600, poll: float = 2.0, condition: str = "Succeeded"
+    ) -> FineTuneJob:
+        """Block until `condition` is True (kstatus: Succeeded, Ready, Suspended, ...) in the
+        status of the current generation; raise JobFailed once Failed or Stalled is True (or the
+        phase is Failed), TimeoutError when the time is up."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(name)
             phase = job.status.phase if job.status else None
-            if phase == "Succeeded" or _condition(job, "Succeeded"):
+            observed = job.status.observed_generation if job.status else None
+            current = observed is None or observed >= int(job.metadata.get("generation") or 0)
+            if current and (_condition(job, condition) or phase == condition):
                 return job
-            if phase == "Failed" or _condition(job, "Stalled"):
+            if phase == "Failed" or _condition(job, "Failed") or _condition(job, "Stalled"):
                 raise JobFailed(job)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"FineTuneJob {name} still {phase} after {timeout:.0f}s")
             time.sleep(poll)
+
+    # -- artifacts --------------------------------------------------------------------------
+    def _s3(self, endpoint: str | None = None) -> Any:
+        import boto3  # the `cli` extra; boto3 reads AWS_* and AWS_ENDPOINT_URL itself
+
+        return boto3.client("s3", endpoint_url=endpoint) if endpoint else boto3.client("s3")
+
+    def manifest(self, name: str, s3: Any = None) -> dict[str, Any]:
+        """manifest.json of the current run, checked against status.artifacts.manifestSha256."""
+        job = self.get(name)
+        arts = job.status.artifacts if job.status else None
+        if arts is None or not arts.manifest_uri:
+            phase = job.status.phase if job.status else None
+            raise ArtifactsError(
+                f"FineTuneJob {name} has no status.artifacts.manifestUri yet (phase {phase}): "
+                "artifacts appear once the run has uploaded them"
+            )
+        s3 = s3 or self._s3()
+        bucket, key = split_s3_uri(arts.manifest_uri)
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        digest = hashlib.sha256(data).hexdigest()
+        if arts.manifest_sha256 and digest != arts.manifest_sha256:
+            raise ArtifactsError(
+                f"{arts.manifest_uri}: sha256 {digest}, but status.artifacts.manifestSha256 "
+                f"is {arts.manifest_sha256} (changed after the run wrote it)"
+            )
+        doc: dict[str, Any] = json.loads(data)
+        doc["_manifestUri"] = arts.manifest_uri
+        return doc
+
+    def download_artifacts(
+        self,
+        name: str,
+        dest: str | Path,
+        *,
+        verify: bool = True,
+        prefix: str = "",
+        s3: Any = None,
+        s3_endpoint: str | None = None,
+    ) -> builtins.list[DownloadedFile]:
+        """Download the current run's files listed in manifest.json (optionally only those under
+        `prefix`, e.g. "adapter/") into dest, keeping their relative paths. With verify, every
+        file's size and sha256 are checked against the manifest (which is itself checked against
+        status); a mismatch raises ArtifactsError naming the file."""
+        s3 = s3 or self._s3(s3_endpoint)
+        manifest = self.manifest(name, s3=s3)
+        run_bucket, run_key = split_s3_uri(manifest["runPrefix"])
+        dest = Path(dest)
+        files = [f for f in manifest["files"] if f["path"].startswith(prefix)]
+        if not files:
+            raise ArtifactsError(
+                f"manifest {manifest['_manifestUri']} lists no files under {prefix!r}"
+            )
+        out = []
+        for f in files:
+            local = dest / f["path"]
+            if ".." in Path(f["path"]).parts or Path(f["path"]).is_absolute():
+                raise ArtifactsError(f"manifest path {f['path']!r} leaves the destination")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            key = run_key.rstrip("/") + "/" + f["path"]
+            s3.download_file(run_bucket, key, str(local))
+            out.append(DownloadedFile(f["path"], int(f["size"]), f["sha256"]))
+        (dest / "manifest.json").write_text(
+            json.dumps({k: v for k, v in manifest.items() if not k.startswith("_")}, indent=2)
+        )
+        if verify:
+            problems = verify_dir(dest, {"files": files})
+            if problems:
+                raise ArtifactsError("verification failed: " + "; ".join(problems))
+        return out
 
     # -- logs -------------------------------------------------------------------------------
     def rank0_pod(self, name: str) -> str | None:
@@ -183,12 +307,31 @@ class Client:
         rank0.sort(key=lambda t: str(t[0]))
         return str(rank0[-1][1]) if rank0 else None
 
-    def logs(self, name: str, follow: bool = False) -> Iterator[str]:
-        pod = self.rank0_pod(name)
-        if pod is None:
-            return
-        if not follow:
-            yield from self.core.read_namespaced_pod_log(pod, self.namespace).splitlines()
-            return
-        w = k8s_watch.Watch()
-        yield from w.stream(self.core.read_namespaced_pod_log, pod, self.namespace)
+    def logs(
+        self, name: str, follow: bool = False, container: str = "trainer", wait: float = 0
+    ) -> Iterator[str]:
+        """Lines of the rank-0 pod's trainer container. With `wait`, wait up to that many
+        seconds for the pod to exist and its container to start (follow before the pod runs)."""
+        deadline = time.monotonic() + wait
+        while True:
+            pod = self.rank0_pod(name)
+            if pod is not None:
+                try:
+                    if not follow:
+                        text = self.core.read_namespaced_pod_log(
+                            pod, self.namespace, container=container
+                        )
+                        yield from text.splitlines()
+                        return
+                    w = k8s_watch.Watch()
+                    yield from w.stream(
+                        self.core.read_namespaced_pod_log, pod, self.namespace, container=container
+                    )
+                    return
+                except k8s.exceptions.ApiException as e:
+                    # 400: container is waiting to start; retry within `wait`
+                    if e.status != 400 or time.monotonic() > deadline:
+                        raise
+            elif time.monotonic() > deadline:
+                return
+            time.sleep(1)

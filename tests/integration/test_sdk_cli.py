@@ -70,3 +70,71 @@ def test_cli_refuses_a_bad_spec_before_the_api_server(
     assert "spec.model" in r.stderr
     out = cluster.kubectl("get", "finetunejobs", "-o", "name", namespace=namespace)
     assert out.stdout.strip() == ""
+
+
+def test_artifacts_download_verifies_against_the_manifest_in_minio(
+    cluster: Any, crd: None, namespace: str, s3: Any, tmp_path: Path
+) -> None:
+    """A run's files and manifest.json in MinIO, status.artifacts pointing at them (written here
+    through the status subresource, as the operator would): `artifacts download --verify` gets
+    every file and exits 0; after one object is overwritten in MinIO it exits 5 naming it."""
+    import hashlib
+
+    example = REPO / "examples" / "chat-messages-sft.yaml"
+    name = yaml.safe_load(example.read_text())["metadata"]["name"]
+    assert kubetune("submit", "-f", str(example), "-n", namespace).returncode == 0
+    bucket = cluster.s3_bucket
+    prefix = f"output/{namespace}/{name}/abcd1234/run-1"
+    files = {"adapter/adapter_model.safetensors": b"\x00weights" * 1000, "metrics.json": b"{}"}
+    for path, data in files.items():
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{path}", Body=data)
+    manifest = json.dumps(
+        {
+            "runPrefix": f"s3://{bucket}/{prefix}/",
+            "files": [
+                {"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                for p, d in sorted(files.items())
+            ],
+        }
+    ).encode()
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest)
+    status = {
+        "status": {
+            "phase": "Succeeded",
+            "artifacts": {
+                "manifestUri": f"s3://{bucket}/{prefix}/manifest.json",
+                "manifestSha256": hashlib.sha256(manifest).hexdigest(),
+                "adapterUri": f"s3://{bucket}/{prefix}/adapter/",
+            },
+        }
+    }
+    cluster.kubectl(
+        "patch", "finetunejob", name, "--subresource=status", "--type=merge",
+        "-p", json.dumps(status), namespace=namespace,
+    )  # fmt: skip
+
+    dest = tmp_path / "good"
+    r = kubetune("artifacts", "download", name, "-o", str(dest), "--verify", "-n", namespace)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 files" in r.stdout and "verified" in r.stdout
+    got = (dest / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert got == files["adapter/adapter_model.safetensors"]
+    assert kubetune("artifacts", "verify", str(dest)).returncode == 0
+
+    # corrupt the object in MinIO (same size, one byte changed)
+    bad = bytearray(files["adapter/adapter_model.safetensors"])
+    bad[5] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/adapter/adapter_model.safetensors", Body=bytes(bad))
+    r = kubetune("artifacts", "download", name, "-o", str(tmp_path / "bad"), "-n", namespace)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "adapter/adapter_model.safetensors: sha256" in r.stderr
+
+    # a local copy changed after download fails `artifacts verify`
+    (dest / "metrics.json").write_bytes(b"{ }")
+    r = kubetune("artifacts", "verify", str(dest))
+    assert r.returncode == 5 and "metrics.json" in r.stderr
+
+    # a manifest changed after the run wrote it is refused before any file is read
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest + b" ")
+    r = kubetune("artifacts", "download", name, "-o", str(tmp_path / "m"), "-n", namespace)
+    assert r.returncode == 5 and "manifestSha256" in r.stderr

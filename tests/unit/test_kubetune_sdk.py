@@ -94,3 +94,124 @@ def test_cli_submit_flags_missing_names_them() -> None:
     result = CliRunner().invoke(app, ["submit", "--model", "m"])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "--data" in result.output and "--output" in result.output
+
+
+# -- flags for the common case -------------------------------------------------------------
+
+
+def test_submit_flags_build_a_valid_spec_for_each_kind_of_source() -> None:
+    from kubetune.cli import spec_from_flags
+
+    job = load_job(
+        spec_from_flags(
+            name="j",
+            model="s3://bkt/models/tiny/",
+            data="s3://bkt/d/train.jsonl",
+            output="s3://bkt/out",
+            method="qlora",
+            epochs=2,
+            batch_size=4,
+        )
+    )
+    assert job.spec.model.s3_uri == "s3://bkt/models/tiny/"
+    assert job.spec.dataset.s3_uri == "s3://bkt/d/train.jsonl"
+    assert job.spec.method.type == "qlora" and job.spec.hyperparameters.batch_size == 4
+    hub = load_job(
+        spec_from_flags(
+            name="j", model="org/model", data="pvc://claim/data/train.jsonl", output="s3://bkt/out"
+        )
+    )
+    assert hub.spec.model.hub_id == "org/model"
+    assert hub.spec.dataset.pvc is not None and hub.spec.dataset.pvc.claim_name == "claim"
+    assert hub.spec.dataset.pvc.path == "/data/train.jsonl"
+
+
+def test_submit_flags_bad_method_names_the_field() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            "--name",
+            "j",
+            "--model",
+            "org/m",
+            "--data",
+            "s3://bkt/d.jsonl",
+            "--output",
+            "s3://bkt/o",
+            "--method",
+            "lorax",
+        ],
+    )
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "spec.method.type" in result.output
+
+
+# -- watch's bar reads status only ------------------------------------------------------------
+
+
+def test_progress_fields_show_step_loss_throughput_and_eta() -> None:
+    from kubetune.cli import progress_fields
+
+    doc = _example() | {
+        "status": {
+            "phase": "Running",
+            "progress": {
+                "step": 12,
+                "totalSteps": 30,
+                "loss": 2.5,
+                "tokensPerSecond": 1234.5,
+                "etaSeconds": 75,
+                "stage": "train",
+            },
+        }
+    }
+    f = progress_fields(load_job(doc))
+    assert (f["phase"], f["completed"], f["total"]) == ("Running", 12, 30)
+    assert "loss 2.5000" in f["info"] and "1,234 tok/s" in f["info"] and "eta 1:15" in f["info"]
+    pending = progress_fields(load_job(_example()))
+    assert pending["phase"] == "Pending" and pending["total"] is None
+
+
+# -- artifacts: verification against the manifest --------------------------------------------
+
+
+def test_verify_dir_names_the_corrupted_and_the_missing_file(tmp_path: Path) -> None:
+    import hashlib
+
+    from kubetune.client import verify_dir
+
+    (tmp_path / "adapter").mkdir()
+    good, bad = tmp_path / "adapter" / "a.bin", tmp_path / "adapter" / "b.bin"
+    good.write_bytes(b"weights")
+    bad.write_bytes(b"weightz")
+    manifest = {
+        "files": [
+            {"path": "adapter/a.bin", "size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()},
+            {"path": "adapter/b.bin", "size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()},
+            {"path": "metrics.json", "size": 2, "sha256": "00"},
+        ]
+    }
+    problems = verify_dir(tmp_path, manifest)
+    assert len(problems) == 2
+    assert problems[0].startswith("adapter/b.bin: sha256")
+    assert problems[1] == "metrics.json: missing"
+    del manifest["files"][1:]
+    assert verify_dir(tmp_path, manifest) == []
+
+
+def test_wait_for_other_kstatus_condition_ignores_a_stale_generation() -> None:
+    cond = {
+        "type": "Suspended",
+        "status": "True",
+        "reason": "Suspended",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    doc = _example()
+    doc["metadata"] = doc["metadata"] | {"generation": 2}
+    doc["status"] = {"phase": "Running", "observedGeneration": 1, "conditions": [cond]}
+    client, fake = _client(doc)
+    with pytest.raises(TimeoutError):
+        client.wait("x", timeout=0, poll=0, condition="Suspended")
+    fake.obj["status"]["observedGeneration"] = 2
+    assert client.wait("x", timeout=1, poll=0, condition="Suspended")
