@@ -346,6 +346,84 @@ for _action in ("cancel", "suspend", "resume"):
     app.command(_action)(_simple(_action))
 
 
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(int(n))
+
+
+def print_estimate(e: Any, bad_rows_policy: str) -> None:
+    """The estimate as a table (Rich), bad rows first."""
+    st = e.to_status()
+    for b in e.bad_rows[:20]:
+        err.print(f"[red]bad row[/red] line {b.line}: {b.field}: {b.problem}")
+    if len(e.bad_rows) > 20:
+        err.print(f"... and {len(e.bad_rows) - 20} more bad rows")
+    mem = st["gpuMemoryGiB"]
+    t = Table("", "", box=None, show_header=False)
+    rows = [
+        ("model", f"{e.model}: {_count(e.params)} parameters, "
+                  f"{_count(e.trainable_params)} trainable"),
+        ("dataset", f"{e.dataset}: {e.rows_total}{'' if e.rows_total_exact else ' (estimated)'} "
+                    f"rows, {e.rows_sampled} sampled, {len(e.bad_rows)} bad ({bad_rows_policy})"),
+        ("tokens/row", f"mean {e.tokens_per_row_mean:.0f}, p95 {e.tokens_per_row_p95}, "
+                       f"{e.truncated_rows} sampled rows longer than maxSeqLength"),
+        ("tokens/epoch", f"{e.tokens_per_epoch:,}"),
+        ("steps", f"{e.steps_per_epoch} per epoch, {e.total_steps} in all"),
+        ("peak GPU memory", f"{mem['peak']:.2f} GiB per GPU (weights {mem['weights']:.2f}, "
+                            f"optimizer {mem['optimizer']:.2f}, activations "
+                            f"{mem['activations']:.2f}; largest micro-batch "
+                            f"{e.micro_batch_tokens_peak:,} tokens"
+                            f"{', padding-free' if e.padding_free else ', padded'})"),
+        ("throughput", f"{e.tokens_per_second:,.0f} tokens/s on {e.gpus} GPU(s) (H100 table)"),
+        ("wall time", f"{_fmt_eta(int(e.wall_seconds))[4:]} (h:mm:ss)"),
+        ("GPU-hours", f"{e.gpu_hours:.2f}"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(f"[bold]{k}[/bold]", v)
+    console.print(t)
+    for n in e.notes:
+        console.print(f"note: {n}")
+
+
+@app.command()
+def estimate(
+    file: Path = typer.Option(..., "--file", "-f", help="FineTuneJob YAML."),
+    as_json: bool = typer.Option(False, "--json", help="Print status.estimate's JSON."),
+    s3_endpoint: str | None = typer.Option(
+        None, envvar="AWS_ENDPOINT_URL", help="S3 endpoint (MinIO); credentials from AWS_*."
+    ),
+) -> None:
+    """Rows, tokens, steps, peak GPU memory, wall time and GPU-hours, without a GPU and without
+    the weights. Exit 2 when the sample has bad rows (and badRows is fail) or input is bad."""
+    import tempfile
+
+    from kubetune_trainer.estimate import estimate_job
+
+    try:
+        job = load_job(file)
+    except ValidationError as e:
+        _bad_input(e)
+        return
+    except (OSError, yaml.YAMLError) as e:
+        err.print(f"[red]error[/red]: {file}: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from e
+    try:
+        with tempfile.TemporaryDirectory(prefix="kubetune-estimate-") as tmp:
+            result = estimate_job(job.spec, Path(tmp), s3_endpoint=s3_endpoint)
+    except (FileNotFoundError, ValueError) as e:
+        err.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from e
+    policy = str(job.spec.dataset.bad_rows)
+    if as_json:
+        print(json.dumps(result.to_status(), indent=2))
+    else:
+        print_estimate(result, policy)
+    if result.bad_rows and policy == "fail":
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
 artifacts_app = typer.Typer(help="The current run's artifacts.", no_args_is_help=True)
 app.add_typer(artifacts_app, name="artifacts")
 

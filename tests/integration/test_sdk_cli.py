@@ -138,3 +138,49 @@ def test_artifacts_download_verifies_against_the_manifest_in_minio(
     s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest + b" ")
     r = kubetune("artifacts", "download", name, "-o", str(tmp_path / "m"), "-n", namespace)
     assert r.returncode == 5 and "manifestSha256" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_fixtures(cluster: Any) -> None:
+    """The tiny model and datasets the examples read, in MinIO (the trainer's uploader)."""
+    subprocess.run(
+        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
+         "--bucket", cluster.s3_bucket],
+        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_estimate_reads_config_tokenizer_and_data_from_minio(
+    cluster: Any, tiny_fixtures: None, s3: Any, tmp_path: Path
+) -> None:
+    """`kubetune estimate -f` on the quickstart: config.json and tokenizer from the model prefix
+    (no weights), rows and tokens from the dataset; then a dataset with bad lines: exit 2 and
+    each bad row named by line number and field."""
+    r = kubetune("estimate", "-f", str(REPO / "examples" / "quickstart.yaml"), "--json")
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    rows = sum(1 for line in _s3_text(s3, cluster.s3_bucket, "datasets/quickstart/train.jsonl")
+               .splitlines() if line.strip())  # fmt: skip
+    assert est["rows"] == rows and est["rowsExact"] is True
+    assert est["stepsPerEpoch"] == -(-round(rows * 0.9) // 8)  # 10% validation, batch 8
+    assert est["totalSteps"] == 30  # maxSteps
+    assert est["tokensPerRowMean"] > 1 and est["trainableParams"] > 0
+    assert est["gpuMemoryGiB"]["peak"] > 0 and est["gpuHours"] > 0
+
+    good = json.dumps({"text": "a fine row"})
+    lines = [good, good, '{"text": ""}', good, "{not json", good, '{"txt": "wrong column"}']
+    s3.put_object(Bucket=cluster.s3_bucket, Key="datasets/bad/train.jsonl",
+                  Body=("\n".join(lines) + "\n").encode())  # fmt: skip
+    doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["dataset"]["s3Uri"] = f"s3://{cluster.s3_bucket}/datasets/bad/train.jsonl"
+    job = tmp_path / "bad.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    r = kubetune("estimate", "-f", str(job))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "line 3: text: is empty" in r.stderr
+    assert "line 5: (line): not a JSON object" in r.stderr
+    assert "line 7: text: missing" in r.stderr, r.stderr
+
+
+def _s3_text(s3: Any, bucket: str, key: str) -> str:
+    return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())

@@ -1,0 +1,174 @@
+"""kubetune estimate: the memory model against every measured peak in bench/results, and the
+pure parts (shapes, trainable parameters, steps, bad rows) on small inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubetune_trainer import estimate as est
+from kubetune_trainer.config import FineTuneJobSpec
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
+
+# The bench's model shapes (bench/trainer_bench.py SHAPES) as config.json would give them.
+CONFIGS = {
+    "1b": {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+           "intermediate_size": 8192, "vocab_size": 128256, "tie_word_embeddings": True},
+    "8b": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+           "intermediate_size": 14336, "vocab_size": 128256, "tie_word_embeddings": False},
+}  # fmt: skip
+
+
+def measured_rows() -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted(RESULTS.glob("*.json")):
+        for r in json.loads(path.read_text()):
+            if isinstance(r, dict) and "peak_allocated_gib" in r:
+                rows.append(r | {"_file": path.name})
+    return rows
+
+
+def bench_lengths(n: int = 20000) -> list[int]:
+    """Row lengths from the bench's own law (bench/trainer_bench.py: lognormal, mean 300,
+    sigma 0.9, clipped to [16, seq_len]): what the estimator gets from a dataset sample."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import trainer_bench as tb
+    finally:
+        sys.path.pop(0)
+    rng = random.Random(0)
+    return [max(tb.LEN_MIN, round(rng.lognormvariate(tb.LEN_MU, tb.LEN_SIGMA))) for _ in range(n)]
+
+
+def spec_for(case: dict[str, Any]) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "model": {"hubId": "bench/" + case["model"]},
+            "dataset": {"s3Uri": "s3://bench/data.jsonl", "maxSeqLength": case["seq_len"]},
+            "method": {"type": case["method"]},
+            "hyperparameters": {
+                "batchSize": case["micro_batch"],
+                "gradientAccumulationSteps": case["grad_accum"],
+                "gradientCheckpointing": case["grad_ckpt"],
+                "maxSteps": case["steps"],
+            },
+            "output": {"uri": "s3://bench/out"},
+        }
+    )
+
+
+def estimate_row(r: dict[str, Any], lengths: list[int]) -> float:
+    c = r["case"]
+    spec = spec_for(c)
+    shape = est.shape_from_config(CONFIGS[c["model"]])
+    tokens = est.peak_micro_batch_tokens(
+        lengths, c["micro_batch"], c["steps"] * c["grad_accum"],
+        padding_free=c["padding_free"], max_len=c["seq_len"],
+    )  # fmt: skip
+    mem = est.peak_memory(shape, spec, tokens, liger=c["liger"], compile=c["compile"])
+    # The bench's peak is torch.cuda.max_memory_allocated; sdpa with a block-diagonal mask
+    # (padding-free without varlen kernels) materialises one layer's scores on top.
+    extra = 0.0
+    if c["padding_free"] and c["attn"] == "sdpa":
+        extra = CONFIGS[c["model"]]["num_attention_heads"] * tokens**2 * 2 / est.GIB
+    return mem.peak_gib + extra
+
+
+def test_memory_estimate_within_20_percent_of_every_measured_peak() -> None:
+    rows = measured_rows()
+    assert len(rows) >= 14, "bench/results lost measured rows"
+    lengths = bench_lengths()
+    report = []
+    for r in rows:
+        got = estimate_row(r, lengths)
+        want = r["peak_allocated_gib"]
+        err = (got - want) / want
+        c = r["case"]
+        report.append((r["_file"], c["model"], c["method"], c["variant"], want, got, err))
+    worst = max(abs(e[-1]) for e in report)
+    table = "\n".join(f"{f} {m} {me} {v}: measured {w:.2f} GiB, estimated {g:.2f} ({e:+.1%})"
+                      for f, m, me, v, w, g, e in report)  # fmt: skip
+    print("\n" + table)
+    assert worst <= 0.20, table
+
+
+def test_weights_from_shapes_match_the_measured_memory_before_training() -> None:
+    """The static part is exact arithmetic: the bench's memory after building (and
+    quantizing) the model, before the first step, within 2 %."""
+    for r in measured_rows():
+        c = r["case"]
+        shape = est.shape_from_config(CONFIGS[c["model"]])
+        spec = spec_for(c)
+        trainable = est.trainable_params(shape, spec)
+        assert trainable == r["params_lora"]
+        got = est.weight_bytes(shape, spec, trainable) / est.GIB
+        assert got == pytest.approx(r["memory_before_train_gib"], rel=0.02), c
+
+
+def test_throughput_table_is_the_one_in_docs_benchmarks() -> None:
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    numbers = {int(n.replace(",", "")) for n in re.findall(r"\*\*([\d,]+)\*\*", doc)}
+    numbers |= {int(n.replace(",", "")) for n in re.findall(r"\| ([\d,]{5,}) \|", doc)}
+    for points in est.THROUGHPUT_H100.values():
+        for _, tps in points:
+            assert int(tps) in numbers, tps
+
+
+def test_steps_tokens_and_bad_rows_from_a_sample() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"hubId": "org/m"},
+            "dataset": {"s3Uri": "s3://bkt/d.jsonl", "format": "messages", "maxSeqLength": 64},
+            "method": {"type": "lora"},
+            "hyperparameters": {"batchSize": 4, "gradientAccumulationSteps": 2, "epochs": 3},
+            "output": {"uri": "s3://bkt/out"},
+        }
+    )
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    lines = [json.dumps(good)] * 40
+    lines[6] = '{"messages": [{"role": "robot", "content": "x"}]}'
+    lines[9] = "not json"
+    sample = est.sample_jsonl("\n".join(lines) + "\n", None, "s3://bkt/d.jsonl", complete=True)
+    e = est.estimate(spec, CONFIGS["1b"], None, sample)
+    assert [(b.line, b.field) for b in e.bad_rows] == [(7, "messages[0].role"), (10, "(line)")]
+    assert e.rows_total == 40 and e.train_rows == 38
+    assert e.steps_per_epoch == math.ceil(38 / 8) and e.total_steps == 3 * e.steps_per_epoch
+    assert e.memory.peak_gib > e.memory.weights_gib > 2.0
+    assert e.gpu_hours == pytest.approx(e.wall_seconds / 3600)
+
+
+def test_partial_sample_extrapolates_rows_by_bytes() -> None:
+    line = json.dumps({"text": "x" * 90})
+    text = "\n".join([line] * 10) + "\n" + line[:20]  # a cut last line
+    s = est.sample_jsonl(text, total_bytes=100 * (len(line) + 1), source="s3://b/k", complete=False)
+    assert len(s.rows) == 10 and s.malformed == [] and s.total_rows == 100 and not s.exact
+
+
+def test_fsdp_shards_weights_and_optimizer_but_not_activations() -> None:
+    base = {
+        "model": {"hubId": "org/m"},
+        "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
+        "method": {"type": "full"},
+        "output": {"uri": "s3://bkt/out"},
+    }
+    shape = est.shape_from_config(CONFIGS["8b"])
+    one = est.peak_memory(shape, FineTuneJobSpec.model_validate(base), 4096)
+    fsdp = FineTuneJobSpec.model_validate(
+        base | {"resources": {"gpus": 8, "distribution": {"strategy": "fsdp"}}}
+    )
+    eight = est.peak_memory(shape, fsdp, 4096, world_size=8)
+    assert eight.weights_gib == pytest.approx(one.weights_gib / 8)
+    assert eight.optimizer_gib == pytest.approx(one.optimizer_gib / 8)
+    assert eight.activations_gib == one.activations_gib
+    # full fine-tuning of 8B on one GPU: 16 GB weights + 2+8 bytes a parameter of state
+    assert one.weights_gib + one.optimizer_gib == pytest.approx(shape.params * 12 / est.GIB)
