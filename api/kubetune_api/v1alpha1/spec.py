@@ -8,7 +8,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import ResourceName, Spec, cel, validations
+from ._base import ResourceName, Spec, WireBool, cel, validations
 from .dataset import DataFormat, DatasetSpec
 from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
 from .method import MethodSpec, MethodType
@@ -162,6 +162,14 @@ class FineTuneJobSpec(Spec):
         description="Kueue WorkloadPriorityClass of the run (needs queueName): orders the queue "
         "and decides which admitted run Kueue may preempt (a preempted run is Suspended, and "
         "resumes from its last checkpoint when admitted again).",
+    )
+    dry_run: WireBool = Field(
+        default=False,
+        description="Estimate instead of training: one CPU pod (no GPU) reads the model's "
+        "config.json and tokenizer (never the weights) and a sample of the data, validates the "
+        "rows, counts tokens and steps, and estimates peak GPU memory, wall time and GPU-hours "
+        "(as `kubetune estimate` does). The job ends Succeeded with the result in "
+        "status.estimate.",
     )
 
     @model_validator(mode="after")

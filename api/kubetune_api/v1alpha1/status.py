@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from ._base import Spec
+from ._base import JsonObject, Spec
 
 
 class Progress(Spec):
@@ -223,6 +223,11 @@ class FineTuneJobStatus(Spec):
     completion_time: str | None = Field(default=None, description="When the current run ended.")
     progress: Progress | None = Field(default=None, description="Live progress from the trainer.")
     metrics: dict[str, float] | None = Field(default=None, description="Final evaluation metrics.")
+    estimate: JsonObject | None = Field(
+        default=None,
+        description="The dry run's estimate (spec.dryRun): rows, bad rows, tokens, steps, peak "
+        "GPU memory (GiB), tokens/s, wall seconds, GPU-hours.",
+    )
     artifacts: Artifacts | None = Field(default=None, description="The current run's artifacts.")
     attempts: int | None = Field(
         default=None, ge=0, description="Pods started for the current run."
