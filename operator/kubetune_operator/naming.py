@@ -26,6 +26,9 @@ ANN_GENERATION = f"{API_GROUP}/generation"
 # The runPolicy.suspend value the operator last applied to the Job. A Job whose spec.suspend
 # differs from it was suspended (or resumed) by someone else, e.g. Kueue: that is left alone.
 ANN_SUSPEND = f"{API_GROUP}/suspend"
+# On the Job of a dry run (spec.dryRun): only then does status accept an estimate instead of
+# artifacts (the operator writes Job metadata; the pod cannot).
+ANN_DRY_RUN = f"{API_GROUP}/dry-run"
 # Kueue's labels: the LocalQueue a Job waits in, and its WorkloadPriorityClass.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"

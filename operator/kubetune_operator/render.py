@@ -33,6 +33,7 @@ from kubetune_api.v1alpha1 import (
 from . import group, podoptions
 from .admission import check, check_secrets, parse_quantity, secret_refs, service_account
 from .naming import (
+    ANN_DRY_RUN,
     ANN_FINETUNEJOB,
     ANN_GENERATION,
     ANN_SPEC_HASH,
@@ -66,6 +67,7 @@ from .settings import OperatorSettings
 # The operator renders through this module; names, labels and checks live in naming.py and
 # admission.py and are re-exported here for its callers.
 __all__ = [
+    "ANN_DRY_RUN",
     "ANN_FINETUNEJOB",
     "ANN_GENERATION",
     "ANN_SPEC_HASH",
@@ -455,6 +457,7 @@ def job(
             ANN_GENERATION: str(run.generation),
             ANN_SUSPEND: "true" if suspend else "false",
             **group.job_annotations(spec),
+            **({ANN_DRY_RUN: "true"} if spec.dry_run else {}),
         },
     )
     if spec.queue_name:
@@ -481,10 +484,27 @@ def rbac(spec: FineTuneJobSpec, owner: Owner, settings: OperatorSettings) -> lis
     ]
 
 
+def dry_run_spec(spec: FineTuneJobSpec) -> FineTuneJobSpec:
+    """A dry run's spec: one CPU pod, no GPU, no queue (it estimates, it never trains)."""
+    res = spec.resources.model_copy(
+        update={"gpus": 0, "nodes": 1, "gpu_type": None, "gpu_resource_name": None}
+    )
+    dist = res.distribution.model_copy(update={"processes_per_node": None})
+    return spec.model_copy(
+        update={
+            "resources": res.model_copy(update={"distribution": dist}),
+            "queue_name": None,
+            "workload_priority_class": None,
+        }
+    )
+
+
 def run_objects(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Everything run `run` needs, in creation order (the Job last: its pod mounts the rest)."""
+    if spec.dry_run:
+        spec = dry_run_spec(spec)
     check(spec, owner.name, settings, owner.namespace)
     name = job_name(owner.name, run.number)
     service = group.headless_service(

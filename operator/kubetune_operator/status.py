@@ -37,7 +37,7 @@ from kubetune_api.v1alpha1 import (
 from pydantic import ValidationError
 
 from . import podset
-from .render import ANN_GENERATION, ANN_SPEC_HASH, CONTAINER
+from .render import ANN_DRY_RUN, ANN_GENERATION, ANN_SPEC_HASH, CONTAINER
 from .runs import TERMINAL, Decision, job_finished
 
 HISTORY_LIMIT = 20
@@ -93,6 +93,7 @@ class RunState:
     artifacts: dict[str, str] | None = None
     metrics: dict[str, float] | None = None
     completion_time: str | None = None
+    estimate: dict[str, Any] | None = None
 
 
 @dataclass
@@ -297,6 +298,7 @@ def run_state(
                 previous.get("artifacts"),
                 previous.get("metrics"),
                 previous.get("completionTime"),
+                previous.get("estimate"),
             )
         name = previous.get("jobName") or "the Job"
         return RunState(
@@ -321,6 +323,7 @@ def run_state(
                     previous.get("artifacts"),
                     previous.get("metrics"),
                     previous.get("completionTime"),
+                    previous.get("estimate"),
                 )
             return RunState(
                 Phase.SUCCEEDED.value,
@@ -338,6 +341,23 @@ def run_state(
                 f"pod {winner['metadata']['name']}: the trainer exited 0 without reporting "
                 "a successful result (no termination message); not treated as success",
                 completion_time=when,
+            )
+        dry_run = (job["metadata"].get("annotations") or {}).get(ANN_DRY_RUN) == "true"
+        if dry_run:
+            estimate = result.get("estimate")
+            if not isinstance(estimate, dict):
+                return RunState(
+                    Phase.FAILED.value,
+                    Reason.ARTIFACTS_MISSING.value,
+                    "the dry run reported success but no estimate; not treated as success",
+                    completion_time=when,
+                )
+            return RunState(
+                Phase.SUCCEEDED.value,
+                Reason.COMPLETED.value,
+                _clip(str(result.get("message") or "dry run: estimate in status.estimate")),
+                completion_time=when,
+                estimate=estimate,
             )
         arts = _artifacts(result)
         if not ({"adapterUri", "mergedModelUri", "manifestUri"} & set(arts)):
@@ -820,6 +840,7 @@ def derive(
         ("artifacts", state.artifacts),
         ("metrics", state.metrics),
         ("completionTime", state.completion_time),
+        ("estimate", state.estimate),
     ):
         if value:
             new[key] = value

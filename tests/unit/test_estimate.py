@@ -172,3 +172,86 @@ def test_fsdp_shards_weights_and_optimizer_but_not_activations() -> None:
     assert eight.activations_gib == one.activations_gib
     # full fine-tuning of 8B on one GPU: 16 GB weights + 2+8 bytes a parameter of state
     assert one.weights_gib + one.optimizer_gib == pytest.approx(shape.params * 12 / est.GIB)
+
+
+# -- spec.dryRun: the operator side ----------------------------------------------------------
+
+
+def test_dry_run_renders_one_cpu_pod_without_gpu_or_queue() -> None:
+    from kubetune_operator import render
+    from kubetune_operator.render import Owner, Run
+    from kubetune_operator.settings import OperatorSettings
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"hubId": "org/model"},
+            "dataset": {"s3Uri": "s3://data/train.jsonl"},
+            "output": {"uri": "s3://bucket/out"},
+            "resources": {"gpus": 8, "nodes": 2, "gpuType": "H100"},
+            "queueName": "gpu-queue",
+            "dryRun": True,
+        }
+    )
+    settings = OperatorSettings(trainer_image="trainer:test", lease_namespace="ops")
+    objs = render.run_objects(spec, Owner("ns", "j", "0b7c1c9e-1111"), Run(1, 1, "h"), settings)
+    (job,) = [o for o in objs if o["kind"] == "Job"]
+    assert job["metadata"]["annotations"][render.ANN_DRY_RUN] == "true"
+    assert render.KUEUE_QUEUE_LABEL not in job["metadata"]["labels"]
+    assert job["spec"]["completions"] == 1 and "completionMode" not in job["spec"]
+    pod = job["spec"]["template"]["spec"]
+    text = json.dumps(pod)
+    assert "nvidia.com/gpu" not in text and "H100" not in text
+    assert not any(o["kind"] == "Service" for o in objs)
+    config = json.loads(next(o for o in objs if o["kind"] == "ConfigMap")["data"]["config.json"])
+    assert config["spec"]["dryRun"] is True and config["spec"]["resources"]["gpus"] == 0
+
+
+def _finished_job(dry_run: bool) -> dict[str, Any]:
+    ann = {"kubetune.io/dry-run": "true"} if dry_run else {}
+    return {
+        "metadata": {"name": "j-run-1", "annotations": ann},
+        "spec": {"completions": 1},
+        "status": {
+            "succeeded": 1,
+            "completionTime": "2026-01-01T00:00:00Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        },
+    }
+
+
+def _pod(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "j-run-1-abc", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n"},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}},
+                }
+            ],
+        },
+    }
+
+
+def test_status_takes_the_estimate_only_from_a_dry_run_job() -> None:
+    from kubetune_operator import status
+
+    result = {"outcome": "Succeeded", "reason": "Completed", "message": "dry run: ...",
+              "retryable": False, "artifacts": {}, "metrics": {}, "estimate": {"totalSteps": 3}}  # fmt: skip
+    st = status.run_state(
+        _finished_job(True), [_pod(result)], {}, same_run=True, suspend_intent=False
+    )
+    assert st.phase == "Succeeded" and st.estimate == {"totalSteps": 3}
+    # the same result from an ordinary run's pod is no success (a pod cannot skip artifacts)
+    st = status.run_state(
+        _finished_job(False), [_pod(result)], {}, same_run=True, suspend_intent=False
+    )
+    assert st.phase == "Failed" and st.reason == "ArtifactsMissing" and st.estimate is None
+    # a dry run that reports no estimate is not a success either
+    no_est = {k: v for k, v in result.items() if k != "estimate"}
+    st = status.run_state(
+        _finished_job(True), [_pod(no_est)], {}, same_run=True, suspend_intent=False
+    )
+    assert st.phase == "Failed"

@@ -120,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg.spec.task,
             cfg.spec.method.type,
         )
+        if cfg.spec.dry_run:
+            from .estimate import run_dry
+
+            res = run_dry(cfg)
+            log.info("%s", res["message"])
+            if is_main:
+                result_mod.write(res)
+            logging.shutdown()
+            return 0
         from . import pipeline
 
         try:
