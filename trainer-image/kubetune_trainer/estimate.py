@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import FineTuneJobSpec, MethodType, Precision
+from kubetune_api.v1alpha1 import FineTuneJobSpec, MethodType, Precision
 
 GIB = 2**30
 
@@ -699,8 +699,9 @@ def run_dry(cfg: Any) -> dict[str, Any]:
     """spec.dryRun in the trainer pod: estimate, and return the success result carrying it (the
     operator copies `estimate` into status.estimate; the termination message holds 4 KiB, so
     at most 5 bad rows travel, with the total count)."""
+    from kubetune_api.v1alpha1 import ConfigError, DatasetError, ModelError
+
     from . import result as result_mod
-    from .errors import ConfigError, DatasetError, ModelError
     from .s3 import S3
 
     out = cfg.spec.output
