@@ -18,7 +18,9 @@ help:
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[trainer,dev,cli]'
+	$(BIN)/pip install -q -e '.[trainer,dev,cli,api]'
+	# the official OpenAI client for the API tests; apart, as checkov (dev) pins openai<1
+	$(BIN)/pip install -q 'openai>=1.50'
 	touch $@
 
 venv: $(VENV)/.installed
