@@ -5,13 +5,16 @@ invalid objects. (No operator here: the phases are the operator's tests' busines
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from shlex import quote as shlex_quote
 from typing import Any
 
 import pytest
 import yaml
+from operator_harness import op_identity_fixture, operators_fixture  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,9 +112,15 @@ def test_artifacts_download_verifies_against_the_manifest_in_minio(
         }
     }
     cluster.kubectl(
-        "patch", "finetunejob", name, "--subresource=status", "--type=merge",
-        "-p", json.dumps(status), namespace=namespace,
-    )  # fmt: skip
+        "patch",
+        "finetunejob",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+        namespace=namespace,
+    )
 
     dest = tmp_path / "good"
     r = kubetune("artifacts", "download", name, "-o", str(dest), "--verify", "-n", namespace)
@@ -144,10 +153,19 @@ def test_artifacts_download_verifies_against_the_manifest_in_minio(
 def tiny_fixtures(cluster: Any) -> None:
     """The tiny model and datasets the examples read, in MinIO (the trainer's uploader)."""
     subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer.testing.fixtures",
+            "upload",
+            "--bucket",
+            cluster.s3_bucket,
+        ],
+        check=True,
+        env=cluster.process_env(),
+        capture_output=True,
+        timeout=600,
+    )
 
 
 def test_estimate_reads_config_tokenizer_and_data_from_minio(
@@ -159,8 +177,11 @@ def test_estimate_reads_config_tokenizer_and_data_from_minio(
     r = kubetune("estimate", "-f", str(REPO / "examples" / "quickstart.yaml"), "--json")
     assert r.returncode == 0, r.stderr
     est = json.loads(r.stdout)
-    rows = sum(1 for line in _s3_text(s3, cluster.s3_bucket, "datasets/quickstart/train.jsonl")
-               .splitlines() if line.strip())  # fmt: skip
+    rows = sum(
+        1
+        for line in _s3_text(s3, cluster.s3_bucket, "datasets/quickstart/train.jsonl").splitlines()
+        if line.strip()
+    )
     assert est["rows"] == rows and est["rowsExact"] is True
     assert est["stepsPerEpoch"] == -(-round(rows * 0.9) // 8)  # 10% validation, batch 8
     assert est["totalSteps"] == 30  # maxSteps
@@ -169,8 +190,11 @@ def test_estimate_reads_config_tokenizer_and_data_from_minio(
 
     good = json.dumps({"text": "a fine row"})
     lines = [good, good, '{"text": ""}', good, "{not json", good, '{"txt": "wrong column"}']
-    s3.put_object(Bucket=cluster.s3_bucket, Key="datasets/bad/train.jsonl",
-                  Body=("\n".join(lines) + "\n").encode())  # fmt: skip
+    s3.put_object(
+        Bucket=cluster.s3_bucket,
+        Key="datasets/bad/train.jsonl",
+        Body=("\n".join(lines) + "\n").encode(),
+    )
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     doc["spec"]["dataset"]["s3Uri"] = f"s3://{cluster.s3_bucket}/datasets/bad/train.jsonl"
     job = tmp_path / "bad.yaml"
@@ -184,3 +208,78 @@ def test_estimate_reads_config_tokenizer_and_data_from_minio(
 
 def _s3_text(s3: Any, bucket: str, key: str) -> str:
     return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+
+
+# -- the whole path, as a user runs it: submit -> watch (in a terminal) -> download -> verify ---
+
+
+def _tmux(sock: str, *args: str) -> str:
+    return subprocess.run(
+        ["tmux", "-L", sock, *args], text=True, capture_output=True, check=True, timeout=30
+    ).stdout
+
+
+def test_cli_submit_watch_download_verify_in_a_real_terminal(
+    cluster: Any, namespace: str, operators: Any, tiny_fixtures: None, tmp_path: Path
+) -> None:
+    """The CLI as subprocesses against the real operator and trainer. `kubetune watch` runs in
+    a tmux terminal (a real pty, 150 columns): the screen shows the Rich bar with the step
+    count, loss, tokens/s and ETA while training, then the outcome; exit codes follow it."""
+    import shutil
+    import time
+
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is needed for the terminal check (apt-get install tmux)")
+    operators.new(stub=False)
+    r = kubetune("submit", "-f", str(REPO / "examples" / "quickstart.yaml"), "-n", namespace)
+    assert r.returncode == 0, r.stderr
+
+    script = tmp_path / "watch.sh"
+    env = {k: v for k, v in cluster.process_env().items() if k.isidentifier()}
+    exports = "".join(f"export {k}={shlex_quote(v)}\n" for k, v in env.items())
+    script.write_text(
+        f"{exports}{sys.executable} -m kubetune.cli watch quickstart -n {namespace}"
+        " --timeout 900\necho EXIT=$?\nsleep 600\n"
+    )
+    sock = f"kt-{namespace[-5:]}"
+    _tmux(sock, "new-session", "-d", "-s", "w", "-x", "150", "-y", "20", f"bash {script}")
+    screens: list[str] = []
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            screen = _tmux(sock, "capture-pane", "-p", "-t", "w")
+            if not screens or screen != screens[-1]:
+                screens.append(screen)
+            if "EXIT=" in screen:
+                break
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], check=False, timeout=30)
+    final = screens[-1]
+    assert "EXIT=0" in final and "quickstart: Succeeded" in final, final
+    bars = [s for s in screens if re.search(r"step \d+/30", s)]
+    training = [s for s in bars if re.search(r"step ([1-9]|[12]\d)/30", s)]
+    assert training, "\n----\n".join(screens[-5:])
+    mid = training[-1]
+    assert (
+        re.search(r"loss \d+\.\d{4}", mid) and "tok/s" in mid and re.search(r"eta \d+:\d\d", mid)
+    ), mid
+    assert "step 30/30" in final and "100%" in final, final
+    print(f"\n--- tmux screen while training ---\n{mid}\n--- at the end ---\n{final}")
+
+    assert kubetune("wait", "quickstart", "-n", namespace, "--timeout", "30").returncode == 0
+    logs = kubetune("logs", "quickstart", "-n", namespace)
+    assert logs.returncode == 0 and "kubetune-train" in logs.stdout, logs.stdout[-2000:]
+    dest = tmp_path / "artifacts"
+    r = kubetune(
+        "artifacts", "download", "quickstart", "-n", namespace, "-o", str(dest), "--verify"
+    )
+    assert r.returncode == 0 and "verified against manifest.json" in r.stdout, r.stdout + r.stderr
+    assert list(dest.glob("adapter/*.safetensors")) and (dest / "manifest.json").is_file()
+    assert kubetune("artifacts", "verify", str(dest)).returncode == 0
+    weights = next(dest.glob("adapter/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    r = kubetune("artifacts", "verify", str(dest))
+    assert r.returncode == 5 and weights.name in r.stderr
