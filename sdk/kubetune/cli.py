@@ -399,7 +399,7 @@ def estimate(
     the weights. Exit 2 when the sample has bad rows (and badRows is fail) or input is bad."""
     import tempfile
 
-    from kubetune_trainer.estimate import estimate_job
+    from kubetune_api.estimate import estimate_job
 
     try:
         job = load_job(file)

@@ -124,7 +124,7 @@ class Settings:
 def validate_jsonl(data: bytes, method: str = "supervised") -> tuple[int, str]:
     """(rows, dataset format) of an uploaded training file, or ApiError naming the first bad
     line: chat rows ({"messages": [...]}) or prompt/completion rows, one JSON object a line."""
-    from kubetune_trainer.data import RowError, normalize_messages
+    from kubetune_api.v1alpha1.rows import RowError, normalize_messages
 
     try:
         text = data.decode("utf-8")

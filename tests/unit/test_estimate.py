@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubetune_api import estimate as est
 from kubetune_api.v1alpha1 import FineTuneJobSpec
-from kubetune_trainer import estimate as est
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"

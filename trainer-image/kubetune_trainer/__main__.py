@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.spec.method.type,
         )
         if cfg.spec.dry_run:
-            from .estimate import run_dry
+            from .dryrun import run_dry
 
             res = run_dry(cfg)
             log.info("%s", res["message"])

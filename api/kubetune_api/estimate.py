@@ -1,7 +1,8 @@
 """What a FineTuneJob will cost before it gets a GPU (`kubetune estimate`, `spec.dryRun`).
 
-Torch-free by design: the operator and the CLI import it, and a dry run executes it in a CPU
-pod. Pure functions in the middle (shapes, memory, steps, time); readers at the edges
+Torch-free by design, in the API package so that the CLI (kubetune.cli) and the dry-run pod
+(kubetune_trainer.dryrun) share it; neither the operator nor the API types import it. Pure
+functions in the middle (shapes, memory, steps, time); readers at the edges
 (config.json and tokenizer files from the Hub, S3 or a PVC; a sample of the dataset).
 
 Memory model (per GPU, bytes; `peak_memory`):
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.v1alpha1 import FineTuneJobSpec, MethodType, Precision
+from .v1alpha1 import FineTuneJobSpec, MethodType, Precision, PVCPath, pvc_mount_path
 
 GIB = 2**30
 
@@ -361,7 +362,7 @@ def sample_jsonl(text: str, total_bytes: int | None, source: str, complete: bool
 
 
 def validate_rows(spec: FineTuneJobSpec, sample: DataSample) -> tuple[list[dict], list[BadRow]]:
-    from .data import RowError, normalize_row
+    from .v1alpha1.rows import RowError, normalize_row
 
     good, bad = [], [BadRow(n, "(line)", f"not a JSON object: {t!r}") for n, t in sample.malformed]
     for row, line in zip(sample.rows, sample.line_numbers, strict=True):
@@ -585,6 +586,14 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_t
 SAMPLE_BYTES = 8 * 2**20  # the first 8 MiB of a dataset file
 
 
+def pvc_path(ref: PVCPath) -> Path:
+    """Where a PVC source is read in the pod (KUBETUNE_PVC_ROOT overrides the root, for tests)."""
+    import os
+
+    root = os.environ.get("KUBETUNE_PVC_ROOT", "/mnt/kubetune/pvc")
+    return Path(pvc_mount_path(ref.claim_name, root)) / ref.path.lstrip("/")
+
+
 def _s3_client(endpoint: str | None) -> Any:
     import boto3
 
@@ -598,8 +607,6 @@ def _split(uri: str) -> tuple[str, str]:
 
 def fetch_model_files(spec: FineTuneJobSpec, dest: Path, s3: Any = None) -> Path:
     """config.json and the tokenizer files (never the weights) into dest."""
-    from .sources import pvc_path
-
     src = spec.model
     dest.mkdir(parents=True, exist_ok=True)
     if src.pvc is not None:
@@ -631,8 +638,6 @@ def fetch_model_files(spec: FineTuneJobSpec, dest: Path, s3: Any = None) -> Path
 
 def read_sample(spec: FineTuneJobSpec, s3: Any = None, limit: int = SAMPLE_BYTES) -> DataSample:
     """The first `limit` bytes of the training data (JSON Lines), or all of it if smaller."""
-    from .sources import pvc_path
-
     d = spec.dataset
     if d.inline is not None:
         rows = [dict(r) for r in d.inline]
@@ -693,39 +698,3 @@ def estimate_job(
         tokenizer = None
     sample = read_sample(spec, s3)
     return estimate(spec, config, tokenizer, sample, model_name=spec.model.display())
-
-
-def run_dry(cfg: Any) -> dict[str, Any]:
-    """spec.dryRun in the trainer pod: estimate, and return the success result carrying it (the
-    operator copies `estimate` into status.estimate; the termination message holds 4 KiB, so
-    at most 5 bad rows travel, with the total count)."""
-    from kubetune_api.v1alpha1 import ConfigError, DatasetError, ModelError
-
-    from . import result as result_mod
-    from .s3 import S3
-
-    out = cfg.spec.output
-    s3 = S3(endpoint=out.endpoint, region=out.region, retry_seconds=cfg.s3_retry_seconds)
-    try:
-        e = estimate_job(cfg.spec, Path(cfg.work_dir) / "estimate", s3=s3.client)
-    except FileNotFoundError as err:
-        which = ModelError if "spec.model" in str(err) else DatasetError
-        raise which(str(err)) from err
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    status = e.to_status()
-    status["badRows"] = [b | {"problem": str(b["problem"])[:120]} for b in status["badRows"][:5]]
-    status["notes"] = [n[:200] for n in status["notes"][:3]]
-    mem = status["gpuMemoryGiB"]["peak"]
-    res = result_mod.build(
-        outcome="Succeeded",
-        reason="Completed",
-        message=(
-            f"dry run: {status['rows']} rows ({status['badRowCount']} bad in the sample), "
-            f"{status['totalSteps']} steps, peak {mem:.2f} GiB per GPU, "
-            f"~{status['gpuHours']:.2f} GPU-hours; see status.estimate"
-        ),
-        retryable=False,
-    )
-    res["estimate"] = status
-    return res
