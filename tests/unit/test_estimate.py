@@ -255,3 +255,17 @@ def test_status_takes_the_estimate_only_from_a_dry_run_job() -> None:
         _finished_job(True), [_pod(no_est)], {}, same_run=True, suspend_intent=False
     )
     assert st.phase == "Failed"
+
+
+def test_estimate_paths_import_no_ml_library() -> None:
+    """The CLI's estimate, the dry-run pod's entry and the API server stay torch-free."""
+    import subprocess
+
+    code = (
+        "import sys, kubetune_api.estimate, kubetune_trainer.__main__, kubetune_trainer.dryrun\n"
+        "import kubetune.cli\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'trl') "
+        "if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -215,3 +215,32 @@ def test_wait_for_other_kstatus_condition_ignores_a_stale_generation() -> None:
         client.wait("x", timeout=0, poll=0, condition="Suspended")
     fake.obj["status"]["observedGeneration"] = 2
     assert client.wait("x", timeout=1, poll=0, condition="Suspended")
+
+
+def test_rank0_pod_is_the_newest_index_0_pod_of_the_current_run() -> None:
+    """A run of several pods (an Indexed Job): logs follow completion index 0, the newest
+    attempt of it, never another rank's pod."""
+    from types import SimpleNamespace
+
+    doc = _example() | {"status": {"phase": "Running", "jobName": "j-run-2"}}
+    client, _ = _client(doc)
+    index = "batch.kubernetes.io/job-completion-index"
+
+    def pod(name: str, idx: str, created: str) -> Any:
+        meta = SimpleNamespace(name=name, annotations={index: idx}, creation_timestamp=created)
+        return SimpleNamespace(metadata=meta)
+
+    pods = [
+        pod("j-run-2-0-old", "0", "2026-01-01T00:00:00Z"),
+        pod("j-run-2-1-new", "1", "2026-01-01T00:09:00Z"),
+        pod("j-run-2-0-new", "0", "2026-01-01T00:05:00Z"),
+    ]
+    seen: list[str] = []
+
+    def list_pods(ns: str, label_selector: str) -> Any:
+        seen.append(label_selector)
+        return SimpleNamespace(items=pods)
+
+    client.core = SimpleNamespace(list_namespaced_pod=list_pods)  # type: ignore[assignment]
+    assert client.rank0_pod("x") == "j-run-2-0-new"
+    assert seen == ["job-name=j-run-2"]
