@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kubernetes.client.exceptions import ApiException
 from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 from pydantic import ValidationError
 
@@ -759,6 +760,27 @@ def create_app(backend: Backend) -> Any:
     @app.exception_handler(ApiError)
     def _api_error(_: Request, e: ApiError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(ApiException)
+    def _kube_error(_: Request, e: ApiException) -> JSONResponse:
+        # The API server refused the server itself (the caller was already authorized): say so
+        # without passing its body on.
+        if e.status == 403:
+            err = ApiError(
+                403,
+                "kubetune-openai-api may not act in this namespace (not in openaiApi.namespaces?)",
+                type="server_error",
+                code="server_forbidden",
+            )
+        elif e.status == 404:
+            err = ApiError(404, "not found")
+        else:
+            err = ApiError(
+                502,
+                f"the Kubernetes API server answered {e.status} {e.reason}",
+                type="server_error",
+            )
+        return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -3,7 +3,7 @@ server (TokenReview, SubjectAccessReview), MinIO, the real operator and the real
 upload a chat JSONL file, create a job on the tiny model, poll until succeeded, read its events,
 checkpoints and fine_tuned_model; list with pagination; cancel; another team's token gets 404 in
 its own namespace and 403 in ours; a bad file is refused naming its line; an unknown model gets
-OpenAI's error shape."""
+OpenAI's error shape. The server runs as the chart's ServiceAccount with the chart's RBAC."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from clusterlib import Cluster
+import yaml
+from clusterlib import REPO, Cluster
 from operator_harness import (  # noqa: F401 (fixtures)
+    OPERATOR_NAMESPACE,
+    RBAC_KINDS,
     Operators,
     free_port,
     op_identity_fixture,
@@ -71,10 +75,87 @@ def team_token(cluster: Cluster, namespace: str, user: str) -> str:
     return cluster.kubectl("create", "token", user, namespace=namespace).stdout.strip()
 
 
+def server_identity(
+    cluster: Cluster, namespaces: list[str], tmp_path: Path
+) -> tuple[Path, list[Any]]:
+    """The chart's RBAC for the API server (openaiApi.enabled, namespaces=[namespace]), applied,
+    and a kubeconfig with its ServiceAccount's token: a rule missing from the chart fails the
+    test as it would fail in a cluster."""
+    release = "oa" + namespaces[0][-5:]
+    rendered = subprocess.run(
+        [
+            cluster.helm_path,
+            "template",
+            release,
+            str(REPO / "helm" / "kubetune"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--set",
+            "openaiApi.enabled=true",
+            "--set",
+            "openaiApi.filesUri=s3://x/f",
+            "--set",
+            "openaiApi.outputUri=s3://x/o",
+            "--set-json",
+            f"openaiApi.namespaces={json.dumps(namespaces)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=cluster.process_env(),
+    ).stdout
+    docs = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and "openai" in d["metadata"]["name"] and d["kind"] in RBAC_KINDS
+    ]
+    cluster.apply(docs)
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = cluster.kubectl(
+        "create", "token", sa, "--duration=1h", namespace=OPERATOR_NAMESPACE
+    ).stdout.strip()
+    kubeconfig = tmp_path / "openai-api.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "k",
+                        "cluster": {
+                            "server": cluster.apiserver,
+                            "certificate-authority": cluster.ca_file,
+                        },
+                    }
+                ],
+                "users": [{"name": "api", "user": {"token": token}}],
+                "contexts": [{"name": "api", "context": {"cluster": "k", "user": "api"}}],
+                "current-context": "api",
+            }
+        )
+    )
+    return kubeconfig, docs
+
+
 @pytest.fixture
-def server(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+def team_b(cluster: Cluster, namespace: str) -> Iterator[str]:
+    name = namespace[:50] + "-b"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def server(
+    cluster: Cluster, namespace: str, team_b: str, op_identity: Any, tmp_path: Path
+) -> Iterator[str]:
+    kubeconfig, rbac = server_identity(cluster, [namespace, team_b], tmp_path)
     port = free_port()
     env = cluster.process_env() | {
+        "KUBECONFIG": str(kubeconfig),
         "KUBETUNE_API_PORT": str(port),
         "KUBETUNE_API_HOST": "127.0.0.1",
         "KUBETUNE_API_FILES_URI": f"s3://{cluster.s3_bucket}/openai-files",
@@ -105,6 +186,15 @@ def server(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         print("----- server log -----\n" + (tmp_path / "server.log").read_text()[-4000:])
+        for d in rbac:
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                cluster.kubectl(
+                    "delete",
+                    d["kind"].lower(),
+                    d["metadata"]["name"],
+                    "--ignore-not-found",
+                    check=False,
+                )
 
 
 def _up(url: str) -> bool:
@@ -133,20 +223,16 @@ def chat_rows(n: int) -> str:
 def test_openai_client_end_to_end_with_two_teams(
     cluster: Cluster,
     namespace: str,
+    team_b: str,
     operators: Operators,
     fixtures_in_minio: None,
     server: str,
     tmp_path: Path,
 ) -> None:
     operators.new(stub=False)
-    team_b = namespace[:50] + "-b"
-    cluster.kubectl("create", "namespace", team_b)
-    try:
-        token_a = team_token(cluster, namespace, "alice")
-        token_b = team_token(cluster, team_b, "bob")
-        _run(cluster, namespace, server, token_a, token_b, tmp_path)
-    finally:
-        cluster.kubectl("delete", "namespace", team_b, "--wait=false", check=False)
+    token_a = team_token(cluster, namespace, "alice")
+    token_b = team_token(cluster, team_b, "bob")
+    _run(cluster, namespace, server, token_a, token_b, tmp_path)
 
 
 def _run(cluster: Cluster, ns: str, base: str, token_a: str, token_b: str, tmp: Path) -> None:
