@@ -250,6 +250,10 @@ def apply(
         except ValueError as e:
             raise ConfigError(f"method {t.value}: {e}") from e
         upcast_trainable(model)
+        if t == MethodType.PREFIX_TUNING:
+            from .prefixgen import fix_prefix_generation
+
+            fix_prefix_generation(model)  # generate() ignores the prefix otherwise (prefixgen.py)
     elif t == MethodType.FULL:
         if method.freeze_layers:
             freeze_layers(model, method.freeze_layers)
