@@ -102,7 +102,7 @@ from .method import (
     QuantizationSpec,
     QuantType,
 )
-from .model import ClassificationSpec, ModelSource, TaskType
+from .model import BaseArtifact, ClassificationSpec, JobModelRef, ModelSource, TaskType
 from .output import (
     MergedDtype,
     MlflowSpec,
@@ -130,6 +130,7 @@ from .status import (
     Condition,
     ConditionType,
     FineTuneJobStatus,
+    Lineage,
     Phase,
     Progress,
     Reason,
@@ -162,6 +163,7 @@ __all__ = [
     "Artifacts",
     "ArtifactsMissing",
     "BadRowPolicy",
+    "BaseArtifact",
     "ClassificationSpec",
     "ComputeDtype",
     "Condition",
@@ -187,10 +189,12 @@ __all__ = [
     "Hyperparameters",
     "IA3Spec",
     "JobIdentity",
+    "JobModelRef",
     "JsonObject",
     "LabelSelector",
     "LabelSelectorRequirement",
     "LabelValue",
+    "Lineage",
     "LocalObjectRef",
     "LoraBias",
     "LoraSpec",

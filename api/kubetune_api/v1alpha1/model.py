@@ -11,7 +11,17 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import HUB_ID_PATTERN, S3Uri, Spec, WireBool, WireInt, _one_of, cel, validations
+from ._base import (
+    HUB_ID_PATTERN,
+    ResourceName,
+    S3Uri,
+    Spec,
+    WireBool,
+    WireInt,
+    _one_of,
+    cel,
+    validations,
+)
 from .refs import PVCPath, SecretKeyRef
 
 # ---------------------------------------------------------------------------------------------
@@ -24,14 +34,39 @@ class TaskType(StrEnum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
+class BaseArtifact(StrEnum):
+    MERGED = "merged"
+    ADAPTER = "adapter"
+
+
+class JobModelRef(Spec):
+    """Another FineTuneJob whose latest Succeeded run is the base model (jobs chain by
+    reference: no hard-coded S3 path, namespace or run number)."""
+
+    name: ResourceName = Field(description="The FineTuneJob's name.")
+    namespace: ResourceName | None = Field(
+        default=None,
+        description="Its namespace; default: this job's. Another namespace only where the "
+        "operator allows it (chart value modelRefs.crossNamespace).",
+    )
+    artifact: BaseArtifact = Field(
+        default=BaseArtifact.MERGED,
+        description="merged: train on that run's merged model (its methods full, bitfit, "
+        "lora, qlora, dora, ia3 write one). adapter: warm start: keep training that run's "
+        "adapter, on the base model it was trained on (this job's method.type must be the "
+        "same adapter method; its method settings are those of the adapter).",
+    )
+
+
 class ModelSource(Spec):
-    """The base model to fine-tune: exactly one of `hubId`, `s3Uri` or `pvc`."""
+    """The base model to fine-tune: exactly one of `hubId`, `s3Uri`, `pvc` or `fromJob`."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "[has(self.hubId), has(self.s3Uri), has(self.pvc)].filter(x, x).size() == 1",
-                "exactly one of hubId, s3Uri, pvc must be set",
+                "[has(self.hubId), has(self.s3Uri), has(self.pvc), has(self.fromJob)]"
+                ".filter(x, x).size() == 1",
+                "exactly one of hubId, s3Uri, pvc, fromJob must be set",
             ),
             cel(
                 "!has(self.revision) || has(self.hubId)",
@@ -70,6 +105,14 @@ class ModelSource(Spec):
     pvc: PVCPath | None = Field(
         default=None, description="A saved model directory on a PersistentVolumeClaim."
     )
+    from_job: JobModelRef | None = Field(
+        default=None,
+        description="Another FineTuneJob's latest Succeeded run: its merged model, or (artifact "
+        "adapter) its adapter with its base. This job waits (WaitingForBase) while that one "
+        "runs and fails (BaseFailed) if it fails; the run used is recorded in status.lineage "
+        "and manifest.json. Resolved when a run starts: a later run of the base job does not "
+        "restart this one.",
+    )
     trust_remote_code: WireBool = Field(
         default=False,
         description="Allow model repositories to run their own Python code. Off by default: "
@@ -78,7 +121,7 @@ class ModelSource(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
-        _one_of(self, ["hub_id", "s3_uri", "pvc"], "spec.model")
+        _one_of(self, ["hub_id", "s3_uri", "pvc", "from_job"], "spec.model")
         if self.revision is not None and self.hub_id is None:
             raise ValueError("spec.model.revision: revision applies only to hubId")
         if self.token_secret_ref is not None and self.hub_id is None:
@@ -92,6 +135,9 @@ class ModelSource(Spec):
             return self.hub_id + (f"@{self.revision}" if self.revision else "")
         if self.s3_uri is not None:
             return self.s3_uri
+        if self.from_job is not None:
+            ns = f"{self.from_job.namespace}/" if self.from_job.namespace else ""
+            return f"finetunejob://{ns}{self.from_job.name}"
         assert self.pvc is not None
         return f"pvc://{self.pvc.claim_name}/{self.pvc.path.lstrip('/')}"
 

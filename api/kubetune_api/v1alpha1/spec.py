@@ -11,8 +11,8 @@ from pydantic import (
 from ._base import ResourceName, Spec, cel, validations
 from .dataset import DataFormat, DatasetSpec
 from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
-from .method import MethodSpec, MethodType
-from .model import ClassificationSpec, ModelSource, TaskType
+from .method import ADAPTER_METHODS, MethodSpec, MethodType
+from .model import BaseArtifact, ClassificationSpec, ModelSource, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
 from .pod import PodOptions
 from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
@@ -107,6 +107,15 @@ class FineTuneJobSpec(Spec):
                 "virtual tokens are not weights of the model): set output.adapter: true",
                 ".output.adapter",
             ),
+            cel(
+                "!has(self.model.fromJob) || !has(self.model.fromJob.artifact) || "
+                "self.model.fromJob.artifact != 'adapter' || !has(self.method) || "
+                "!has(self.method.type) || self.method.type in ['lora', 'qlora', 'dora', "
+                "'prompt-tuning', 'prefix-tuning', 'ia3']",
+                "model.fromJob.artifact adapter continues an adapter: method.type must be the "
+                "base job's adapter method (lora, qlora, dora, prompt-tuning, prefix-tuning, ia3)",
+                ".model.fromJob.artifact",
+            ),
             # Transition rules (oldSelf): checked on update only, and only where the object
             # holding the rule exists before and after. They sit on the spec, which always
             # does, and the fields always exist too (task has a default, output.uri is
@@ -189,6 +198,17 @@ class FineTuneJobSpec(Spec):
                 "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
                 "cannot shard prompt-tuning or prefix-tuning (their virtual tokens live outside "
                 "the sharded layers): use ddp or auto"
+            )
+        ref = self.model.from_job
+        if (
+            ref is not None
+            and ref.artifact == BaseArtifact.ADAPTER
+            and MethodType(self.method.type) not in ADAPTER_METHODS
+        ):
+            raise ValueError(
+                "spec.model.fromJob.artifact: model.fromJob.artifact adapter continues an "
+                "adapter: method.type must be the base job's adapter method (lora, qlora, dora, "
+                "prompt-tuning, prefix-tuning, ia3)"
             )
         h = self.hyperparameters
         if not self.resources.gpus and h.optimizer in GPU_ONLY_OPTIMIZERS:
