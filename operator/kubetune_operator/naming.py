@@ -14,6 +14,7 @@ from kubetune_api.v1alpha1 import (
     API_GROUP,
     API_VERSION,
     KIND,
+    FineTuneJobSpec,
     Reason,
 )
 
@@ -26,6 +27,8 @@ ANN_GENERATION = f"{API_GROUP}/generation"
 # The runPolicy.suspend value the operator last applied to the Job. A Job whose spec.suspend
 # differs from it was suspended (or resumed) by someone else, e.g. Kueue: that is left alone.
 ANN_SUSPEND = f"{API_GROUP}/suspend"
+# spec.model.fromJob: the base job run this run started from (chain.py), as JSON.
+ANN_LINEAGE = f"{API_GROUP}/lineage"
 # Kueue's labels: the LocalQueue a Job waits in, and its WorkloadPriorityClass.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -78,11 +81,19 @@ class Owner:
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a FineTuneJob: the number, the generation it trains, and its spec hash."""
+    """One run of a FineTuneJob: the number, the generation it trains, and its spec hash;
+    with `spec.model.fromJob`, the base it was resolved to when it started (chain.Base)."""
 
     number: int
     generation: int
     spec_hash: str
+    base: Any = None  # chain.Base | None
+
+    def resolved(self, spec: FineTuneJobSpec) -> FineTuneJobSpec:
+        """The spec the trainer runs: `model.fromJob` replaced by the concrete base model."""
+        if self.base is None:
+            return spec
+        return spec.model_copy(update={"model": self.base.model})
 
 
 def _short_hash(text: str, n: int = 8) -> str:

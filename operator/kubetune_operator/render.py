@@ -32,6 +32,7 @@ from .admission import check, check_secrets, parse_quantity, secret_refs, servic
 from .naming import (
     ANN_FINETUNEJOB,
     ANN_GENERATION,
+    ANN_LINEAGE,
     ANN_SPEC_HASH,
     ANN_SUSPEND,
     CONFIG_DIR,
@@ -65,6 +66,7 @@ from .settings import OperatorSettings
 __all__ = [
     "ANN_FINETUNEJOB",
     "ANN_GENERATION",
+    "ANN_LINEAGE",
     "ANN_SPEC_HASH",
     "ANN_SUSPEND",
     "CONFIG_DIR",
@@ -126,6 +128,7 @@ def shm_size(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
 def trainer_config(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> TrainerConfig:
+    spec = run.resolved(spec)
     prefix = run_prefix(spec.output.uri, owner.namespace, owner.name, owner.uid, run.number)
     return TrainerConfig(
         job=JobIdentity(
@@ -142,6 +145,8 @@ def trainer_config(
         report_progress=True,
         work_dir=WORKSPACE,
         s3_retry_seconds=settings.s3_retry_seconds,
+        base_adapter_uri=run.base.adapter_uri if run.base is not None else None,
+        lineage=run.base.lineage if run.base is not None else None,
     )
 
 
@@ -434,6 +439,11 @@ def job(
             ANN_GENERATION: str(run.generation),
             ANN_SUSPEND: "true" if suspend else "false",
             **group.job_annotations(spec),
+            **(
+                {ANN_LINEAGE: json.dumps(run.base.lineage, sort_keys=True)}
+                if run.base is not None
+                else {}
+            ),
         },
     )
     if spec.queue_name:
@@ -464,6 +474,7 @@ def run_objects(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Everything run `run` needs, in creation order (the Job last: its pod mounts the rest)."""
+    spec = run.resolved(spec)
     check(spec, owner.name, settings, owner.namespace)
     name = job_name(owner.name, run.number)
     service = group.headless_service(
