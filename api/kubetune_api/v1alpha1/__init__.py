@@ -102,7 +102,15 @@ from .method import (
     QuantizationSpec,
     QuantType,
 )
-from .model import BaseArtifact, ClassificationSpec, JobModelRef, ModelSource, TaskType
+from .model import (
+    BaseArtifact,
+    ClassificationSpec,
+    JobModelRef,
+    ModelSource,
+    PreferenceAlgorithm,
+    PreferenceSpec,
+    TaskType,
+)
 from .output import (
     MergedDtype,
     MlflowSpec,
@@ -219,6 +227,8 @@ __all__ = [
     "PodAffinityTerm",
     "PodOptions",
     "Precision",
+    "PreferenceAlgorithm",
+    "PreferenceSpec",
     "PreferredSchedulingTerm",
     "PrefixTuningSpec",
     "Progress",

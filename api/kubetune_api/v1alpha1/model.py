@@ -17,6 +17,7 @@ from ._base import (
     S3Uri,
     Spec,
     WireBool,
+    WireFloat,
     WireInt,
     _one_of,
     cel,
@@ -32,6 +33,12 @@ from .refs import PVCPath, SecretKeyRef
 class TaskType(StrEnum):
     CAUSAL_LM = "causal-lm"
     SEQUENCE_CLASSIFICATION = "sequence-classification"
+    PREFERENCE = "preference"
+
+
+class PreferenceAlgorithm(StrEnum):
+    DPO = "dpo"
+    ORPO = "orpo"
 
 
 class BaseArtifact(StrEnum):
@@ -140,6 +147,24 @@ class ModelSource(Spec):
             return f"finetunejob://{ns}{self.from_job.name}"
         assert self.pvc is not None
         return f"pvc://{self.pvc.claim_name}/{self.pvc.path.lstrip('/')}"
+
+
+class PreferenceSpec(Spec):
+    """Preference tuning (`task: preference`) on prompt/chosen/rejected rows, with trl."""
+
+    algorithm: PreferenceAlgorithm = Field(
+        default=PreferenceAlgorithm.DPO,
+        description="dpo (Direct Preference Optimization: against a frozen reference, the base "
+        "model, or the base without the adapter for adapter methods) or orpo (odds-ratio "
+        "preference optimization: no reference model, SFT and preference in one loss).",
+    )
+    beta: WireFloat = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="dpo: strength of the pull towards the reference (higher: stay closer). "
+        "orpo: weight of the odds-ratio term (trl's beta, lambda in the paper).",
+    )
 
 
 class ClassificationSpec(Spec):

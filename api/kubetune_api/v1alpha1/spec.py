@@ -12,7 +12,7 @@ from ._base import ResourceName, Spec, cel, validations
 from .dataset import DataFormat, DatasetSpec
 from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
 from .method import ADAPTER_METHODS, MethodSpec, MethodType
-from .model import BaseArtifact, ClassificationSpec, ModelSource, TaskType
+from .model import BaseArtifact, ClassificationSpec, ModelSource, PreferenceSpec, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
 from .pod import PodOptions
 from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
@@ -54,6 +54,17 @@ class FineTuneJobSpec(Spec):
                 "dataset.format classification goes with task sequence-classification, and "
                 "only with it",
                 ".dataset.format",
+            ),
+            cel(
+                "(self.task == 'preference') == (self.dataset.format == 'preference')",
+                "dataset.format preference (prompt/chosen/rejected rows) goes with task "
+                "preference, and only with it",
+                ".dataset.format",
+            ),
+            cel(
+                "self.task == 'preference' || !has(self.preference)",
+                "preference applies only to task preference",
+                ".preference",
             ),
             cel(
                 "!has(self.hyperparameters) || !has(self.hyperparameters.earlyStopping) || "
@@ -141,6 +152,10 @@ class FineTuneJobSpec(Spec):
     classification: ClassificationSpec | None = Field(
         default=None, description="Labels, for task sequence-classification."
     )
+    preference: PreferenceSpec | None = Field(
+        default=None,
+        description="Preference tuning settings, for task preference (DPO if omitted).",
+    )
     model: ModelSource = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training (and validation) data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="Adaptation method.")
@@ -190,6 +205,14 @@ class FineTuneJobSpec(Spec):
                 "spec.dataset.format: dataset.format classification goes with task "
                 "sequence-classification, and only with it"
             )
+        is_pref = self.task == TaskType.PREFERENCE
+        if is_pref != (self.dataset.format == DataFormat.PREFERENCE):
+            raise ValueError(
+                "spec.dataset.format: dataset.format preference (prompt/chosen/rejected rows) "
+                "goes with task preference, and only with it"
+            )
+        if not is_pref and self.preference is not None:
+            raise ValueError("spec.preference: preference applies only to task preference")
         if (
             self.resources.distribution.strategy == DistributionStrategy.FSDP
             and MethodType(self.method.type) in PROMPT_METHODS
