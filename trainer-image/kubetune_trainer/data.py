@@ -80,6 +80,12 @@ def required_columns(spec: DatasetSpec) -> list[tuple[str, str]]:
         return [(f.prompt, "dataset.fields.prompt"), (f.completion, "dataset.fields.completion")]
     if fmt == DataFormat.MESSAGES:
         return [(f.messages, "dataset.fields.messages")]
+    if fmt == DataFormat.PREFERENCE:
+        return [
+            (f.prompt, "dataset.fields.prompt"),
+            (f.chosen, "dataset.fields.chosen"),
+            (f.rejected, "dataset.fields.rejected"),
+        ]
     return [(f.text, "dataset.fields.text"), (f.label, "dataset.fields.label")]
 
 
@@ -185,6 +191,11 @@ def normalize_row(
                 row.get(f.messages), f.messages, spec.assistant_only_loss
             )
         }
+    if fmt == DataFormat.PREFERENCE:
+        chosen, rejected = _string(row, f.chosen), _string(row, f.rejected)
+        if chosen.strip() == rejected.strip():
+            raise RowError(f.rejected, f"is the same as {f.chosen}: nothing to prefer")
+        return {"prompt": _string(row, f.prompt), "chosen": chosen, "rejected": rejected}
     assert cls is not None
     return {"text": _string(row, f.text), "label": label_id(row.get(f.label), cls, f.label)}
 
@@ -196,6 +207,8 @@ def _placeholder(fmt: DataFormat) -> dict[str, Any]:
         return {"prompt": "", "completion": ""}
     if fmt == DataFormat.MESSAGES:
         return {"messages": [{"role": "user", "content": ""}]}
+    if fmt == DataFormat.PREFERENCE:
+        return {"prompt": "", "chosen": "", "rejected": ""}
     return {"text": "", "label": 0}
 
 

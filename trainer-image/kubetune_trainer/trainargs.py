@@ -136,3 +136,7 @@ def sft_kwargs(spec: FineTuneJobSpec, *, padding_free: bool = False) -> dict[str
 
 def is_classification(spec: FineTuneJobSpec) -> bool:
     return TaskType(spec.task) == TaskType.SEQUENCE_CLASSIFICATION
+
+
+def is_preference(spec: FineTuneJobSpec) -> bool:
+    return TaskType(spec.task) == TaskType.PREFERENCE
