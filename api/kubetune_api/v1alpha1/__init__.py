@@ -80,12 +80,14 @@ from .failures import (
     TrainerFailure,
 )
 from .hyperparameters import (
+    LEGACY_DEFAULT_LEARNING_RATE,
     EarlyStoppingSpec,
     Hyperparameters,
     Optimizer,
     Precision,
     Scheduler,
     Strategy,
+    default_learning_rate,
 )
 from .method import (
     ADAPTER_METHODS,
@@ -155,6 +157,7 @@ __all__ = [
     "INT64_MAX",
     "KIND",
     "LABEL_KEY_PATTERN",
+    "LEGACY_DEFAULT_LEARNING_RATE",
     "LORA_METHODS",
     "MAX_NAME_LENGTH",
     "NAME_PATTERN",
@@ -265,6 +268,7 @@ __all__ = [
     "WireFloat",
     "WireInt",
     "cel",
+    "default_learning_rate",
     "pvc_mount_path",
     "run_prefix",
     "stored_json",
