@@ -14,6 +14,7 @@ from kubetune_api.v1alpha1 import (
     API_GROUP,
     API_VERSION,
     KIND,
+    FineTuneJobSpec,
     Reason,
 )
 
@@ -29,6 +30,8 @@ ANN_SUSPEND = f"{API_GROUP}/suspend"
 # On the Job of a dry run (spec.dryRun): only then does status accept an estimate instead of
 # artifacts (the operator writes Job metadata; the pod cannot).
 ANN_DRY_RUN = f"{API_GROUP}/dry-run"
+# spec.model.fromJob: the base job run this run started from (chain.py), as JSON.
+ANN_LINEAGE = f"{API_GROUP}/lineage"
 # Kueue's labels: the LocalQueue a Job waits in, and its WorkloadPriorityClass.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
@@ -81,11 +84,19 @@ class Owner:
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a FineTuneJob: the number, the generation it trains, and its spec hash."""
+    """One run of a FineTuneJob: the number, the generation it trains, and its spec hash;
+    with `spec.model.fromJob`, the base it was resolved to when it started (chain.Base)."""
 
     number: int
     generation: int
     spec_hash: str
+    base: Any = None  # chain.Base | None
+
+    def resolved(self, spec: FineTuneJobSpec) -> FineTuneJobSpec:
+        """The spec the trainer runs: `model.fromJob` replaced by the concrete base model."""
+        if self.base is None:
+            return spec
+        return spec.model_copy(update={"model": self.base.model})
 
 
 def _short_hash(text: str, n: int = 8) -> str:

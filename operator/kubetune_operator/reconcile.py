@@ -22,7 +22,7 @@ from typing import Any
 from kubetune_api.v1alpha1 import KIND, FineTuneJobSpec, Phase, Reason
 from pydantic import ValidationError
 
-from . import ledger, metrics, render, runs, status
+from . import chain, ledger, metrics, render, runs, status
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
@@ -62,7 +62,32 @@ def spec_problem(
         render.check(spec, name, settings, namespace)
     except RenderError as e:
         return spec, (e.reason.value, e.message)
+    blocked = chain.check(spec, namespace, name, settings)
+    if blocked is not None:
+        return spec, (blocked.reason, blocked.message)
     return spec, None
+
+
+def resolve_base(
+    kube: Kube, spec: FineTuneJobSpec, namespace: str
+) -> chain.Base | chain.Blocked | None:
+    """`spec.model.fromJob` resolved against the base FineTuneJob as the operator recorded it
+    (ledger.trusted_view), or None when the model is not a job reference."""
+    ref = chain.reference(spec, namespace)
+    if ref is None:
+        return None
+    try:
+        base = kube.get_finetunejob(*ref)
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        return chain.Blocked(
+            Reason.BASE_NOT_ALLOWED.value,
+            f"spec.model.fromJob: the operator may not read FineTuneJobs in {ref[0]} (it does "
+            "not watch that namespace)",
+            False,
+        )
+    return chain.resolve(spec, namespace, ledger.trusted_view(base) if base else None)
 
 
 # ------------------------------------------------------------------------------ children
@@ -203,11 +228,24 @@ def handle_reconcile(
     ]
     decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None)
 
+    base: chain.Base | None = None
+    waiting_for_base: tuple[str, str] | None = None
+    if decision.start is not None and spec is not None:
+        resolved = resolve_base(kube, spec, namespace)
+        if isinstance(resolved, chain.Blocked):
+            if resolved.waiting:
+                waiting_for_base = (resolved.reason, resolved.message)
+            else:
+                problem = (resolved.reason, resolved.message)
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
+        else:
+            base = resolved
+
     if decision.start is not None:
         assert spec is not None
         try:
             job = start_run(
-                kube, spec, owner, Run(decision.start, generation, desired_hash), settings
+                kube, spec, owner, Run(decision.start, generation, desired_hash, base), settings
             )
             jobs = [j for j in jobs if runs.run_of(j) != decision.start] + [job]
         except NameConflict as e:
@@ -249,6 +287,7 @@ def handle_reconcile(
         gpu_resources=gpu_resources,
         problem=problem,
         model=display() if callable(display) else None,
+        waiting_for_base=waiting_for_base,
     )
     # Events first: a crash between the two repeats an Event rather than losing it.
     for ev in derived.events:
@@ -311,6 +350,8 @@ def handle_reconcile(
         log.info("deleting Job %s: ttlSecondsAfterFinished (%ss) passed", job_name, ttl)
         delete_run(kube, owner, job_name)
     waits = [1.0] if decision.deferred else []
+    if waiting_for_base is not None:
+        waits.append(settings.base_poll_seconds)
     if next_expiry is not None:
         waits.append(next_expiry + 0.5)
     requeue = min(waits) if waits else None

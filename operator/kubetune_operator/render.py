@@ -36,6 +36,7 @@ from .naming import (
     ANN_DRY_RUN,
     ANN_FINETUNEJOB,
     ANN_GENERATION,
+    ANN_LINEAGE,
     ANN_SPEC_HASH,
     ANN_SUSPEND,
     CONFIG_DIR,
@@ -70,6 +71,7 @@ __all__ = [
     "ANN_DRY_RUN",
     "ANN_FINETUNEJOB",
     "ANN_GENERATION",
+    "ANN_LINEAGE",
     "ANN_SPEC_HASH",
     "ANN_SUSPEND",
     "CONFIG_DIR",
@@ -131,6 +133,7 @@ def shm_size(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
 def trainer_config(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> TrainerConfig:
+    spec = run.resolved(spec)
     prefix = run_prefix(spec.output.uri, owner.namespace, owner.name, owner.uid, run.number)
     return TrainerConfig(
         job=JobIdentity(
@@ -147,6 +150,8 @@ def trainer_config(
         report_progress=True,
         work_dir=WORKSPACE,
         s3_retry_seconds=settings.s3_retry_seconds,
+        base_adapter_uri=run.base.adapter_uri if run.base is not None else None,
+        lineage=run.base.lineage if run.base is not None else None,
     )
 
 
@@ -458,6 +463,11 @@ def job(
             ANN_SUSPEND: "true" if suspend else "false",
             **group.job_annotations(spec),
             **({ANN_DRY_RUN: "true"} if spec.dry_run else {}),
+            **(
+                {ANN_LINEAGE: json.dumps(run.base.lineage, sort_keys=True)}
+                if run.base is not None
+                else {}
+            ),
         },
     )
     if spec.queue_name:
@@ -503,6 +513,7 @@ def run_objects(
     spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
     """Everything run `run` needs, in creation order (the Job last: its pod mounts the rest)."""
+    spec = run.resolved(spec)
     if spec.dry_run:
         spec = dry_run_spec(spec)
     check(spec, owner.name, settings, owner.namespace)

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubetune_api.v1alpha1 import FineTuneJobSpec, OnSpecChange, Phase
+from kubetune_api.v1alpha1 import (
+    LEGACY_DEFAULT_LEARNING_RATE,
+    FineTuneJobSpec,
+    OnSpecChange,
+    Phase,
+)
 
 from .render import ANN_SPEC_HASH, ANN_SUSPEND, LABEL_RUN
 
@@ -34,6 +39,16 @@ def spec_hash(spec: FineTuneJobSpec | dict[str, Any]) -> str:
         wire = dict(spec)
     for key in _NOT_TRAINING:
         wire.pop(key, None)
+    hp = wire.get("hyperparameters")
+    if isinstance(hp, dict) and hp.get("learningRate") == LEGACY_DEFAULT_LEARNING_RATE:
+        # Before method-aware defaults the CRD defaulted learningRate to 2e-4 and stored it in
+        # every object; the dump then left it out (it was the default). Leaving it out still
+        # keeps those objects' hashes, so an operator upgrade restarts none of their runs.
+        hp = {k: v for k, v in hp.items() if k != "learningRate"}
+        if hp:
+            wire["hyperparameters"] = hp
+        else:
+            wire.pop("hyperparameters")
     text = json.dumps(wire, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

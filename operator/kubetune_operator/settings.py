@@ -116,6 +116,16 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="JSON: namespace (or *) to {gpus, nodes, activeDeadlineSeconds} maxima.",
     )
+    allow_cross_namespace_model_refs: bool = Field(
+        default=False,
+        description="spec.model.fromJob may name a FineTuneJob in another namespace (whose "
+        "artifacts the job then reads with its own credentials).",
+    )
+    base_poll_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a job waiting for its spec.model.fromJob base looks again.",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables /metrics.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz.")
     leader_election: bool = True

@@ -37,7 +37,7 @@ from kubetune_api.v1alpha1 import (
 from pydantic import ValidationError
 
 from . import podset
-from .render import ANN_DRY_RUN, ANN_GENERATION, ANN_SPEC_HASH, CONTAINER
+from .render import ANN_DRY_RUN, ANN_GENERATION, ANN_LINEAGE, ANN_SPEC_HASH, CONTAINER
 from .runs import TERMINAL, Decision, job_finished
 
 HISTORY_LIMIT = 20
@@ -695,6 +695,7 @@ def derive(
     gpu_resources: set[str],
     problem: tuple[str, str] | None = None,
     model: str | None = None,
+    waiting_for_base: tuple[str, str] | None = None,
 ) -> Derived:
     """The new status of `ftj` after `decision` was carried out. `job` is the current run's Job
     (None if there is none), `pods` its pods; `problem` is (reason, message) when the spec cannot
@@ -730,8 +731,12 @@ def derive(
             "attempts",
             "queuedGeneration",
             "message",
+            "lineage",
         ):
             new.pop(key, None)
+        lineage = _lineage(ann.get(ANN_LINEAGE))
+        if lineage is not None:
+            new["lineage"] = lineage
         new["run"] = current
         new["jobName"] = job["metadata"]["name"]
         new["specHash"] = ann.get(ANN_SPEC_HASH)
@@ -773,6 +778,8 @@ def derive(
         # No run has ever started: the spec cannot run, or the first Job is not there yet.
         if problem is not None:
             state = RunState(Phase.FAILED.value, problem[0], problem[1])
+        elif waiting_for_base is not None:  # spec.model.fromJob: the base has not succeeded
+            state = RunState(Phase.PENDING.value, *waiting_for_base)
         else:
             state = RunState(Phase.PENDING.value, Reason.CREATED.value, "creating the first run")
     else:
@@ -830,6 +837,8 @@ def derive(
         message = f"{message} (generation {generation} cannot run: {problem[1]})"
     if waiting:
         message = f"{message} ({waiting})"
+    if waiting_for_base is not None and current:
+        message = f"{message} (generation {generation} waits: {waiting_for_base[1]})"
     if decision.ignored:
         message = (
             f"{message} (spec changes ignored: runPolicy.onSpecChange is Ignore; run {current} "
@@ -883,6 +892,17 @@ def derive(
     else:
         new.pop("progressSummary", None)
     return Derived(status=new, events=events, clear_progress=clear_progress)
+
+
+def _lineage(raw: str | None) -> dict[str, Any] | None:
+    """status.lineage from the run's Job annotation (written by the operator at creation)."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # ------------------------------------------------------------------------------ patching

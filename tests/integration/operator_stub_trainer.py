@@ -4,7 +4,8 @@
 
 Run by the node agent as the trainer pod's command (KUBETUNE_TRAINER_COMMAND points here). It
 reads the resolved config the operator mounted (`--config`, /etc/kubetune/config.json) and takes
-its script from `spec.model.hubId`, `stub/<action>`:
+its script from `spec.model.hubId`, `stub/<action>` (`ok` for any other model, e.g. the s3Uri
+a `spec.model.fromJob` resolves to):
 
   ok             report progress, then succeed after maxSteps/10 seconds (artifacts + metrics)
   fail-<code>    fail with exit code <code> (10-14: the contract's reason; else TrainerError)
@@ -90,7 +91,8 @@ def main() -> int:
     with open(args.config) as f:
         cfg = json.load(f)
     spec = cfg["spec"]
-    action = spec["model"]["hubId"].split("/", 1)[1]
+    hub_id = spec["model"].get("hubId") or "stub/ok"
+    action = hub_id.split("/", 1)[1]
     steps = int((spec.get("hyperparameters") or {}).get("maxSteps") or 10)
     prefix = cfg["runPrefix"]
     job = cfg["job"]

@@ -214,3 +214,29 @@ def test_one_malformed_line_message_names_file_line_and_problem(tmp_path: Path) 
     msg = str(e.value)
     assert "1 malformed JSON line (train.jsonl line 2;" in msg, msg
     assert "train.jsonl line 2: invalid JSON" in msg, msg
+
+
+def test_preference_rows_name_the_bad_row_and_field() -> None:
+    import datasets
+
+    good = {"prompt": "q", "chosen": "yes", "rejected": "no"}
+    rows = [
+        good,
+        {"prompt": "q", "chosen": "same", "rejected": " same "},
+        {"prompt": "q", "chosen": "", "rejected": "no"},
+        {"prompt": "q", "chosen": "yes", "rejected": None},
+    ]
+    spec = ds_spec(format="preference")
+    with pytest.raises(DatasetError) as e:
+        format_rows(datasets.Dataset.from_list(rows), spec, None, "dataset d")
+    msg = str(e.value)
+    assert "row 1 (counting from 0)" in msg and "'rejected'" in msg and "same as chosen" in msg
+    assert "2 more bad rows" in msg
+
+    skip = ds_spec(format="preference", badRows="skip")
+    out, skipped = format_rows(datasets.Dataset.from_list(rows), skip, None, "dataset d")
+    assert skipped == 3 and out[0] == good
+
+    renamed = ds_spec(format="preference", fields={"chosen": "good"})
+    with pytest.raises(DatasetError, match=r"column 'good' \(from dataset.fields.chosen\)"):
+        format_rows(datasets.Dataset.from_list([good]), renamed, None, "dataset d")

@@ -64,6 +64,12 @@ def required_columns(spec: DatasetSpec) -> list[tuple[str, str]]:
         return [(f.prompt, "dataset.fields.prompt"), (f.completion, "dataset.fields.completion")]
     if fmt == DataFormat.MESSAGES:
         return [(f.messages, "dataset.fields.messages")]
+    if fmt == DataFormat.PREFERENCE:
+        return [
+            (f.prompt, "dataset.fields.prompt"),
+            (f.chosen, "dataset.fields.chosen"),
+            (f.rejected, "dataset.fields.rejected"),
+        ]
     return [(f.text, "dataset.fields.text"), (f.label, "dataset.fields.label")]
 
 
@@ -84,6 +90,8 @@ def _placeholder(fmt: DataFormat) -> dict[str, Any]:
         return {"prompt": "", "completion": ""}
     if fmt == DataFormat.MESSAGES:
         return {"messages": [{"role": "user", "content": ""}]}
+    if fmt == DataFormat.PREFERENCE:
+        return {"prompt": "", "chosen": "", "rejected": ""}
     return {"text": "", "label": 0}
 
 

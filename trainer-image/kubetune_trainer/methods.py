@@ -229,13 +229,45 @@ def keep_cpu_4bit_trainable(model: Any) -> int:
     return n
 
 
+_PEFT_TYPES = {
+    MethodType.LORA: "LORA",
+    MethodType.QLORA: "LORA",
+    MethodType.DORA: "LORA",
+    MethodType.PROMPT_TUNING: "PROMPT_TUNING",
+    MethodType.PREFIX_TUNING: "PREFIX_TUNING",
+    MethodType.IA3: "IA3",
+}
+
+
+def continue_adapter(model: Any, adapter_dir: Any, t: MethodType) -> Any:
+    """Load an earlier run's adapter onto `model`, trainable (a warm start)."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    saved = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    peft_type = str(saved.get("peft_type", ""))
+    if peft_type != _PEFT_TYPES[t] or bool(saved.get("use_dora")) != (t == MethodType.DORA):
+        raise ConfigError(
+            f"spec.method.type: the base job's adapter is {peft_type}"
+            f"{' (DoRA)' if saved.get('use_dora') else ''}, which method {t.value} cannot "
+            "continue: set method.type to the base job's method"
+        )
+    log.info("warm start: continuing the adapter in %s", adapter_dir)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
 def apply(
     loaded: Any,
     method: MethodSpec,
     task: str,
     model_path: str,
+    warm_start: Any = None,
 ) -> Any:
-    """The trainable model for `method` (a PeftModel for adapter methods)."""
+    """The trainable model for `method` (a PeftModel for adapter methods). `warm_start`: the
+    directory of an earlier run's adapter to keep training (spec.model.fromJob, artifact
+    adapter) instead of a fresh one."""
     model = loaded.model
     t = MethodType(method.type)
     if t == MethodType.QLORA:
@@ -244,12 +276,19 @@ def apply(
     if t in ADAPTER_METHODS:
         from peft import get_peft_model
 
-        cfg = build_peft_config(method, task, loaded.family, loaded.model_type, model_path)
-        try:
-            model = get_peft_model(model, cfg)
-        except ValueError as e:
-            raise ConfigError(f"method {t.value}: {e}") from e
+        if warm_start is not None:
+            model = continue_adapter(model, warm_start, t)
+        else:
+            cfg = build_peft_config(method, task, loaded.family, loaded.model_type, model_path)
+            try:
+                model = get_peft_model(model, cfg)
+            except ValueError as e:
+                raise ConfigError(f"method {t.value}: {e}") from e
         upcast_trainable(model)
+        if t == MethodType.PREFIX_TUNING:
+            from .prefixgen import fix_prefix_generation
+
+            fix_prefix_generation(model)  # generate() ignores the prefix otherwise (prefixgen.py)
     elif t == MethodType.FULL:
         if method.freeze_layers:
             freeze_layers(model, method.freeze_layers)

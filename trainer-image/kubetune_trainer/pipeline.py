@@ -201,12 +201,20 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         t_resolve = time.monotonic()
         resolved = sources.resolve_model(spec.model, ctx.work, ctx.s3)
         STARTUP["modelResolveSeconds"] = round(time.monotonic() - t_resolve, 2)
+        adapter_dir = None
+        if cfg.base_adapter_uri:
+            assert ctx.s3 is not None
+            adapter_dir = sources.resolve_adapter(
+                cfg.base_adapter_uri, ctx.work / "base-adapter", ctx.s3
+            )
     ctx.model_path = resolved.path
     ctx.base_model = {
         "source": resolved.source,
         "kind": resolved.kind,
         "revision": resolved.revision,
     }
+    if cfg.lineage:
+        ctx.base_model["lineage"] = cfg.lineage  # spec.model.fromJob: the base job run
     spec = _clamp_seq_len(ctx, spec, resolved.path)
 
     # load + build -------------------------------------------------------------------------
@@ -266,6 +274,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         spec.method,
         str(spec.task),
         str(resolved.path),
+        warm_start=adapter_dir,
     )
     trainable, total = methods.count_parameters(model)
     ctx.metrics.update(trainable_params=trainable, total_params=total)

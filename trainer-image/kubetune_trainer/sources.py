@@ -160,6 +160,17 @@ def resolve_model(src: ModelSource, work_dir: Path, s3: S3 | None) -> ResolvedMo
     return ResolvedModel(path=path, source=source, revision=digest_listing(items), kind="pvc")
 
 
+def resolve_adapter(uri: str, dest: Path, s3: S3) -> Path:
+    """Download a PEFT adapter (spec.model.fromJob with artifact adapter: a warm start)."""
+    prefix = uri.rstrip("/") + "/"
+    objects = [o for o in s3.list_objects(prefix) if not o["Key"].endswith("/")]
+    if not any(o["Key"].endswith("adapter_config.json") for o in objects):
+        raise ModelError(f"adapter {uri}: no adapter_config.json under that prefix")
+    log.info("downloading the base job's adapter %s (%d files)", uri, len(objects))
+    s3.download_prefix(prefix, dest, skip=set())
+    return dest
+
+
 def _resolve_s3_model(uri: str, work_dir: Path, s3: S3) -> ResolvedModel:
     from . import modelcache
 

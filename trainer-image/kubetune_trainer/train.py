@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.v1alpha1 import FineTuneJobSpec, NonFiniteLoss
+from kubetune_api.v1alpha1 import FineTuneJobSpec, NonFiniteLoss, PreferenceSpec
 
 from .callbacks import (
     ConsoleLogCallback,
@@ -22,7 +22,7 @@ from .checkpoints import CheckpointStore
 from .data import Prepared, tokenize_classification
 from .metrics import classification_metrics, perplexity
 from .progress import ProgressReporter
-from .trainargs import is_classification, sft_kwargs, training_kwargs
+from .trainargs import is_classification, is_preference, sft_kwargs, training_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,25 @@ def _sft_trainer_class() -> Any:
     return GuardedSFTTrainer
 
 
+def _preference_trainer_class(algorithm: str) -> tuple[Any, Any]:
+    """(trainer class, config class) for task preference: trl's DPO or ORPO."""
+    trainer: Any
+    config: Any
+    if algorithm == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        trainer, config = ORPOTrainer, ORPOConfig
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        trainer, config = DPOTrainer, DPOConfig
+
+    class GuardedPreferenceTrainer(NonFiniteGuard, trainer):
+        pass
+
+    return GuardedPreferenceTrainer, config
+
+
 def _trainer_class() -> Any:
     from transformers import Trainer
 
@@ -61,6 +80,14 @@ def _trainer_class() -> Any:
         pass
 
     return GuardedTrainer
+
+
+# trl's preference metrics under the names kubetune reports (status.metrics, metrics.json):
+# the mean chosen-minus-rejected implicit reward, and how often chosen wins.
+PREFERENCE_METRICS = {
+    "eval_rewards/margins": "reward_margin",
+    "eval_rewards/accuracies": "reward_accuracy",
+}
 
 
 @dataclass
@@ -112,6 +139,19 @@ def build_trainer(
             processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=classification_metrics(spec.classification.count),
+        )
+    if is_preference(spec):
+        pref = spec.preference or PreferenceSpec()
+        trainer_cls, config_cls = _preference_trainer_class(str(pref.algorithm))
+        kw.update(beta=pref.beta, max_length=spec.dataset.max_seq_length)
+        # A PeftModel is its own reference (the adapter disabled); a full model gets a frozen
+        # copy of the base from trl.
+        return trainer_cls(
+            model=model,
+            args=config_cls(**kw),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=tokenizer,
         )
     from trl import SFTConfig
 
@@ -183,11 +223,12 @@ def run(
         before = trainer.evaluate()
         if "eval_loss" in before:
             result.metrics["initial_eval_loss"] = before["eval_loss"]
-            if not is_classification(spec):
+            if not is_classification(spec) and not is_preference(spec):
                 result.metrics["initial_perplexity"] = perplexity(before["eval_loss"])
-        for k in ("eval_accuracy", "eval_f1"):
+        for k in ("eval_accuracy", "eval_f1", *PREFERENCE_METRICS):
             if k in before:
-                result.metrics["initial_" + k.removeprefix("eval_")] = before[k]
+                name = PREFERENCE_METRICS.get(k) or k.removeprefix("eval_")
+                result.metrics["initial_" + name] = before[k]
         log.info("before training: %s", _short(before))
     tp = Throughput()
     trainer.add_callback(ConsoleLogCallback(tp))
@@ -226,8 +267,11 @@ def run(
         for k, v in final.items():
             if k.startswith("eval_") and isinstance(v, int | float):
                 result.metrics[k] = v
-        if not is_classification(spec) and "eval_loss" in final:
+        if not is_classification(spec) and not is_preference(spec) and "eval_loss" in final:
             result.metrics["perplexity"] = perplexity(final["eval_loss"])
+        for k, name in PREFERENCE_METRICS.items():
+            if isinstance(final.get(k), int | float):
+                result.metrics[name] = final[k]
         reporter.update(eval_loss=final.get("eval_loss"))
         log.info("after training: %s", _short(final))
     close_writers(trainer)

@@ -12,6 +12,7 @@ from kubetune_api.v1alpha1 import (
     Optimizer,
     Strategy,
     TaskType,
+    default_learning_rate,
 )
 
 OPTIMIZERS = {
@@ -61,7 +62,7 @@ def training_kwargs(
         "report_to": report_to or "none",
         "num_train_epochs": h.epochs,
         "max_steps": h.max_steps if h.max_steps is not None else -1,
-        "learning_rate": h.learning_rate,
+        "learning_rate": learning_rate(spec),
         "lr_scheduler_type": str(h.lr_scheduler),
         "per_device_train_batch_size": h.batch_size,
         "per_device_eval_batch_size": h.eval_batch_size or h.batch_size,
@@ -136,3 +137,14 @@ def sft_kwargs(spec: FineTuneJobSpec, *, padding_free: bool = False) -> dict[str
 
 def is_classification(spec: FineTuneJobSpec) -> bool:
     return TaskType(spec.task) == TaskType.SEQUENCE_CLASSIFICATION
+
+
+def is_preference(spec: FineTuneJobSpec) -> bool:
+    return TaskType(spec.task) == TaskType.PREFERENCE
+
+
+def learning_rate(spec: FineTuneJobSpec) -> float:
+    """hyperparameters.learningRate, or the method's default (default_learning_rate)."""
+    if spec.hyperparameters.learning_rate is not None:
+        return spec.hyperparameters.learning_rate
+    return default_learning_rate(str(spec.method.type), str(spec.task))

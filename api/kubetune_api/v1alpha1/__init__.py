@@ -83,12 +83,14 @@ from .failures import (
     TrainerFailure,
 )
 from .hyperparameters import (
+    LEGACY_DEFAULT_LEARNING_RATE,
     EarlyStoppingSpec,
     Hyperparameters,
     Optimizer,
     Precision,
     Scheduler,
     Strategy,
+    default_learning_rate,
 )
 from .method import (
     ADAPTER_METHODS,
@@ -105,7 +107,15 @@ from .method import (
     QuantizationSpec,
     QuantType,
 )
-from .model import ClassificationSpec, ModelSource, TaskType
+from .model import (
+    BaseArtifact,
+    ClassificationSpec,
+    JobModelRef,
+    ModelSource,
+    PreferenceAlgorithm,
+    PreferenceSpec,
+    TaskType,
+)
 from .output import (
     MergedDtype,
     MlflowSpec,
@@ -133,6 +143,7 @@ from .status import (
     Condition,
     ConditionType,
     FineTuneJobStatus,
+    Lineage,
     Phase,
     Progress,
     Reason,
@@ -149,6 +160,7 @@ __all__ = [
     "INT64_MAX",
     "KIND",
     "LABEL_KEY_PATTERN",
+    "LEGACY_DEFAULT_LEARNING_RATE",
     "LORA_METHODS",
     "MAX_NAME_LENGTH",
     "MODEL_CACHE_ENV",
@@ -168,6 +180,7 @@ __all__ = [
     "Artifacts",
     "ArtifactsMissing",
     "BadRowPolicy",
+    "BaseArtifact",
     "ClassificationSpec",
     "ComputeDtype",
     "Condition",
@@ -193,10 +206,12 @@ __all__ = [
     "Hyperparameters",
     "IA3Spec",
     "JobIdentity",
+    "JobModelRef",
     "JsonObject",
     "LabelSelector",
     "LabelSelectorRequirement",
     "LabelValue",
+    "Lineage",
     "LocalObjectRef",
     "LoraBias",
     "LoraSpec",
@@ -221,6 +236,8 @@ __all__ = [
     "PodAffinityTerm",
     "PodOptions",
     "Precision",
+    "PreferenceAlgorithm",
+    "PreferenceSpec",
     "PreferredSchedulingTerm",
     "PrefixTuningSpec",
     "Progress",
@@ -257,6 +274,7 @@ __all__ = [
     "WireFloat",
     "WireInt",
     "cel",
+    "default_learning_rate",
     "pvc_mount_path",
     "run_prefix",
     "stored_json",

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -54,6 +54,15 @@ class TrainerConfig(Spec):
         default=True, description="Patch status.progress on the FineTuneJob (needs the API)."
     )
     work_dir: str = Field(default="/workspace", description="Scratch directory.")
+    base_adapter_uri: S3Uri | None = Field(
+        default=None,
+        description="model.fromJob with artifact adapter: s3:// prefix of the adapter to keep "
+        "training (spec.model is then the base it was trained on).",
+    )
+    lineage: dict[str, Any] | None = Field(
+        default=None,
+        description="model.fromJob: the base job run used (status.lineage), for manifest.json.",
+    )
     s3_retry_seconds: float = Field(
         default=600.0,
         ge=0,

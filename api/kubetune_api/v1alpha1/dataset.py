@@ -35,6 +35,7 @@ class DataFormat(StrEnum):
     PROMPT_COMPLETION = "prompt-completion"
     MESSAGES = "messages"
     CLASSIFICATION = "classification"
+    PREFERENCE = "preference"
 
 
 class FileFormat(StrEnum):
@@ -123,6 +124,14 @@ class FieldMapping(Spec):
     )
     label: str = Field(
         default="label", max_length=128, description="Label column (classification)."
+    )
+    chosen: str = Field(
+        default="chosen", max_length=128, description="Preferred response column (preference)."
+    )
+    rejected: str = Field(
+        default="rejected",
+        max_length=128,
+        description="Dispreferred response column (preference).",
     )
 
 

@@ -105,8 +105,14 @@ class Hyperparameters(Spec):
     max_steps: WireInt | None = Field(
         default=None, ge=1, le=10_000_000, description="Optimizer steps; overrides epochs when set."
     )
-    learning_rate: WireFloat = Field(
-        default=2e-4, gt=0, le=1, description="Peak learning rate (2e-4 suits LoRA; ~2e-5 full)."
+    learning_rate: WireFloat | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Peak learning rate. Default by method (default_learning_rate): full 2e-5, "
+        "lora/qlora/dora 2e-4, bitfit 1e-4, ia3 3e-3, prompt-tuning/prefix-tuning 3e-2; task "
+        "preference: full 5e-7, other methods 5e-6. Objects created before these defaults "
+        "(API default 2e-4 for every method) keep the 2e-4 stored in them.",
     )
     lr_scheduler: Scheduler = Field(default=Scheduler.LINEAR, description="Learning-rate schedule.")
     warmup_ratio: WireFloat | None = Field(
@@ -190,3 +196,29 @@ class Hyperparameters(Spec):
                 f"{h}.earlyStopping: earlyStopping needs evaluation (evalStrategy steps or epoch)"
             )
         return self
+
+
+# The learning rate the trainer uses when hyperparameters.learningRate is unset: full
+# fine-tuning moves every weight and wants ~10x less than LoRA; the few parameters of IA3 and
+# of soft prompts want far more; preference tuning (DPO/ORPO) far less.
+METHOD_LEARNING_RATES = {
+    "full": 2e-5,
+    "lora": 2e-4,
+    "qlora": 2e-4,
+    "dora": 2e-4,
+    "bitfit": 1e-4,
+    "ia3": 3e-3,
+    "prompt-tuning": 3e-2,
+    "prefix-tuning": 3e-2,
+}
+PREFERENCE_LEARNING_RATES = {"full": 5e-7}
+PREFERENCE_DEFAULT_LEARNING_RATE = 5e-6
+# The API default of every method before method-aware defaults: kept in objects created then.
+LEGACY_DEFAULT_LEARNING_RATE = 2e-4
+
+
+def default_learning_rate(method: str, task: str) -> float:
+    """The learning rate for `method` (spec.method.type) and `task` when none is set."""
+    if task == "preference":
+        return PREFERENCE_LEARNING_RATES.get(method, PREFERENCE_DEFAULT_LEARNING_RATE)
+    return METHOD_LEARNING_RATES[method]

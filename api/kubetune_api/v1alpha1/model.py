@@ -17,6 +17,7 @@ from ._base import (
     S3Uri,
     Spec,
     WireBool,
+    WireFloat,
     WireInt,
     _one_of,
     cel,
@@ -32,16 +33,47 @@ from .refs import PVCPath, SecretKeyRef
 class TaskType(StrEnum):
     CAUSAL_LM = "causal-lm"
     SEQUENCE_CLASSIFICATION = "sequence-classification"
+    PREFERENCE = "preference"
+
+
+class PreferenceAlgorithm(StrEnum):
+    DPO = "dpo"
+    ORPO = "orpo"
+
+
+class BaseArtifact(StrEnum):
+    MERGED = "merged"
+    ADAPTER = "adapter"
+
+
+class JobModelRef(Spec):
+    """Another FineTuneJob whose latest Succeeded run is the base model (jobs chain by
+    reference: no hard-coded S3 path, namespace or run number)."""
+
+    name: ResourceName = Field(description="The FineTuneJob's name.")
+    namespace: ResourceName | None = Field(
+        default=None,
+        description="Its namespace; default: this job's. Another namespace only where the "
+        "operator allows it (chart value modelRefs.crossNamespace).",
+    )
+    artifact: BaseArtifact = Field(
+        default=BaseArtifact.MERGED,
+        description="merged: train on that run's merged model (its methods full, bitfit, "
+        "lora, qlora, dora, ia3 write one). adapter: warm start: keep training that run's "
+        "adapter, on the base model it was trained on (this job's method.type must be the "
+        "same adapter method; its method settings are those of the adapter).",
+    )
 
 
 class ModelSource(Spec):
-    """The base model to fine-tune: exactly one of `hubId`, `s3Uri` or `pvc`."""
+    """The base model to fine-tune: exactly one of `hubId`, `s3Uri`, `pvc` or `fromJob`."""
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "[has(self.hubId), has(self.s3Uri), has(self.pvc)].filter(x, x).size() == 1",
-                "exactly one of hubId, s3Uri, pvc must be set",
+                "[has(self.hubId), has(self.s3Uri), has(self.pvc), has(self.fromJob)]"
+                ".filter(x, x).size() == 1",
+                "exactly one of hubId, s3Uri, pvc, fromJob must be set",
             ),
             cel(
                 "!has(self.revision) || has(self.hubId)",
@@ -85,6 +117,14 @@ class ModelSource(Spec):
     pvc: PVCPath | None = Field(
         default=None, description="A saved model directory on a PersistentVolumeClaim."
     )
+    from_job: JobModelRef | None = Field(
+        default=None,
+        description="Another FineTuneJob's latest Succeeded run: its merged model, or (artifact "
+        "adapter) its adapter with its base. This job waits (WaitingForBase) while that one "
+        "runs and fails (BaseFailed) if it fails; the run used is recorded in status.lineage "
+        "and manifest.json. Resolved when a run starts: a later run of the base job does not "
+        "restart this one.",
+    )
     trust_remote_code: WireBool = Field(
         default=False,
         description="Allow model repositories to run their own Python code. Off by default: "
@@ -103,7 +143,7 @@ class ModelSource(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSource:
-        _one_of(self, ["hub_id", "s3_uri", "pvc"], "spec.model")
+        _one_of(self, ["hub_id", "s3_uri", "pvc", "from_job"], "spec.model")
         if self.revision is not None and self.hub_id is None:
             raise ValueError("spec.model.revision: revision applies only to hubId")
         if self.token_secret_ref is not None and self.hub_id is None:
@@ -122,8 +162,29 @@ class ModelSource(Spec):
             return self.hub_id + (f"@{self.revision}" if self.revision else "")
         if self.s3_uri is not None:
             return self.s3_uri
+        if self.from_job is not None:
+            ns = f"{self.from_job.namespace}/" if self.from_job.namespace else ""
+            return f"finetunejob://{ns}{self.from_job.name}"
         assert self.pvc is not None
         return f"pvc://{self.pvc.claim_name}/{self.pvc.path.lstrip('/')}"
+
+
+class PreferenceSpec(Spec):
+    """Preference tuning (`task: preference`) on prompt/chosen/rejected rows, with trl."""
+
+    algorithm: PreferenceAlgorithm = Field(
+        default=PreferenceAlgorithm.DPO,
+        description="dpo (Direct Preference Optimization: against a frozen reference, the base "
+        "model, or the base without the adapter for adapter methods) or orpo (odds-ratio "
+        "preference optimization: no reference model, SFT and preference in one loss).",
+    )
+    beta: WireFloat = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="dpo: strength of the pull towards the reference (higher: stay closer). "
+        "orpo: weight of the odds-ratio term (trl's beta, lambda in the paper).",
+    )
 
 
 class ClassificationSpec(Spec):

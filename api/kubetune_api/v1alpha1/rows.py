@@ -130,5 +130,10 @@ def normalize_row(
                 row.get(f.messages), f.messages, spec.assistant_only_loss
             )
         }
+    if fmt == DataFormat.PREFERENCE:
+        chosen, rejected = _string(row, f.chosen), _string(row, f.rejected)
+        if chosen.strip() == rejected.strip():
+            raise RowError(f.rejected, f"is the same as {f.chosen}: nothing to prefer")
+        return {"prompt": _string(row, f.prompt), "chosen": chosen, "rejected": rejected}
     assert cls is not None
     return {"text": _string(row, f.text), "label": label_id(row.get(f.label), cls, f.label)}

@@ -11,8 +11,8 @@ from pydantic import (
 from ._base import ResourceName, Spec, WireBool, cel, validations
 from .dataset import DataFormat, DatasetSpec
 from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
-from .method import MethodSpec, MethodType
-from .model import ClassificationSpec, ModelSource, TaskType
+from .method import ADAPTER_METHODS, MethodSpec, MethodType
+from .model import BaseArtifact, ClassificationSpec, ModelSource, PreferenceSpec, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
 from .pod import PodOptions
 from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
@@ -54,6 +54,17 @@ class FineTuneJobSpec(Spec):
                 "dataset.format classification goes with task sequence-classification, and "
                 "only with it",
                 ".dataset.format",
+            ),
+            cel(
+                "(self.task == 'preference') == (self.dataset.format == 'preference')",
+                "dataset.format preference (prompt/chosen/rejected rows) goes with task "
+                "preference, and only with it",
+                ".dataset.format",
+            ),
+            cel(
+                "self.task == 'preference' || !has(self.preference)",
+                "preference applies only to task preference",
+                ".preference",
             ),
             cel(
                 "!has(self.hyperparameters) || !has(self.hyperparameters.earlyStopping) || "
@@ -107,6 +118,15 @@ class FineTuneJobSpec(Spec):
                 "virtual tokens are not weights of the model): set output.adapter: true",
                 ".output.adapter",
             ),
+            cel(
+                "!has(self.model.fromJob) || !has(self.model.fromJob.artifact) || "
+                "self.model.fromJob.artifact != 'adapter' || !has(self.method) || "
+                "!has(self.method.type) || self.method.type in ['lora', 'qlora', 'dora', "
+                "'prompt-tuning', 'prefix-tuning', 'ia3']",
+                "model.fromJob.artifact adapter continues an adapter: method.type must be the "
+                "base job's adapter method (lora, qlora, dora, prompt-tuning, prefix-tuning, ia3)",
+                ".model.fromJob.artifact",
+            ),
             # Transition rules (oldSelf): checked on update only, and only where the object
             # holding the rule exists before and after. They sit on the spec, which always
             # does, and the fields always exist too (task has a default, output.uri is
@@ -131,6 +151,10 @@ class FineTuneJobSpec(Spec):
     )
     classification: ClassificationSpec | None = Field(
         default=None, description="Labels, for task sequence-classification."
+    )
+    preference: PreferenceSpec | None = Field(
+        default=None,
+        description="Preference tuning settings, for task preference (DPO if omitted).",
     )
     model: ModelSource = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training (and validation) data.")
@@ -189,6 +213,14 @@ class FineTuneJobSpec(Spec):
                 "spec.dataset.format: dataset.format classification goes with task "
                 "sequence-classification, and only with it"
             )
+        is_pref = self.task == TaskType.PREFERENCE
+        if is_pref != (self.dataset.format == DataFormat.PREFERENCE):
+            raise ValueError(
+                "spec.dataset.format: dataset.format preference (prompt/chosen/rejected rows) "
+                "goes with task preference, and only with it"
+            )
+        if not is_pref and self.preference is not None:
+            raise ValueError("spec.preference: preference applies only to task preference")
         if (
             self.resources.distribution.strategy == DistributionStrategy.FSDP
             and MethodType(self.method.type) in PROMPT_METHODS
@@ -197,6 +229,17 @@ class FineTuneJobSpec(Spec):
                 "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
                 "cannot shard prompt-tuning or prefix-tuning (their virtual tokens live outside "
                 "the sharded layers): use ddp or auto"
+            )
+        ref = self.model.from_job
+        if (
+            ref is not None
+            and ref.artifact == BaseArtifact.ADAPTER
+            and MethodType(self.method.type) not in ADAPTER_METHODS
+        ):
+            raise ValueError(
+                "spec.model.fromJob.artifact: model.fromJob.artifact adapter continues an "
+                "adapter: method.type must be the base job's adapter method (lora, qlora, dora, "
+                "prompt-tuning, prefix-tuning, ia3)"
             )
         h = self.hyperparameters
         if not self.resources.gpus and h.optimizer in GPU_ONLY_OPTIMIZERS:

@@ -92,6 +92,9 @@ class Reason(StrEnum):
     IMAGE_OVERRIDE_NOT_ALLOWED = "ImageOverrideNotAllowed"
     TRUST_REMOTE_CODE_NOT_ALLOWED = "TrustRemoteCodeNotAllowed"
     QUEUED = "Queued"
+    WAITING_FOR_BASE = "WaitingForBase"
+    BASE_FAILED = "BaseFailed"
+    BASE_NOT_ALLOWED = "BaseNotAllowed"
     # Running
     TRAINING = "Training"
     RETRYING = "Retrying"
@@ -159,6 +162,26 @@ class Artifacts(Spec):
     checkpoint_uri: str | None = Field(
         default=None, description="s3:// prefix of the latest checkpoint."
     )
+
+
+class Lineage(Spec):
+    """The run of another FineTuneJob this run started from (`spec.model.fromJob`)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    namespace: str = Field(description="Namespace of the base FineTuneJob.")
+    name: str = Field(description="Name of the base FineTuneJob.")
+    uid: str = Field(description="Its metadata.uid (a recreated namesake is another job).")
+    run: int = Field(ge=1, description="The base job's run that was used.")
+    artifact: str = Field(description="merged or adapter.")
+    model_uri: str | None = Field(
+        default=None, description="s3:// prefix of the model trained on (merged, or the base)."
+    )
+    adapter_uri: str | None = Field(
+        default=None, description="s3:// prefix of the adapter continued (artifact adapter)."
+    )
+    manifest_uri: str | None = Field(default=None, description="The base run's manifest.json.")
+    manifest_sha256: str | None = Field(default=None, description="sha256 of that manifest.")
 
 
 class RunRecord(Spec):
@@ -236,6 +259,10 @@ class FineTuneJobStatus(Spec):
         default=None, ge=0, description="GPU-seconds used by all runs of this job."
     )
     message: str | None = Field(default=None, max_length=32768, description="Summary of the state.")
+    lineage: Lineage | None = Field(
+        default=None,
+        description="The base job run the current run started from (spec.model.fromJob).",
+    )
     history: list[RunRecord] | None = Field(
         default=None, max_length=20, description="Past runs, newest last (at most 20)."
     )
