@@ -122,6 +122,26 @@ def test_cu_seqlens_from_position_ids() -> None:
     assert longest == 4
 
 
+def test_cu_seqlens_computed_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layer and every checkpoint recompute gets the same position_ids tensor: the host
+    sync that reads the longest sequence happens once for it, and again only for a new batch
+    or after the tensor changed in place."""
+    torch = pytest.importorskip("torch")
+    calls: list[object] = []
+    real = speed._compute_cu_seqlens
+    monkeypatch.setattr(speed, "_compute_cu_seqlens", lambda p: calls.append(p) or real(p))
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    for _ in range(64):
+        cu, longest = speed._cu_seqlens_from_position_ids(pos)
+    assert len(calls) == 1 and cu.tolist() == [0, 3, 5] and longest == 3
+    pos[0, 3] = 3  # one sequence now: in-place change is seen
+    cu, longest = speed._cu_seqlens_from_position_ids(pos)
+    assert cu.tolist() == [0, 5] and longest == 5 and len(calls) == 2
+    other = torch.tensor([[0, 0, 1]])
+    cu, longest = speed._cu_seqlens_from_position_ids(other)
+    assert cu.tolist() == [0, 1, 3] and longest == 2 and len(calls) == 3
+
+
 def test_varlen_attention_falls_back_to_causal_sdpa_off_gpu() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
