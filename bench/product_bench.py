@@ -176,8 +176,15 @@ def spec_for(case: str, steps: int, cuda: bool) -> dict[str, Any]:
 class Recorder:
     """Per optimizer step: wall time (after a device sync), loss, real tokens."""
 
-    def __init__(self, result_path: Path) -> None:
+    def __init__(self, result_path: Path, timed_steps: int = 0, profile_steps: int = 0) -> None:
         self.path = result_path
+        # Steps after the timed ones run under torch.profiler, one session per step
+        # (on_step_end to on_step_end), summarized by step_profile.profile_summary.
+        self.timed_steps = timed_steps
+        self.profile_steps = profile_steps
+        self.profiles: list[dict[str, Any]] = []
+        self.prof: Any = None
+        self.prof_t0 = 0.0
         self.losses: list[Any] = []
         self.tokens: list[Any] = []
         self.rows: list[dict[str, Any]] = []
@@ -226,6 +233,7 @@ class Recorder:
                         "micro_batches": len(losses),
                     }
                 )
+                rec.profile_step(state.global_step)
 
             def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 rec.write()
@@ -233,12 +241,37 @@ class Recorder:
         trainer.add_callback(Stamp())
         return trainer
 
+    def profile_step(self, step: int) -> None:
+        import torch
+        from step_profile import bench_sync, profile_summary
+
+        if not self.profile_steps or step < self.timed_steps:
+            return
+        cuda = torch.cuda.is_available()
+        if self.prof is not None:
+            bench_sync(cuda)
+            wall = time.perf_counter() - self.prof_t0
+            self.prof.stop()
+            try:
+                self.profiles.append({"step": step, **profile_summary(self.prof.events(), wall)})
+            except Exception as e:  # a profiler failure must not cost the case
+                self.profiles.append({"step": step, "error": repr(e)})
+            self.prof = None
+        if len(self.profiles) < self.profile_steps:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if cuda:
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.start()
+            self.prof_t0 = time.perf_counter()
+
     def write(self) -> None:
         import torch
 
         cuda = torch.cuda.is_available()
         out = {
-            "steps": self.rows,
+            "steps": self.rows[: self.timed_steps] if self.timed_steps else self.rows,
+            "profiles": self.profiles,
             "max_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
             "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             **self.meta,
@@ -246,14 +279,14 @@ class Recorder:
         self.path.write_text(json.dumps(out))
 
 
-def child_ours(case: str, steps: int, root: Path, result: Path) -> int:
+def child_ours(case: str, steps: int, root: Path, result: Path, profile: int = 0) -> int:
     import torch
     from kubetune_trainer import __main__ as entry
     from kubetune_trainer import train
     from kubetune_trainer.testing.harness import trainer_config
 
     cuda = torch.cuda.is_available()
-    rec = Recorder(result)
+    rec = Recorder(result, steps, profile)
     build = train.build_trainer
 
     def build_and_attach(*a: Any, **kw: Any) -> Any:
@@ -261,7 +294,7 @@ def child_ours(case: str, steps: int, root: Path, result: Path) -> int:
 
     train.build_trainer = build_and_attach  # the pipeline calls train.build_trainer
     work = root / f"work-{case}"
-    cfg = trainer_config(spec_for(case, steps, cuda), name=f"bench-{case}", work_dir=work)
+    cfg = trainer_config(spec_for(case, steps + profile, cuda), name=f"bench-{case}", work_dir=work)
     (root / f"config-{case}.json").write_text(json.dumps(cfg))
     os.environ["KUBETUNE_PVC_ROOT"] = str(root / "pvc")
     os.environ["KUBETUNE_TERMINATION_LOG"] = str(root / f"termination-{case}.json")
@@ -276,7 +309,7 @@ def child_ours(case: str, steps: int, root: Path, result: Path) -> int:
     return int(rc or 0)
 
 
-def child_stock(case: str, steps: int, root: Path, result: Path) -> int:
+def child_stock(case: str, steps: int, root: Path, result: Path, profile: int = 0) -> int:
     from stock_seed import build
 
     pvc = root / "pvc"
@@ -284,10 +317,10 @@ def child_stock(case: str, steps: int, root: Path, result: Path) -> int:
         pvc / "models" / "model",
         pvc / "data" / "quotes.jsonl",
         method=case,
-        steps=steps,
+        steps=steps + profile,
         output_dir=root / f"stock-{case}",
     )
-    Recorder(result).attach(trainer).train()
+    Recorder(result, steps, profile).attach(trainer).train()
     return 0
 
 
@@ -338,11 +371,13 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_side(side: str, case: str, steps: int, root: Path, cuda: bool) -> dict[str, Any]:
+def run_side(
+    side: str, case: str, steps: int, root: Path, cuda: bool, profile: int = 0
+) -> dict[str, Any]:
     result = root / f"result-{side}-{case}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", side, "--case", case, "--steps", str(steps)]
-    cmd += ["--root", str(root), "--result", str(result)]
+    cmd += ["--root", str(root), "--result", str(result), "--profile-steps", str(profile)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "trainer-image"), str(REPO / "bench"), *filter(None, [env.get("PYTHONPATH")])]
@@ -367,6 +402,7 @@ def run_side(side: str, case: str, steps: int, root: Path, cuda: bool) -> dict[s
         "max_memory_reserved_gib": data.get("max_memory_reserved_gib"),
         "max_memory_allocated_gib": data.get("max_memory_allocated_gib"),
         **summarize(data.get("steps", [])),
+        "profiles": data.get("profiles", []),
         "log": [
             ln
             for ln in output.splitlines()
@@ -395,15 +431,21 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=180)
     p.add_argument("--root", type=Path, default=Path("/tmp/product-bench"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="train this many more steps after the timed ones, each under torch.profiler",
+    )
     p.add_argument("--label", default="", help="a name for this tree/version in the JSON")
     p.add_argument("--child", choices=["ours", "stock"], help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child == "ours":
-        return child_ours(a.case, a.steps, a.root, a.result)
+        return child_ours(a.case, a.steps, a.root, a.result, a.profile_steps)
     if a.child == "stock":
-        return child_stock(a.case, a.steps, a.root, a.result)
+        return child_stock(a.case, a.steps, a.root, a.result, a.profile_steps)
 
     import torch
 
@@ -420,7 +462,9 @@ def main() -> int:
     setup_s = time.perf_counter() - t0
     failed = False
     for case in a.cases.split(","):
-        sides = {s: run_side(s, case, a.steps, a.root, cuda) for s in a.sides.split(",")}
+        sides = {
+            s: run_side(s, case, a.steps, a.root, cuda, a.profile_steps) for s in a.sides.split(",")
+        }
         line: dict[str, Any] = {
             "label": a.label,
             "model": a.model,
@@ -468,6 +512,12 @@ def main() -> int:
                     "nvidia_smi_process_peak_mib",
                 )
             }
+            profs = [q for q in v.get("profiles", []) if "error" not in q]
+            if profs:
+                brief[side]["profile_mean"] = {
+                    k: sum(q[k] for q in profs) / len(profs)
+                    for k in ("wall_s", "gpu_kernel_s", "gpu_busy_fraction", "syncs")
+                }
         print(json.dumps(brief), flush=True)
     return 1 if failed else 0
 
