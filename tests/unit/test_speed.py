@@ -175,18 +175,3 @@ def test_truncate_tokenized_cuts_every_token_column() -> None:
     assert out["completion_mask"] == [[0, 0, 1], [0, 1]]
     assert out["text"] == ["a", "b"]
     assert speed.truncate_tokenized(None, 3) is None
-
-
-def test_hint_for_fewer_larger_padding_free_micro_batches() -> None:
-    """Same rows per optimizer step in one micro-batch: the hint names the numbers to use; it is
-    only a hint (the plan changes no hyperparameter), and only where batches are padding-free."""
-    p = plan(H100, method="qlora", model_type="llama", batch_size=4, grad_accum=4)
-    hints = [r for r in p.reasons if r.startswith("hint:")]
-    assert len(hints) == 1 and "batchSize 16 x gradientAccumulationSteps 1" in hints[0]
-    assert "4 x 4" in hints[0]
-    for quiet in (
-        plan(H100, method="qlora", model_type="llama", batch_size=16, grad_accum=1),
-        plan(CPU, method="qlora", model_type="llama", batch_size=4, grad_accum=4),
-        plan(H100, method="lora", task="sequence-classification", batch_size=4, grad_accum=4),
-    ):
-        assert not [r for r in quiet.reasons if r.startswith("hint:")], quiet.reasons
