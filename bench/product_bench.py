@@ -39,6 +39,16 @@ sys.path.insert(0, str(REPO / "bench"))
 
 WARMUP = 5
 
+# "ours+NAME" sides: kubetune-train with these environment variables (developers' A/B switches).
+VARIANTS: dict[str, dict[str, str]] = {"liger": {"KUBETUNE_LIGER": "1"}}
+
+
+def case_parts(case: str) -> tuple[str, int]:
+    """`qlora`, `lora`, `qlora-ga4` (batch 4 x accumulation 4): (method, accumulation)."""
+    method, _, rest = case.partition("-")
+    return method, int(rest[2:]) if rest.startswith("ga") else 1
+
+
 # Published shapes (config.json of the hub models); random weights.
 SHAPES: dict[str, dict[str, Any]] = {
     "mistral-7b": {  # mistralai/Mistral-7B-v0.1
@@ -112,6 +122,7 @@ def write_rows(path: Path, n: int, seed: int = 0) -> None:
 
 
 def spec_for(case: str, steps: int, cuda: bool) -> dict[str, Any]:
+    case, accumulation = case_parts(case)
     """examples/mistral-7b-qlora-quotes.yaml, setting by setting, with the model and data as PVC
     paths; `lora` is the same spec without quantization or checkpointing. The merged model is
     not written (it is outside the timed training and costs a minute of GPU time per run)."""
@@ -146,7 +157,7 @@ def spec_for(case: str, steps: int, cuda: bool) -> dict[str, Any]:
             "epochs": 1,
             "maxSteps": steps,
             "batchSize": 4,
-            "gradientAccumulationSteps": 1,
+            "gradientAccumulationSteps": accumulation,
             "learningRate": 0.0002,
             "lrScheduler": "constant",
             "warmupRatio": 0.03,
@@ -228,7 +239,9 @@ class Recorder:
                     {
                         "step": state.global_step,
                         "t": t - (rec.t0 or t),
-                        "loss": sum(float(x) for x in losses) / max(len(losses), 1),
+                        # each micro-batch's loss is its token-loss sum over the whole step's
+                        # token count (trl's num_items_in_batch): the step's loss is their sum
+                        "loss": sum(float(x) for x in losses),
                         "tokens": int(sum(int(x) for x in tokens)),
                         "micro_batches": len(losses),
                     }
@@ -313,10 +326,12 @@ def child_stock(case: str, steps: int, root: Path, result: Path, profile: int = 
     from stock_seed import build
 
     pvc = root / "pvc"
+    method, accumulation = case_parts(case)
     trainer = build(
         pvc / "models" / "model",
         pvc / "data" / "quotes.jsonl",
-        method=case,
+        method=method,
+        accumulation=accumulation,
         steps=steps + profile,
         output_dir=root / f"stock-{case}",
     )
@@ -376,9 +391,10 @@ def run_side(
 ) -> dict[str, Any]:
     result = root / f"result-{side}-{case}.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--child", side, "--case", case, "--steps", str(steps)]
+    kind, _, variant = side.partition("+")
+    cmd = [sys.executable, __file__, "--child", kind, "--case", case, "--steps", str(steps)]
     cmd += ["--root", str(root), "--result", str(result), "--profile-steps", str(profile)]
-    env = dict(os.environ)
+    env = {**os.environ, **VARIANTS.get(variant, {})}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "trainer-image"), str(REPO / "bench"), *filter(None, [env.get("PYTHONPATH")])]
     )
@@ -409,7 +425,7 @@ def run_side(
             if any(w in ln for w in ("speed:", "distribution:", "trainable", "Error", "error"))
         ][-12:],
     }
-    if side == "ours":
+    if kind == "ours":
         rec["termination"] = data.get("termination")
     if proc.returncode != 0 or not data:
         rec["log_tail"] = output[-4000:]
@@ -462,23 +478,28 @@ def main() -> int:
     setup_s = time.perf_counter() - t0
     failed = False
     for case in a.cases.split(","):
+        # an optimizer step of batch x accumulation rows: as many steps as the rows allow
+        steps = min(a.steps, a.rows // (4 * case_parts(case)[1]))
         sides = {
-            s: run_side(s, case, a.steps, a.root, cuda, a.profile_steps) for s in a.sides.split(",")
+            s: run_side(s, case, steps, a.root, cuda, a.profile_steps) for s in a.sides.split(",")
         }
         line: dict[str, Any] = {
             "label": a.label,
             "model": a.model,
             "case": case,
-            "steps": a.steps,
+            "steps": steps,
             "rows": a.rows,
             "setup_s": setup_s,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "torch": torch.__version__,
             **sides,
         }
-        o, s = sides.get("ours", {}), sides.get("stock", {})
-        if o and s:
-            line["ratios"] = {
+        s = sides.get("stock", {})
+        line["ratios"], line["loss_diff"] = {}, {}
+        for name, o in sides.items():
+            if not name.startswith("ours") or not s:
+                continue
+            line["ratios"][name] = {
                 k: ratio(o.get(k), s.get(k))
                 for k in (
                     "tok_s_from_start",
@@ -490,7 +511,7 @@ def main() -> int:
             pairs = list(zip(o.get("losses", []), s.get("losses", []), strict=False))
             if pairs:
                 diffs = [abs(x - y) for x, y in pairs]
-                line["loss_diff"] = {
+                line["loss_diff"][name] = {
                     "step1": diffs[0],
                     "max": max(diffs),
                     "mean": sum(diffs) / len(diffs),

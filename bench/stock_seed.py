@@ -19,7 +19,8 @@ What the current libraries force to change, and nothing else:
   and `warmup_ratio` is a float `warmup_steps`;
 - trl 1.x refuses `peft_config` together with an already-wrapped PeftModel (the seed passes
   both; older trl ignored the second), so the wrapped model goes alone;
-- `max_steps`, `report_to="none"`, the data path and `seed` come from the benchmark.
+- `max_steps`, `report_to="none"`, the data path and `seed` come from the benchmark (and
+  `gradient_accumulation_steps` for the benchmark's accumulation case).
 
 `--method lora` is the same script without quantization: bf16 weights, no k-bit preparation
 (so no gradient checkpointing), everything else as above.
@@ -39,6 +40,7 @@ def build(
     data_path: str | Path,
     *,
     method: str = "qlora",
+    accumulation: int = 1,
     steps: int = 40,
     output_dir: str | Path = "/tmp/stock-results",
     seed: int = 42,
@@ -87,7 +89,7 @@ def build(
         output_dir=str(output_dir),
         num_train_epochs=1,
         per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=accumulation,
         learning_rate=2e-4,
         fp16=False,
         bf16=cuda,
