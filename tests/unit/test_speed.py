@@ -34,8 +34,8 @@ def test_h100_causal_lm_gets_varlen_and_padding_free(method: str) -> None:
     assert p.attn_implementation == VARLEN_ATTENTION
     assert p.padding_free
     assert p.sft_config_kwargs() == {"padding_free": True}
-    # measured not faster: off unless asked for
-    assert not p.liger
+    # Liger: on where installed and patchable (fewer launches in CPU-bound steps)
+    assert p.liger
     assert not p.torch_compile
     assert p.expandable_segments
 
@@ -71,11 +71,14 @@ def test_classification_keeps_padded_sdpa() -> None:
     assert not p.liger
 
 
-def test_liger_only_when_requested_installed_and_patchable() -> None:
-    assert plan(H100_ALL, method="qlora", model_type="llama", liger_requested=True).liger
+def test_liger_by_default_where_installed_and_patchable() -> None:
+    assert plan(H100_ALL, method="qlora", model_type="llama").liger
     assert plan(H100_ALL, method="qlora", model_type="mistral", liger_requested=True).liger
-    assert not plan(H100_ALL, method="qlora", model_type="gpt2", liger_requested=True).liger
-    assert not plan(H100, method="qlora", model_type="llama", liger_requested=True).liger
+    assert not plan(H100_ALL, method="qlora", model_type="mistral", liger_requested=False).liger
+    assert not plan(H100_ALL, method="qlora", model_type="gpt2").liger
+    assert not plan(H100, method="qlora", model_type="llama").liger  # not installed
+    off = plan(H100_ALL, method="lora", model_type="llama", liger_requested=False)
+    assert "Liger kernels off (KUBETUNE_LIGER=0)" in off.reasons
 
 
 def test_plan_is_pure_and_explains_itself() -> None:

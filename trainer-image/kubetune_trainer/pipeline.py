@@ -222,7 +222,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             model_type=modelload.read_model_type(resolved.path),
             packing=spec.dataset.packing,
             # developers' A/B switch (bench/product_bench.py); the plan decides by default
-            liger_requested=os.environ.get("KUBETUNE_LIGER") == "1",
+            liger_requested={"0": False, "1": True}.get(os.environ.get("KUBETUNE_LIGER", "")),
             batch_size=spec.hyperparameters.batch_size,
             grad_accum=spec.hyperparameters.gradient_accumulation_steps,
         )
