@@ -1,10 +1,10 @@
-"""Accumulation folding (speed.fold_accumulation): the decision, and that a folded optimizer
+"""Accumulation folding (accumulation.fold_accumulation): the decision, and that a folded optimizer
 step computes the gradients of the user's split, on CPU with the tiny Llama."""
 
 from __future__ import annotations
 
 import pytest
-from kubetune_trainer import speed
+from kubetune_trainer import accumulation as speed
 
 MISTRAL_7B = {
     "hidden_size": 4096,

@@ -419,9 +419,9 @@ def _fold(
     batch: dict[str, Any],
     device: int | None,
 ) -> dict[str, Any]:
-    """Accumulation folding (speed.fold_accumulation) on this process's share of the batch;
+    """Accumulation folding (accumulation.fold_accumulation) on this process's share of the batch;
     logged, and kept in the manifest's speed section."""
-    from . import speed
+    from .accumulation import fold_accumulation
 
     gpu_mem = None
     if device is not None:
@@ -432,7 +432,7 @@ def _fold(
         shape = json.loads((model_path / "config.json").read_text())
     except (OSError, ValueError):
         shape = {}
-    fold = speed.fold_accumulation(
+    fold = fold_accumulation(
         batch_size=batch["perDeviceBatchSize"],
         grad_accum=batch["gradientAccumulationSteps"],
         padding_free=plan.padding_free,
