@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Trainer throughput benchmark: the common SFT recipe (baseline) against kubetune's defaults.
 
+Kernel-level ablations only. Its "ours" rebuilds the trainer's recipe from the same switches
+instead of running the trainer, so it is not a product measurement (issue 16 point 6): the
+product against the seed's script is bench/product_bench.py, which runs kubetune-train itself.
+
 One process per case: the driver spawns `python bench/trainer_bench.py --worker '<case json>'`
 for each case, so no case inherits another's allocator state, compiled kernels or monkey
 patches, and prints one JSON line per case (also appended to `--out`).

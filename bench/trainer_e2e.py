@@ -81,6 +81,9 @@ def build_model_dir(model: str, dest: Path, device: str) -> None:
 
     tok = build_llama_tokenizer()
     cfg = llama_config(MODELS[model], "sdpa")
+    # Seeded: the 2026-12-04 A/B built one unseeded model per version and read the different
+    # random weights as a loss change of the code (step-1 losses differed before any update).
+    torch.manual_seed(0)
     cfg.vocab_size = max(cfg.vocab_size, len(tok))
     with torch.device(device):
         m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)

@@ -235,6 +235,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             task=str(spec.task),
             model_type=modelload.read_model_type(resolved.path),
             packing=spec.dataset.packing,
+            # developers' A/B switch (bench/product_bench.py); the plan decides by default
+            liger_requested={"0": False, "1": True}.get(os.environ.get("KUBETUNE_LIGER", "")),
             batch_size=spec.hyperparameters.batch_size,
             grad_accum=spec.hyperparameters.gradient_accumulation_steps,
         )
@@ -242,6 +244,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     ctx.speed = plan.as_dict()
     log.info("speed: %s", "; ".join(plan.reasons))
     dist, batch = _distribution(spec, resolved.path, local_rank if cuda else None)
+    batch = _fold(ctx, spec, plan, resolved.path, batch, (local_rank or 0) if cuda else None)
     ctx.speed["distribution"] = {**dist.as_dict(), "batch": batch}
     quant = spec.method.resolved().quantization
     ctx.report(stage="load")
@@ -423,6 +426,48 @@ def _distribution(
             world,
         )
     return dist, batch
+
+
+def _fold(
+    ctx: Context,
+    spec: Any,
+    plan: Any,
+    model_path: Path,
+    batch: dict[str, Any],
+    device: int | None,
+) -> dict[str, Any]:
+    """Accumulation folding (accumulation.fold_accumulation) on this process's share of the batch;
+    logged, and kept in the manifest's speed section."""
+    from .accumulation import fold_accumulation
+
+    gpu_mem = None
+    if device is not None:
+        import torch
+
+        gpu_mem = int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        shape = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        shape = {}
+    fold = fold_accumulation(
+        batch_size=batch["perDeviceBatchSize"],
+        grad_accum=batch["gradientAccumulationSteps"],
+        padding_free=plan.padding_free,
+        max_seq_length=spec.dataset.max_seq_length,
+        shape=shape,
+        parameters=distribute.parameter_count(shape),
+        method=str(spec.method.type),
+        checkpointing=spec.hyperparameters.gradient_checkpointing,
+        gpu_memory=gpu_mem,
+    )
+    ctx.speed["accumulation"] = fold.as_dict()
+    if fold.factor > 1:
+        log.info("speed: %s", fold.reason)
+    return {
+        **batch,
+        "perDeviceBatchSize": fold.micro_batch,
+        "gradientAccumulationSteps": fold.accumulation,
+    }
 
 
 def _gathered(trainer: Any) -> tuple[Any, dict[str, Any] | None]:

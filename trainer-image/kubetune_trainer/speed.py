@@ -16,12 +16,17 @@ without moving the loss curve beyond noise (numbers and commands: docs/benchmark
   otherwise fragment the cache (reserved 9.98 GiB for 9.67 GiB allocated with it, on 8B QLoRA).
   A memory setting; it does not change the arithmetic.
 
+- **Liger kernels** (RMSNorm, RoPE, SwiGLU) for llama/mistral/qwen decoders: fewer, fused ops,
+  which pays where the step is bound by the CPU launching kernels (the seed's batch of 4): on
+  Mistral-7B, H200, LoRA 9,028 -> 9,934 tok/s and 34.6 -> 28.8 GiB peak; QLoRA 4,211 -> 4,805
+  tok/s after warm-up and 6.26 -> 5.87 GiB; the loss curve stays within 0.014 of the stock
+  recipe's (bench/product_bench.py, docs/benchmarks.md 2026-12-04). It was off before, measured
+  not faster on a GPU-bound 16-row 1B step (0.193 s against 0.189 s). Liger's fused linear
+  cross-entropy is never used: trl's SFTTrainer computes the loss with its own fused, chunked LM
+  head and refuses Liger's.
+
 Off by default, with the measured reason:
 
-- **Liger kernels** (RMSNorm, RoPE, SwiGLU): not faster (1B LoRA: p50 step 0.193 s with, 0.189 s
-  without), though peak memory fell 15%. `apply_liger` stays for an explicit opt-in. Liger's fused
-  linear cross-entropy is never used: trl's SFTTrainer computes the loss with its own fused,
-  chunked LM head and refuses Liger's.
 - **torch.compile**: +10% tokens/s on 1B LoRA after ~70 s of compilation per run (and more per
   new shape); not worth it by default.
 
@@ -103,7 +108,7 @@ def plan(
     task: str = "causal-lm",
     model_type: str | None = None,
     packing: bool = False,
-    liger_requested: bool = False,
+    liger_requested: bool | None = None,
     batch_size: int = 0,
     grad_accum: int = 1,
 ) -> SpeedPlan:
@@ -112,8 +117,10 @@ def plan(
     `method` and `task` are the spec's values (`lora`, `qlora`, ..., `causal-lm`,
     `sequence-classification`); `model_type` is the model config's `model_type`; `packing` is
     `spec.dataset.packing` (bfd packing in trl implies padding-free batching; it then needs varlen
-    attention just the same); `liger_requested` opts in to the Liger kernels; `batch_size` and
-    `grad_accum` (the spec's micro-batch and accumulation) only feed a hint in the reasons.
+    attention just the same); `liger_requested` turns the Liger kernels off (False) or leaves
+    them to the plan (None: on where installed and patchable; True is the same); `batch_size`
+    and `grad_accum` are the spec's (accumulation folding is `accumulation.fold_accumulation`,
+    decided once the model's shape and the GPU's memory are known).
     """
     reasons: list[str] = []
     if not env.cuda:
@@ -146,27 +153,19 @@ def plan(
         reasons.append("packing requested without varlen attention: block-diagonal sdpa mask")
     elif task == "causal-lm":
         reasons.append("padded batches")
-    if padding_free and grad_accum > 1 and batch_size > 0:
-        # The micro-batch is the user's hyperparameter (it sets peak memory), so it is not changed
-        # here; but each one costs a fixed overhead, measured at ~0.6 s on 8B QLoRA.
-        reasons.append(
-            f"hint: batchSize {batch_size * grad_accum} x gradientAccumulationSteps 1 trains the "
-            f"same optimizer steps as {batch_size} x {grad_accum} in fewer, larger padding-free "
-            "micro-batches (3.8x the tokens/s on 8B QLoRA at 16 x 1 against 4 x 4, for 1.3x the "
-            "peak memory: docs/benchmarks.md); raise batchSize if memory allows"
-        )
-
     liger = (
-        liger_requested
+        liger_requested is not False
         and "liger_kernel" in env.packages
         and ampere
         and task == "causal-lm"
         and (model_type or "") in _LIGER_MODEL_TYPES
     )
     if liger:
-        reasons.append("Liger RMSNorm, RoPE, SwiGLU kernels (requested)")
+        reasons.append("Liger RMSNorm, RoPE, SwiGLU kernels (fewer launches per step)")
+    elif liger_requested is False:
+        reasons.append("Liger kernels off (KUBETUNE_LIGER=0)")
     else:
-        reasons.append("Liger kernels off (measured not faster)")
+        reasons.append("Liger kernels unavailable for this model or device")
     reasons.append("torch.compile off (+10% after ~70 s of compiling: not worth it by default)")
     return SpeedPlan(
         attn_implementation=attn,
@@ -250,15 +249,25 @@ def _varlen_params() -> frozenset[str]:
     return frozenset(inspect.signature(varlen_attn).parameters)
 
 
-def _varlen_call(q: Any, k: Any, v: Any, cu_seqlens: Any, max_len: int, scale: float | None) -> Any:
+def _varlen_call(
+    q: Any,
+    k: Any,
+    v: Any,
+    cu_seqlens: Any,
+    max_len: int,
+    scale: float | None,
+    sliding_window: int | None = None,
+) -> Any:
     """Causal varlen attention through torch's FlashAttention kernels. q: (T, Hq, D); k, v:
-    (T, Hkv, D)."""
+    (T, Hkv, D). `sliding_window` (Mistral-style: a token sees itself and the previous
+    window - 1 tokens) needs the kernel's `window_size`, or no sequence longer than it."""
     from torch.nn.attention.varlen import varlen_attn
 
     params = _varlen_params()
     kwargs: dict[str, Any] = {}
     if "window_size" in params:
-        kwargs["window_size"] = (-1, 0)
+        left = -1 if sliding_window is None or max_len <= sliding_window else sliding_window - 1
+        kwargs["window_size"] = (left, 0)
     else:
         kwargs["is_causal"] = True
     if scale is not None and "scale" in params:
@@ -273,7 +282,21 @@ def _varlen_call(q: Any, k: Any, v: Any, cu_seqlens: Any, max_len: int, scale: f
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
 
 
+_CU_CACHE: list[Any] = []
+
+
 def _cu_seqlens_from_position_ids(position_ids: Any) -> tuple[Any, int]:
+    """Sequence boundaries of a padding-free batch. Every layer (and every recompute under
+    gradient checkpointing) gets the same `position_ids` tensor, so the result is kept for that
+    tensor: one host sync per batch instead of two per layer and pass."""
+    if _CU_CACHE and _CU_CACHE[0] is position_ids and _CU_CACHE[1] == position_ids._version:
+        return _CU_CACHE[2], _CU_CACHE[3]
+    cu, max_len = _compute_cu_seqlens(position_ids)
+    _CU_CACHE[:] = [position_ids, position_ids._version, cu, max_len]
+    return cu, max_len
+
+
+def _compute_cu_seqlens(position_ids: Any) -> tuple[Any, int]:
     import torch
 
     flat = position_ids.reshape(-1)
@@ -297,8 +320,9 @@ def varlen_attention_forward(
 
     query: (1, Hq, T, D) holding several sequences back to back; their boundaries come from the
     collator's `cu_seq_lens_q`/`max_length_q` (trl's padding-free collator) or are read off
-    `position_ids`. Anything else (a padded batch, dropout, sliding window, softcap) falls back
-    to sdpa, so the model stays correct with any input.
+    `position_ids`. A sliding window (Mistral) goes to the kernel's `window_size`. Anything else
+    (a padded batch, dropout, softcap) falls back to sdpa, so the model stays correct with any
+    input.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -310,11 +334,28 @@ def varlen_attention_forward(
         and query.shape[0] == 1
         and attention_mask is None
         and not dropout
-        and kwargs.get("sliding_window") is None
         and kwargs.get("softcap") is None
     )
     if plain and cu is None and kwargs.get("position_ids") is not None:
         cu, max_len = _cu_seqlens_from_position_ids(kwargs["position_ids"])
+    window = kwargs.get("sliding_window")
+    # Mistral passes its window on every call; it only matters for longer sequences, and then
+    # only a kernel with `window_size` can honour it (else sdpa with the block-diagonal
+    # sliding-window mask of the packed sequences).
+    if (
+        plain
+        and cu is not None
+        and window is not None
+        and int(max_len) > int(window)
+        and "window_size" not in _varlen_params()
+    ):
+        idx = torch.arange(query.shape[2], device=query.device)
+        seg = torch.searchsorted(cu.to(query.device, torch.int64)[1:], idx, right=True)
+        back = idx[:, None] - idx[None, :]
+        mask = (seg[:, None] == seg[None, :]) & (back >= 0) & (back < int(window))
+        return sdpa_attention_forward(
+            module, query, key, value, mask[None, None], scaling=scaling, **kwargs
+        )
     if not plain or cu is None:
         if attention_mask is not None and attention_mask.dim() == 2:
             # The flash-style mask function hands over the 2D padding mask: make it 4D causal.
@@ -339,7 +380,15 @@ def varlen_attention_forward(
     q = query.transpose(1, 2).reshape(t, hq, d).to(dtype)
     k = key.transpose(1, 2).reshape(t, hkv, d).to(dtype)
     v = value.transpose(1, 2).reshape(t, hkv, d).to(dtype)
-    out = _varlen_call(q, k, v, cu.to(query.device, torch.int32), int(max_len), scaling)
+    out = _varlen_call(
+        q,
+        k,
+        v,
+        cu.to(query.device, torch.int32),
+        int(max_len),
+        scaling,
+        None if window is None else int(window),
+    )
     return out.reshape(1, t, hq, d).to(query.dtype), None
 
 
@@ -382,6 +431,9 @@ def register_varlen_attention() -> bool:
 
     if not torch.cuda.is_available():
         return False
+    # cuDNN's SDPA backend spends ~3.7 ms of CPU per call on every new sequence shape (issue 13:
+    # 1,736 -> 2,589 tok/s on QLoRA 7B with it off); padding-free batches make every shape new.
+    torch.backends.cuda.enable_cudnn_sdp(False)
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
