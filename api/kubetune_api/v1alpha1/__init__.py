@@ -91,12 +91,13 @@ from .hyperparameters import (
     Strategy,
 )
 from .method import (
-    ADAPTER_METHODS,
-    LORA_METHODS,
+    METHODS,
     ComputeDtype,
     IA3Spec,
+    LoadDtype,
     LoraBias,
     LoraSpec,
+    MethodRecord,
     MethodSpec,
     MethodType,
     ModuleName,
@@ -104,6 +105,8 @@ from .method import (
     PromptTuningSpec,
     QuantizationSpec,
     QuantType,
+    method_record,
+    methods_where,
 )
 from .model import ClassificationSpec, ModelSource, TaskType
 from .output import (
@@ -121,7 +124,6 @@ from .pod import ConfigMapKeyRef, EnvFromSource, EnvVar, LocalObjectRef, PodOpti
 from .refs import PVCPath, S3CredentialsRef, SecretKeyRef
 from .resource import FineTuneJob
 from .resources import (
-    PROMPT_METHODS,
     DistributionSpec,
     DistributionStrategy,
     ResourcesSpec,
@@ -140,7 +142,6 @@ from .status import (
 )
 
 __all__ = [
-    "ADAPTER_METHODS",
     "API_GROUP",
     "API_VERSION",
     "ARTIFACT_KEYS",
@@ -149,15 +150,14 @@ __all__ = [
     "INT64_MAX",
     "KIND",
     "LABEL_KEY_PATTERN",
-    "LORA_METHODS",
     "MAX_NAME_LENGTH",
+    "METHODS",
     "MODEL_CACHE_ENV",
     "MODEL_CACHE_ROOT",
     "MODEL_CACHE_SUBPATH",
     "NAME_PATTERN",
     "PATH_PATTERN",
     "PLURAL",
-    "PROMPT_METHODS",
     "PVC_MOUNT_ROOT",
     "QUANTITY_PATTERN",
     "RDZV_PORT",
@@ -197,10 +197,12 @@ __all__ = [
     "LabelSelector",
     "LabelSelectorRequirement",
     "LabelValue",
+    "LoadDtype",
     "LocalObjectRef",
     "LoraBias",
     "LoraSpec",
     "MergedDtype",
+    "MethodRecord",
     "MethodSpec",
     "MethodType",
     "MlflowSpec",
@@ -257,6 +259,8 @@ __all__ = [
     "WireFloat",
     "WireInt",
     "cel",
+    "method_record",
+    "methods_where",
     "pvc_mount_path",
     "run_prefix",
     "stored_json",

@@ -4,7 +4,10 @@ and its settings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,12 +34,97 @@ class MethodType(StrEnum):
     BITFIT = "bitfit"
 
 
-LORA_METHODS = {MethodType.LORA, MethodType.QLORA, MethodType.DORA}
-ADAPTER_METHODS = LORA_METHODS | {
-    MethodType.PROMPT_TUNING,
-    MethodType.PREFIX_TUNING,
-    MethodType.IA3,
-}
+class LoadDtype(StrEnum):
+    """The dtype a method loads the base weights in on a GPU (on CPU everything is float32)."""
+
+    TRAINING_PRECISION = "training-precision"  # the frozen base in the 16-bit training precision
+    FLOAT32 = "float32"  # fp32 master weights; autocast gives the mixed precision
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """What the rest of kubetune needs to know about one method type, in one place. The
+    torch-side parts (PEFT config builder, model preparation) are keyed by the same type in
+    `kubetune_trainer.methods.IMPLEMENTATIONS`."""
+
+    type: MethodType
+    # Trains a PEFT adapter, saved on its own (artifacts/adapter); else the trained model itself
+    # is the artifact (artifacts/merged).
+    adapter: bool
+    # The adapter folds into the base weights (merge_and_unload) for output.mergedModel.
+    mergeable: bool
+    # The optimizer covers every weight: FSDP by default on several GPUs, no use_orig_params.
+    trains_all_weights: bool
+    # The PEFT wrapper prepends virtual tokens (or past key/values): padded attention masks only,
+    # no FSDP (the prompt encoder lives outside the wrapped layers), nothing to merge.
+    virtual_tokens: bool
+    # The frozen base is loaded 4-bit (bitsandbytes) with spec.method.quantization.
+    quantized_base: bool
+    load_dtype: LoadDtype
+    # The MethodSpec fields that carry this type's settings (their defaults filled by resolved()).
+    settings: tuple[str, ...] = ()
+    # A CUDA OOM message may suggest qlora's 4-bit base instead.
+    oom_suggests_qlora: bool = False
+
+
+def _adapter(t: MethodType, *settings: str, mergeable: bool = True, **kw: Any) -> MethodRecord:
+    return MethodRecord(
+        type=t,
+        adapter=True,
+        mergeable=mergeable,
+        trains_all_weights=False,
+        virtual_tokens=kw.pop("virtual_tokens", False),
+        quantized_base=kw.pop("quantized_base", False),
+        load_dtype=LoadDtype.TRAINING_PRECISION,
+        settings=settings,
+        **kw,
+    )
+
+
+METHODS: Mapping[MethodType, MethodRecord] = MappingProxyType(
+    {
+        MethodType.FULL: MethodRecord(
+            type=MethodType.FULL,
+            adapter=False,
+            mergeable=False,
+            trains_all_weights=True,
+            virtual_tokens=False,
+            quantized_base=False,
+            load_dtype=LoadDtype.FLOAT32,
+            oom_suggests_qlora=True,
+        ),
+        MethodType.LORA: _adapter(MethodType.LORA, "lora", oom_suggests_qlora=True),
+        MethodType.QLORA: _adapter(MethodType.QLORA, "lora", "quantization", quantized_base=True),
+        MethodType.DORA: _adapter(MethodType.DORA, "lora", oom_suggests_qlora=True),
+        MethodType.PROMPT_TUNING: _adapter(
+            MethodType.PROMPT_TUNING, "prompt_tuning", mergeable=False, virtual_tokens=True
+        ),
+        MethodType.PREFIX_TUNING: _adapter(
+            MethodType.PREFIX_TUNING, "prefix_tuning", mergeable=False, virtual_tokens=True
+        ),
+        MethodType.IA3: _adapter(MethodType.IA3, "ia3"),
+        MethodType.BITFIT: MethodRecord(
+            type=MethodType.BITFIT,
+            adapter=False,
+            mergeable=False,
+            trains_all_weights=False,
+            virtual_tokens=False,
+            quantized_base=False,
+            load_dtype=LoadDtype.FLOAT32,
+        ),
+    }
+)
+
+
+def method_record(t: MethodType | str) -> MethodRecord:
+    """The record of method type `t` (a MethodType or its wire string)."""
+    return METHODS[MethodType(t)]
+
+
+def methods_where(**facts: Any) -> tuple[MethodType, ...]:
+    """The method types whose record has all of `facts`, in declaration order; e.g.
+    `methods_where(adapter=True)`."""
+    return tuple(t for t, r in METHODS.items() if all(getattr(r, k) == v for k, v in facts.items()))
 
 
 class LoraBias(StrEnum):
@@ -227,7 +315,7 @@ class MethodSpec(Spec):
             ),
             (
                 "lora",
-                self.lora is not None and t not in LORA_METHODS,
+                self.lora is not None and "lora" not in METHODS[t].settings,
                 "lora settings apply only to types lora, qlora, dora",
             ),
             (
@@ -257,17 +345,17 @@ class MethodSpec(Spec):
         return self
 
     def resolved(self) -> MethodSpec:
-        """A copy with the defaults of the chosen type filled in."""
-        t = MethodType(self.type)
-        update: dict[str, Any] = {}
-        if t in LORA_METHODS and self.lora is None:
-            update["lora"] = LoraSpec()
-        if t == MethodType.QLORA and self.quantization is None:
-            update["quantization"] = QuantizationSpec()
-        if t == MethodType.PROMPT_TUNING and self.prompt_tuning is None:
-            update["prompt_tuning"] = PromptTuningSpec()
-        if t == MethodType.PREFIX_TUNING and self.prefix_tuning is None:
-            update["prefix_tuning"] = PrefixTuningSpec()
-        if t == MethodType.IA3 and self.ia3 is None:
-            update["ia3"] = IA3Spec()
+        """A copy with the defaults of the chosen type's settings filled in."""
+        defaults = {
+            "lora": LoraSpec,
+            "quantization": QuantizationSpec,
+            "prompt_tuning": PromptTuningSpec,
+            "prefix_tuning": PrefixTuningSpec,
+            "ia3": IA3Spec,
+        }
+        update: dict[str, Any] = {
+            name: defaults[name]()
+            for name in METHODS[MethodType(self.type)].settings
+            if getattr(self, name) is None
+        }
         return self.model_copy(update=update)

@@ -25,7 +25,6 @@ from ._base import (
     validations,
 )
 from .affinity import LABEL_KEY_PATTERN, Affinity
-from .method import MethodType
 
 # ---------------------------------------------------------------------------------------------
 # Resources and scheduling
@@ -93,11 +92,6 @@ class DistributionStrategy(StrEnum):
     AUTO = "auto"
     DDP = "ddp"
     FSDP = "fsdp"
-
-
-# Methods whose trainable part is a set of virtual tokens: PEFT's prompt learning cannot be
-# sharded by FSDP (the prompt encoder lives outside the wrapped layers).
-PROMPT_METHODS = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
 
 
 class DistributionSpec(Spec):

@@ -11,11 +11,11 @@ from pydantic import (
 from ._base import ResourceName, Spec, WireBool, cel, validations
 from .dataset import DataFormat, DatasetSpec
 from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
-from .method import MethodSpec, MethodType
+from .method import METHODS, MethodSpec, MethodType
 from .model import ClassificationSpec, ModelSource, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
 from .pod import PodOptions
-from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
+from .resources import DistributionStrategy, ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------
 # The spec
@@ -191,7 +191,7 @@ class FineTuneJobSpec(Spec):
             )
         if (
             self.resources.distribution.strategy == DistributionStrategy.FSDP
-            and MethodType(self.method.type) in PROMPT_METHODS
+            and METHODS[MethodType(self.method.type)].virtual_tokens
         ):
             raise ValueError(
                 "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
@@ -210,7 +210,8 @@ class FineTuneJobSpec(Spec):
                 "spec.hyperparameters.precision: fp16 mixed precision runs on GPUs only"
                 "; set resources.gpus, or use bf16, fp32 or auto on CPU"
             )
-        if MethodType(self.method.type) in PROMPT_METHODS and not self.output.adapter:
+        record = METHODS[MethodType(self.method.type)]
+        if record.adapter and not record.mergeable and not self.output.adapter:
             raise ValueError(
                 "spec.output.adapter: prompt-tuning and prefix-tuning have no merged form"
                 " (their virtual tokens are not weights of the model): set "
