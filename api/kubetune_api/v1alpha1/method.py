@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import Spec, WireBool, WireFloat, WireInt, cel, validations
@@ -177,6 +176,8 @@ class ComputeDtype(StrEnum):
 class QuantizationSpec(Spec):
     """bitsandbytes 4-bit quantization of the frozen base model (qlora)."""
 
+    api_path = "spec.method.quantization"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -197,15 +198,6 @@ class QuantizationSpec(Spec):
         default=ComputeDtype.BFLOAT16,
         description="Dtype of matmuls on dequantized weights: bfloat16 (Ampere+) or float16.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> QuantizationSpec:
-        if self.compute_dtype == ComputeDtype.FLOAT32:
-            raise ValueError(
-                "spec.method.quantization.computeDtype: qlora needs a 16-bit compute dtype "
-                "(bfloat16 or float16)"
-            )
-        return self
 
 
 class PromptTuningSpec(Spec):
@@ -242,6 +234,8 @@ class IA3Spec(Spec):
 
 class MethodSpec(Spec):
     """How the model is adapted."""
+
+    api_path = "spec.method"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -303,46 +297,6 @@ class MethodSpec(Spec):
         default=None, description="prefix-tuning settings."
     )
     ia3: IA3Spec | None = Field(default=None, description="ia3 settings.")
-
-    @model_validator(mode="after")
-    def _check(self) -> MethodSpec:
-        t = MethodType(self.type)
-        rules: list[tuple[str, bool, str]] = [
-            (
-                "freezeLayers",
-                self.freeze_layers is not None and t != MethodType.FULL,
-                "freezeLayers applies only to type full",
-            ),
-            (
-                "lora",
-                self.lora is not None and "lora" not in METHODS[t].settings,
-                "lora settings apply only to types lora, qlora, dora",
-            ),
-            (
-                "quantization",
-                self.quantization is not None and t != MethodType.QLORA,
-                "quantization applies only to type qlora",
-            ),
-            (
-                "promptTuning",
-                self.prompt_tuning is not None and t != MethodType.PROMPT_TUNING,
-                "promptTuning applies only to type prompt-tuning",
-            ),
-            (
-                "prefixTuning",
-                self.prefix_tuning is not None and t != MethodType.PREFIX_TUNING,
-                "prefixTuning applies only to type prefix-tuning",
-            ),
-            (
-                "ia3",
-                self.ia3 is not None and t != MethodType.IA3,
-                "ia3 settings apply only to type ia3",
-            ),
-        ]
-        for field, bad, message in rules:
-            if bad:
-                raise ValueError(f"spec.method.{field}: {message}")
-        return self
 
     def resolved(self) -> MethodSpec:
         """A copy with the defaults of the chosen type's settings filled in."""

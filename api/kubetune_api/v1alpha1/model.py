@@ -18,7 +18,6 @@ from ._base import (
     Spec,
     WireBool,
     WireInt,
-    _one_of,
     cel,
     validations,
 )
@@ -36,6 +35,8 @@ class TaskType(StrEnum):
 
 class ModelSource(Spec):
     """The base model to fine-tune: exactly one of `hubId`, `s3Uri` or `pvc`."""
+
+    api_path = "spec.model"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -101,20 +102,6 @@ class ModelSource(Spec):
         "the pod's scratch volume, for the pod's lifetime.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> ModelSource:
-        _one_of(self, ["hub_id", "s3_uri", "pvc"], "spec.model")
-        if self.revision is not None and self.hub_id is None:
-            raise ValueError("spec.model.revision: revision applies only to hubId")
-        if self.token_secret_ref is not None and self.hub_id is None:
-            raise ValueError("spec.model.tokenSecretRef: tokenSecretRef applies only to hubId")
-        if self.cache_claim_name is not None and self.pvc is not None:
-            raise ValueError(
-                "spec.model.cacheClaimName: cacheClaimName applies only to hubId and s3Uri "
-                "(a pvc model is read in place)"
-            )
-        return self
-
     def display(self) -> str:
         """A one-line name of the model for humans (`status.model`, the Model column of
         `kubectl get ftj`): `org/name[@revision]`, the s3:// URI or `pvc://claim/path`."""
@@ -128,6 +115,8 @@ class ModelSource(Spec):
 
 class ClassificationSpec(Spec):
     """Labels for `task: sequence-classification`."""
+
+    api_path = "spec.classification"
 
     model_config = ConfigDict(
         json_schema_extra=validations(

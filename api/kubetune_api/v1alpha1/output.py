@@ -38,6 +38,8 @@ class OutputSpec(Spec):
     never reads or touches the old one's files); artifacts are kept when the FineTuneJob is
     deleted."""
 
+    api_path = "spec.output"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -87,14 +89,6 @@ class OutputSpec(Spec):
         default=MergedDtype.BFLOAT16, description="Dtype of the merged model's weights."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> OutputSpec:
-        if self.sse == ServerSideEncryption.KMS and self.kms_key_id is None:
-            raise ValueError("spec.output.kmsKeyId: sse aws:kms needs kmsKeyId")
-        if not (self.adapter or self.merged_model):
-            raise ValueError("spec.output.adapter: write at least one of adapter, mergedModel")
-        return self
-
 
 class Reporter(StrEnum):
     TENSORBOARD = "tensorboard"
@@ -125,6 +119,8 @@ class WandbSpec(Spec):
 
 class TrackingSpec(Spec):
     """Experiment tracking (transformers' report_to)."""
+
+    api_path = "spec.tracking"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
