@@ -14,6 +14,7 @@ from kubetune_api.v1alpha1 import (
     methods_where,
 )
 from kubetune_trainer.methods import IMPLEMENTATIONS
+from pydantic import ValidationError
 
 M = MethodType
 
@@ -65,3 +66,18 @@ def test_the_facts_the_trainer_relied_on() -> None:
     assert set(methods_where(load_dtype=LoadDtype.FLOAT32)) == {M.FULL, M.BITFIT}
     assert {t for t, r in METHODS.items() if "lora" in r.settings} == {M.LORA, M.QLORA, M.DORA}
     assert set(methods_where(oom_suggests_qlora=True)) == {M.FULL, M.LORA, M.DORA}
+
+
+@pytest.mark.parametrize("t", list(MethodType))
+def test_the_crd_rules_accept_exactly_the_settings_of_the_record(t: MethodType) -> None:
+    """The CEL rules on spec.method (evaluated by the models) and the record's settings agree:
+    a new method type with LoRA settings needs both updated."""
+    for name in ("lora", "quantization", "prompt_tuning", "prefix_tuning", "ia3"):
+        wire = MethodSpec.model_fields[name].alias or name
+        allowed = name in METHODS[t].settings
+        try:
+            MethodSpec.model_validate({"type": t.value, wire: {}})
+        except ValidationError as e:
+            assert not allowed, f"{t.value} refused its own {wire}: {e}"
+        else:
+            assert allowed, f"{t.value} accepted {wire}, which its record does not list"
