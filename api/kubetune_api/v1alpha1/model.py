@@ -151,18 +151,9 @@ class ClassificationSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ClassificationSpec:
-        if self.num_labels is None and self.label_names is None:
-            raise ValueError("spec.classification: set numLabels or labelNames")
+        # x-kubernetes-list-type: set in the CRD (not a CEL rule)
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise ValueError("spec.classification.labelNames: label names must be unique")
-        if (
-            self.num_labels is not None
-            and self.label_names is not None
-            and self.num_labels != len(self.label_names)
-        ):
-            raise ValueError(
-                "spec.classification.numLabels: numLabels must equal the number of labelNames"
-            )
         return self
 
     @property

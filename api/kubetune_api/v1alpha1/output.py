@@ -152,12 +152,9 @@ class TrackingSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> TrackingSpec:
+        # x-kubernetes-list-type: set in the CRD (not a CEL rule)
         if len(set(self.report_to)) != len(self.report_to):
             raise ValueError("spec.tracking.reportTo: each reporter may appear only once")
-        if Reporter.MLFLOW in self.report_to and self.mlflow is None:
-            raise ValueError("spec.tracking.mlflow: reportTo mlflow needs mlflow settings")
-        if Reporter.WANDB in self.report_to and self.wandb is None:
-            raise ValueError("spec.tracking.wandb: reportTo wandb needs wandb settings")
         return self
 
 
