@@ -18,10 +18,18 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-import cel as cel_lang
 from pydantic import BaseModel
 
 _PATH = re.compile(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+
+
+@functools.cache
+def _cel() -> Any:
+    """The `cel` module, imported on first use: its package imports its REPL (typer, rich,
+    prompt-toolkit) too, ~0.5 s that `import kubetune_api` should not pay up front."""
+    import cel
+
+    return cel
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def rules_of(model: type[BaseModel]) -> tuple[tuple[Rule, ...], dict[str, Any] |
         if "oldSelf" in text:
             continue
         field_path = str(r.get("fieldPath", ""))
-        rules.append(Rule(text, message, field_path, cel_lang.compile(text)))
+        rules.append(Rule(text, message, field_path, _cel().compile(text)))
         found = [m.group(1).split(".")[1:] for m in _PATH.finditer(text)]
         whole = whole or len(found) < len(re.findall(r"\bself\b", text))
         chains += found
@@ -102,7 +110,7 @@ def failures(obj: BaseModel, where: str) -> list[str]:
     wire = obj.model_dump(by_alias=True, exclude_none=True, mode="json", include=include)
     # One Context per object: execute() with a plain dict builds a fresh one per rule, ~10x
     # slower (190 us against 16 us a rule, measured).
-    context = cel_lang.Context()
+    context = _cel().Context()
     context.add_variable("self", wire)
     out = []
     for rule in rules:
