@@ -112,6 +112,7 @@ BAD: list[tuple[str, list[Op], str, str | None]] = [
     ("pod-label-reserved-prefix", [("set", "spec.pod", {"labels": {"kubetune.io/x": "a"}})], "spec.pod.labels", "keys must be label keys"),
     ("pod-annotation-reserved-prefix", [("set", "spec.pod", {"annotations": {"app.kubernetes.io/x": "a"}})], "spec.pod.annotations", "keys must be label keys"),
     ("node-selector-bad-key", [("set", "spec.resources.nodeSelector", {"bad key": "a"})], "spec.resources.nodeSelector", "keys must be label keys"),
+    ("cache-claim-with-pvc-model", [("set", "spec.model", {"pvc": {"claimName": "models", "path": "/m"}, "cacheClaimName": "cache"})], "spec.model.cacheClaimName", "applies only to hubId and s3Uri"),
     ("prompt-tuning-settings-with-lora", [("set", "spec.method", {"type": "lora", "promptTuning": {"numVirtualTokens": 8}})], "spec.method.promptTuning", None),
     ("sse-kms-without-key", [("set", "spec.output.sse", "aws:kms")], "spec.output.kmsKeyId", "needs kmsKeyId"),
     ("no-artifacts", [("set", "spec.output.adapter", False), ("set", "spec.output.mergedModel", False)], "spec.output.adapter", "at least one of adapter, mergedModel"),
