@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kubetune_api.v1alpha1 import ADAPTER_METHODS, PROMPT_METHODS, DistributionStrategy, MethodType
+from kubetune_api.v1alpha1 import METHODS, DistributionStrategy, LoadDtype, MethodType
 
 GIB = 2**30
 # Bytes per parameter for what every method keeps of the base model (weights as loaded).
@@ -51,9 +51,10 @@ def parameter_count(cfg: dict[str, Any]) -> int | None:
 
 
 def base_format(method: MethodType, precision_16bit: bool = True) -> str:
-    if method == MethodType.QLORA:
+    record = METHODS[method]
+    if record.quantized_base:
         return "nf4"
-    if method in ADAPTER_METHODS and precision_16bit:
+    if record.load_dtype == LoadDtype.TRAINING_PRECISION and precision_16bit:
         return "bf16"
     return "fp32"
 
@@ -63,12 +64,11 @@ def memory_per_gpu(
 ) -> int:
     """Estimated bytes one GPU needs to train a model of `params` parameters with `method`:
     the model state, divided across `world` processes under FSDP, plus the overhead."""
-    if method in ADAPTER_METHODS:
-        state = params * _BASE_BYTES[base_format(method)]
-    elif method == MethodType.BITFIT:
-        state = params * _BASE_BYTES["fp32"]  # frozen fp32 weights, tiny trainable biases
-    else:
+    if METHODS[method].trains_all_weights:
         state = params * FULL_BYTES_PER_PARAM
+    else:
+        # the frozen base as loaded (bitfit: fp32), plus tiny trainable weights in the overhead
+        state = params * _BASE_BYTES[base_format(method)]
     if strategy == DistributionStrategy.FSDP:
         state /= max(1, world)
     return int(state * (1 + OVERHEAD_SHARE) + OVERHEAD_FIXED)
@@ -110,9 +110,9 @@ def choose(
         return Plan("single", world, "one process", None)
     if gpu_memory_bytes is None:
         return plan(DistributionStrategy.DDP, "no GPU: data parallel over CPU processes")
-    if method in PROMPT_METHODS:
+    if METHODS[method].virtual_tokens:
         return plan(DistributionStrategy.DDP, f"{method.value} cannot be sharded")
-    if method == MethodType.FULL:
+    if METHODS[method].trains_all_weights:
         return plan(DistributionStrategy.FSDP, "full fine-tuning: shard weights and optimizer")
     if params is None:
         return plan(DistributionStrategy.DDP, "model size unknown: data parallel")
@@ -138,7 +138,7 @@ def training_kwargs(plan: Plan, method: MethodType) -> dict[str, Any]:
                 # _no_split_modules); whole state dicts so rank 0 saves and checkpoints alone.
                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                 "state_dict_type": "FULL_STATE_DICT",
-                "use_orig_params": method != MethodType.FULL,
+                "use_orig_params": not METHODS[method].trains_all_weights,
                 "sync_module_states": True,
                 "cpu_ram_efficient_loading": False,
             },

@@ -1,18 +1,22 @@
 """Stage `build`: make the loaded model trainable by the chosen method.
 
-The PEFT configs are built by pure functions from the spec (unit-tested); `apply` does the
-model surgery: freezing the 4-bit base for qlora, `get_peft_model` for adapter methods (with
-fp32 trainable weights), freezing for full (freezeLayers) and bitfit.
+`IMPLEMENTATIONS` is the torch-side half of the method registry (the facts are
+`kubetune_api.v1alpha1.METHODS`): per method type, the model preparation (freezing the 4-bit
+base for qlora, freezeLayers for full, biases only for bitfit) and the PEFT config builder
+(pure functions from the spec, unit-tested). `apply` runs them: prepare, then `get_peft_model`
+for adapter methods (with fp32 trainable weights).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from kubetune_api.v1alpha1 import (
-    ADAPTER_METHODS,
-    LORA_METHODS,
+    METHODS,
     ConfigError,
     MethodSpec,
     MethodType,
@@ -39,72 +43,96 @@ def lora_targets(targets: list[str] | None, fam: str) -> list[str] | str:
     return list(DEFAULT_LORA_TARGETS.get(fam, [])) or "all-linear"
 
 
+@dataclass(frozen=True)
+class PeftTarget:
+    """What a PEFT config builder may read besides the method spec."""
+
+    task: str
+    family: str  # modelload.family: llama, bert or other
+    model_type: str  # the model config's model_type
+    model_path: str
+
+
+PeftBuilder = Callable[[MethodSpec, PeftTarget], tuple[str, dict[str, Any]]]
+Preparation = Callable[[Any, MethodSpec, str], None]
+
+
+def _lora_config(m: MethodSpec, target: PeftTarget) -> tuple[str, dict[str, Any]]:
+    assert m.lora is not None
+    kw: dict[str, Any] = {
+        "task_type": peft_task_type(target.task),
+        "r": m.lora.r,
+        "lora_alpha": m.lora.alpha,
+        "lora_dropout": m.lora.dropout,
+        "target_modules": lora_targets(m.lora.target_modules, target.family),
+        "bias": str(m.lora.bias),
+        "use_rslora": m.lora.use_rslora,
+        "use_dora": MethodType(m.type) == MethodType.DORA,
+    }
+    if m.lora.modules_to_save:
+        kw["modules_to_save"] = list(m.lora.modules_to_save)
+    return "LoraConfig", kw
+
+
+def _prompt_tuning_config(m: MethodSpec, target: PeftTarget) -> tuple[str, dict[str, Any]]:
+    assert m.prompt_tuning is not None
+    kw: dict[str, Any] = {
+        "task_type": peft_task_type(target.task),
+        "num_virtual_tokens": m.prompt_tuning.num_virtual_tokens,
+    }
+    if m.prompt_tuning.init_text:
+        kw.update(
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text=m.prompt_tuning.init_text,
+            tokenizer_name_or_path=target.model_path,
+        )
+    return "PromptTuningConfig", kw
+
+
+def _prefix_tuning_config(m: MethodSpec, target: PeftTarget) -> tuple[str, dict[str, Any]]:
+    assert m.prefix_tuning is not None
+    return "PrefixTuningConfig", {
+        "task_type": peft_task_type(target.task),
+        "num_virtual_tokens": m.prefix_tuning.num_virtual_tokens,
+    }
+
+
+def _ia3_config(m: MethodSpec, target: PeftTarget) -> tuple[str, dict[str, Any]]:
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+    )
+
+    assert m.ia3 is not None
+    model_type = target.model_type
+    targets = m.ia3.target_modules or TARGETS.get(model_type)
+    if not targets:
+        raise ConfigError(
+            f"method ia3: no default target modules for model type {model_type!r}; set "
+            "method.ia3.targetModules and feedforwardModules"
+        )
+    ff = m.ia3.feedforward_modules
+    if ff is None:
+        ff = [x for x in FF.get(model_type, []) if x in targets] if not m.ia3.target_modules else []
+    return "IA3Config", {
+        "task_type": peft_task_type(target.task),
+        "target_modules": list(targets),
+        "feedforward_modules": list(ff),
+    }
+
+
 def peft_config_kwargs(
     method: MethodSpec, task: str, fam: str, model_type: str, model_path: str
 ) -> tuple[str, dict[str, Any]]:
     """(peft config class name, kwargs) for adapter methods."""
     m = method.resolved()
     t = MethodType(m.type)
-    task_type = peft_task_type(task)
-    if t in LORA_METHODS:
-        assert m.lora is not None
-        kw: dict[str, Any] = {
-            "task_type": task_type,
-            "r": m.lora.r,
-            "lora_alpha": m.lora.alpha,
-            "lora_dropout": m.lora.dropout,
-            "target_modules": lora_targets(m.lora.target_modules, fam),
-            "bias": str(m.lora.bias),
-            "use_rslora": m.lora.use_rslora,
-            "use_dora": t == MethodType.DORA,
-        }
-        if m.lora.modules_to_save:
-            kw["modules_to_save"] = list(m.lora.modules_to_save)
-        return "LoraConfig", kw
-    if t == MethodType.PROMPT_TUNING:
-        assert m.prompt_tuning is not None
-        kw = {"task_type": task_type, "num_virtual_tokens": m.prompt_tuning.num_virtual_tokens}
-        if m.prompt_tuning.init_text:
-            kw.update(
-                prompt_tuning_init="TEXT",
-                prompt_tuning_init_text=m.prompt_tuning.init_text,
-                tokenizer_name_or_path=model_path,
-            )
-        return "PromptTuningConfig", kw
-    if t == MethodType.PREFIX_TUNING:
-        assert m.prefix_tuning is not None
-        return "PrefixTuningConfig", {
-            "task_type": task_type,
-            "num_virtual_tokens": m.prefix_tuning.num_virtual_tokens,
-        }
-    if t == MethodType.IA3:
-        from peft.utils.constants import (
-            TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
-        )
-        from peft.utils.constants import (
-            TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
-        )
-
-        assert m.ia3 is not None
-        targets = m.ia3.target_modules or TARGETS.get(model_type)
-        if not targets:
-            raise ConfigError(
-                f"method ia3: no default target modules for model type {model_type!r}; set "
-                "method.ia3.targetModules and feedforwardModules"
-            )
-        ff = m.ia3.feedforward_modules
-        if ff is None:
-            ff = (
-                [x for x in FF.get(model_type, []) if x in targets]
-                if not m.ia3.target_modules
-                else []
-            )
-        return "IA3Config", {
-            "task_type": task_type,
-            "target_modules": list(targets),
-            "feedforward_modules": list(ff),
-        }
-    raise ValueError(f"{t} is not an adapter method")
+    builder = IMPLEMENTATIONS[t].peft_config
+    if builder is None:
+        raise ValueError(f"{t} is not an adapter method")
+    return builder(m, PeftTarget(task, fam, model_type, model_path))
 
 
 def build_peft_config(
@@ -258,6 +286,44 @@ def continue_adapter(model: Any, adapter_dir: Any, t: MethodType) -> Any:
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
 
 
+def _prepare_4bit(model: Any, method: MethodSpec, task: str) -> None:
+    keep_cpu_4bit_trainable(model)
+    freeze_base(model)
+
+
+def _prepare_full(model: Any, method: MethodSpec, task: str) -> None:
+    if method.freeze_layers:
+        freeze_layers(model, method.freeze_layers)
+
+
+def _prepare_bitfit(model: Any, method: MethodSpec, task: str) -> None:
+    bitfit(model, task)
+
+
+@dataclass(frozen=True)
+class MethodImplementation:
+    """The torch-side part of a method's record (the facts are in kubetune_api's METHODS):
+    `prepare` runs on the loaded model first, then `peft_config` (adapter methods only) wraps
+    it with get_peft_model."""
+
+    prepare: Preparation | None = None
+    peft_config: PeftBuilder | None = None
+
+
+IMPLEMENTATIONS: Mapping[MethodType, MethodImplementation] = MappingProxyType(
+    {
+        MethodType.FULL: MethodImplementation(prepare=_prepare_full),
+        MethodType.LORA: MethodImplementation(peft_config=_lora_config),
+        MethodType.QLORA: MethodImplementation(prepare=_prepare_4bit, peft_config=_lora_config),
+        MethodType.DORA: MethodImplementation(peft_config=_lora_config),
+        MethodType.PROMPT_TUNING: MethodImplementation(peft_config=_prompt_tuning_config),
+        MethodType.PREFIX_TUNING: MethodImplementation(peft_config=_prefix_tuning_config),
+        MethodType.IA3: MethodImplementation(peft_config=_ia3_config),
+        MethodType.BITFIT: MethodImplementation(prepare=_prepare_bitfit),
+    }
+)
+
+
 def apply(
     loaded: Any,
     method: MethodSpec,
@@ -270,10 +336,10 @@ def apply(
     adapter) instead of a fresh one."""
     model = loaded.model
     t = MethodType(method.type)
-    if t == MethodType.QLORA:
-        keep_cpu_4bit_trainable(model)
-        freeze_base(model)
-    if t in ADAPTER_METHODS:
+    impl = IMPLEMENTATIONS[t]
+    if impl.prepare is not None:
+        impl.prepare(model, method, task)
+    if METHODS[t].adapter:
         from peft import get_peft_model
 
         if warm_start is not None:
@@ -289,11 +355,6 @@ def apply(
             from .prefixgen import fix_prefix_generation
 
             fix_prefix_generation(model)  # generate() ignores the prefix otherwise (prefixgen.py)
-    elif t == MethodType.FULL:
-        if method.freeze_layers:
-            freeze_layers(model, method.freeze_layers)
-    elif t == MethodType.BITFIT:
-        bitfit(model, task)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise ConfigError(f"method {t.value}: no trainable parameters")

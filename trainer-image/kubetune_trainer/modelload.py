@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.v1alpha1 import (
-    ADAPTER_METHODS,
     ClassificationSpec,
     ConfigError,
     DataFormat,
     DatasetSpec,
+    LoadDtype,
     MethodSpec,
-    MethodType,
     ModelError,
     Precision,
     QuantizationSpec,
     TaskType,
+    method_record,
 )
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,10 @@ def load_dtype_name(method: MethodSpec, precision: str, cuda: bool) -> str:
     """Dtype the base weights are loaded in. Adapter methods keep the frozen base in the
     16-bit training precision on GPU (trainable adapter weights stay fp32); full and bitfit
     keep fp32 master weights (mixed precision via autocast); CPU is fp32."""
-    t = MethodType(method.type)
     if not cuda:
         return "float32"
-    if t in ADAPTER_METHODS and precision in ("bf16", "fp16"):
+    training_precision = method_record(method.type).load_dtype == LoadDtype.TRAINING_PRECISION
+    if training_precision and precision in ("bf16", "fp16"):
         return "bfloat16" if precision == "bf16" else "float16"
     return "float32"
 
@@ -232,7 +232,7 @@ def load_model(
             label2id=label2id,
             problem_type="single_label_classification",
         )
-    quantized = MethodType(method.type) == MethodType.QLORA
+    quantized = method_record(method.type).quantized_base
     if quantized:
         from transformers import BitsAndBytesConfig
 

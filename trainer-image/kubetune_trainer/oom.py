@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kubetune_api.v1alpha1 import method_record
+
 
 def is_gpu_oom(e: BaseException) -> bool:
     """torch.cuda.OutOfMemoryError (or an error that wraps its message), without importing torch."""
@@ -18,7 +20,7 @@ def gpu_oom_message(batch_size: int, grad_accum: int, max_seq_length: int, metho
         "lower dataset.maxSeqLength",
         "set hyperparameters.gradientCheckpointing: true",
     ]
-    if method in ("full", "lora", "dora"):
+    if method_record(method).oom_suggests_qlora:
         fixes.append("use method.type qlora (4-bit base)")
     fixes.append("or request a GPU with more memory (resources.gpuType)")
     return (

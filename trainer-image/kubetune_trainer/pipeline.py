@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_api.v1alpha1 import (
-    ADAPTER_METHODS,
     ConfigError,
     FineTuneJobSpec,
     MethodType,
     TrainerConfig,
+    method_record,
 )
 
 from . import distribute, tracking
@@ -36,8 +36,6 @@ from .progress import ProgressReporter
 from .s3 import S3, join
 
 log = logging.getLogger("kubetune")
-
-NO_MERGE = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
 
 
 @dataclass
@@ -68,10 +66,11 @@ class Context:
 def preflight(cfg: TrainerConfig) -> None:
     """Combinations the spec models accept but this trainer cannot honour."""
     spec = cfg.spec
-    t = MethodType(spec.method.type)
-    if t in NO_MERGE and not spec.output.adapter:
+    record = method_record(spec.method.type)
+    if record.adapter and not record.mergeable and not spec.output.adapter:
         raise ConfigError(
-            f"method {t.value} cannot be merged into the model weights; set output.adapter: true"
+            f"method {record.type.value} cannot be merged into the model weights; set "
+            "output.adapter: true"
         )
     for r in spec.tracking.report_to:
         pkg = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}[str(r)]
@@ -222,7 +221,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     from transformers import set_seed
 
     from . import methods, modelload, speed, train
-    from .save import MERGEABLE, merge_stage, release, save_stage
+    from .save import merge_stage, release, save_stage
 
     cuda = torch.cuda.is_available()
     precision = modelload.resolve_precision(
@@ -322,7 +321,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         del trainer, outcome, model, loaded
 
         # save + merge + upload ----------------------------------------------------------------
-        t = MethodType(spec.method.type)
+        record = method_record(spec.method.type)
         save_stage(ctx, trained, tokenizer, state)
         del trained, state
         release()
@@ -336,7 +335,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             ctx.s3,
             ctx.artifacts,
             cfg,
-            merged_possible=t in MERGEABLE or t not in ADAPTER_METHODS,
+            merged_possible=record.mergeable or not record.adapter,
             base_model=ctx.base_model,
             datasets=ctx.datasets,
             speed={**ctx.speed, "startup": {k: v for k, v in STARTUP.items() if k != "t0"}},

@@ -13,11 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.v1alpha1 import ADAPTER_METHODS, ArtifactsMissing, MethodType
+from kubetune_api.v1alpha1 import ArtifactsMissing, method_record
 
 log = logging.getLogger(__name__)
-
-MERGEABLE = {MethodType.LORA, MethodType.QLORA, MethodType.DORA, MethodType.IA3}
 
 
 def torch_dtype(name: str) -> Any:
@@ -112,7 +110,7 @@ def save_stage(
     `state_dict`: the whole weights gathered from FSDP shards (pipeline._gathered)."""
     spec = ctx.cfg.spec
     ctx.report(stage="save")
-    if MethodType(spec.method.type) in ADAPTER_METHODS:
+    if method_record(spec.method.type).adapter:
         save_adapter(model, tokenizer, ctx.artifacts / "adapter", state_dict)
     else:
         save_full(
@@ -125,11 +123,11 @@ def merge_stage(ctx: Any, tokenizer: Any) -> None:
     adapter afterwards when output.adapter is false."""
     spec = ctx.cfg.spec
     out = spec.output
-    t = MethodType(spec.method.type)
-    if t not in ADAPTER_METHODS:
+    record = method_record(spec.method.type)
+    if not record.adapter:
         return
     adapter_dir = ctx.artifacts / "adapter"
-    if out.merged_model and t in MERGEABLE:
+    if out.merged_model and record.mergeable:
         ctx.report(stage="merge")
         merge(
             ctx.model_path,
@@ -142,7 +140,7 @@ def merge_stage(ctx: Any, tokenizer: Any) -> None:
             tokenizer=tokenizer,
         )
     elif out.merged_model:
-        log.info("method %s cannot be merged into the weights: adapter only", t.value)
+        log.info("method %s cannot be merged into the weights: adapter only", record.type.value)
     if not out.adapter:
         shutil.rmtree(adapter_dir)
 

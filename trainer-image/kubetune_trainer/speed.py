@@ -45,11 +45,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-VARLEN_ATTENTION = "kubetune_varlen"
+from kubetune_api.v1alpha1 import method_record
 
-# Methods whose PEFT wrapper prepends virtual tokens or past key/values: these need an attention
-# mask over the real sequence layout, so padding-free batching and varlen attention stay off.
-_VIRTUAL_TOKEN_METHODS = frozenset({"prompt-tuning", "prefix-tuning"})
+VARLEN_ATTENTION = "kubetune_varlen"
 
 # Model families (config.model_type) whose Liger patch covers RMSNorm, RoPE and SwiGLU and was
 # exercised by the benchmark (llama) or shares its decoder layout (mistral, qwen2/3).
@@ -131,7 +129,10 @@ def plan(
     if task != "causal-lm":
         # Encoders attend both ways and classification batches stay padded: nothing to gain.
         reasons.append(f"{task}: padded batches, sdpa")
-    elif method in _VIRTUAL_TOKEN_METHODS:
+    elif method_record(method).virtual_tokens:
+        # The PEFT wrapper prepends virtual tokens or past key/values: these need an attention
+        # mask over the real sequence layout, so padding-free batching and varlen attention stay
+        # off.
         reasons.append(f"{method}: virtual tokens need a padded attention mask; sdpa")
     elif not ampere:
         reasons.append("GPU older than sm80: no FlashAttention kernels; sdpa")

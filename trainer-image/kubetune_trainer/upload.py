@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubetune_api.v1alpha1 import ADAPTER_METHODS, ArtifactsMissing, MethodType, TrainerConfig
+from kubetune_api.v1alpha1 import ArtifactsMissing, TrainerConfig, method_record
 
 from . import manifest as manifest_mod
 from .s3 import S3, join, split_s3_uri
@@ -26,14 +26,14 @@ MANIFEST = "manifest.json"
 def expected(cfg: TrainerConfig, merged_possible: bool) -> list[tuple[str, str]]:
     """(relative path or glob, what) that must exist before uploading."""
     spec = cfg.spec
-    t = MethodType(spec.method.type)
+    adapter = method_record(spec.method.type).adapter
     out: list[tuple[str, str]] = [("metrics.json", "metrics")]
-    if t in ADAPTER_METHODS and spec.output.adapter:
+    if adapter and spec.output.adapter:
         out += [
             ("adapter/adapter_config.json", "adapter config"),
             ("adapter/adapter_model.safetensors", "adapter weights"),
         ]
-    if t not in ADAPTER_METHODS or (spec.output.merged_model and merged_possible):
+    if not adapter or (spec.output.merged_model and merged_possible):
         out += [
             ("merged/config.json", "merged model config"),
             ("merged/*.safetensors", "merged weights"),

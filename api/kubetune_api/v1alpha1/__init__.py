@@ -93,12 +93,13 @@ from .hyperparameters import (
     default_learning_rate,
 )
 from .method import (
-    ADAPTER_METHODS,
-    LORA_METHODS,
+    METHODS,
     ComputeDtype,
     IA3Spec,
+    LoadDtype,
     LoraBias,
     LoraSpec,
+    MethodRecord,
     MethodSpec,
     MethodType,
     ModuleName,
@@ -106,6 +107,8 @@ from .method import (
     PromptTuningSpec,
     QuantizationSpec,
     QuantType,
+    method_record,
+    methods_where,
 )
 from .model import (
     BaseArtifact,
@@ -131,7 +134,6 @@ from .pod import ConfigMapKeyRef, EnvFromSource, EnvVar, LocalObjectRef, PodOpti
 from .refs import PVCPath, S3CredentialsRef, SecretKeyRef
 from .resource import FineTuneJob
 from .resources import (
-    PROMPT_METHODS,
     DistributionSpec,
     DistributionStrategy,
     ResourcesSpec,
@@ -151,7 +153,6 @@ from .status import (
 )
 
 __all__ = [
-    "ADAPTER_METHODS",
     "API_GROUP",
     "API_VERSION",
     "ARTIFACT_KEYS",
@@ -161,15 +162,14 @@ __all__ = [
     "KIND",
     "LABEL_KEY_PATTERN",
     "LEGACY_DEFAULT_LEARNING_RATE",
-    "LORA_METHODS",
     "MAX_NAME_LENGTH",
+    "METHODS",
     "MODEL_CACHE_ENV",
     "MODEL_CACHE_ROOT",
     "MODEL_CACHE_SUBPATH",
     "NAME_PATTERN",
     "PATH_PATTERN",
     "PLURAL",
-    "PROMPT_METHODS",
     "PVC_MOUNT_ROOT",
     "QUANTITY_PATTERN",
     "RDZV_PORT",
@@ -212,10 +212,12 @@ __all__ = [
     "LabelSelectorRequirement",
     "LabelValue",
     "Lineage",
+    "LoadDtype",
     "LocalObjectRef",
     "LoraBias",
     "LoraSpec",
     "MergedDtype",
+    "MethodRecord",
     "MethodSpec",
     "MethodType",
     "MlflowSpec",
@@ -275,6 +277,8 @@ __all__ = [
     "WireInt",
     "cel",
     "default_learning_rate",
+    "method_record",
+    "methods_where",
     "pvc_mount_path",
     "run_prefix",
     "stored_json",

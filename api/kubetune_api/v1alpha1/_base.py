@@ -5,7 +5,7 @@ the CEL helpers every sub-spec uses.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from . import _cel
 
 API_GROUP = "kubetune.io"
 API_VERSION = "v1alpha1"
@@ -142,7 +144,9 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
 
     A rule must guard with `has()` every field it reads, even one with a default: object fields
     default to `{}` in the CRD, and the API server checks that `{}` against the rules *before*
-    nested defaults are applied to it (on real objects the nested defaults are always there)."""
+    nested defaults are applied to it (on real objects the nested defaults are always there).
+
+    The models evaluate the same rule in Python (`Spec._cel_rules`): it is written only here."""
     out = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
@@ -155,7 +159,12 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 class Spec(BaseModel):
     """Base for API objects: camelCase on the wire, unknown fields refused (as the CRD's
-    structural schema prunes them, the Python side refuses them so a typo is not silently lost)."""
+    structural schema prunes them, the Python side refuses them so a typo is not silently lost),
+    and the CEL rules of the model's `x-kubernetes-validations` evaluated on its wire form."""
+
+    # Where the model sits in a FineTuneJob (e.g. "spec.method"): its rules' messages start there.
+    # "" for a model used at several places; its messages then name the field relative to it.
+    api_path: ClassVar[str] = ""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -175,17 +184,13 @@ class Spec(BaseModel):
             return {k: v for k, v in data.items() if v is not None}
         return data
 
+    @model_validator(mode="after")
+    def _cel_rules(self) -> Self:
+        problems = _cel.failures(self, self.api_path)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest (camelCase, no unset optionals)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def _one_of(obj: BaseModel, names: list[str], where: str) -> None:
-    """Exactly one of `names` (python attribute names) is set; the message names the fields."""
-    wire = [to_camel(n) for n in names]
-    present = [w for n, w in zip(names, wire, strict=True) if getattr(obj, n) is not None]
-    if len(present) != 1:
-        raise ValueError(
-            f"{where}: exactly one of {', '.join(wire)} must be set"
-            + (f" (got {', '.join(present)})" if present else " (got none)")
-        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from ._base import LabelValue, Spec, WireInt, cel, validations
 
@@ -34,21 +34,6 @@ _VALUES_RULE = cel(
 )
 
 
-def _check_values(operator: str, values: list[str], where: str) -> None:
-    n = len(values)
-    if operator in ("In", "NotIn"):
-        ok = n > 0
-    elif operator in ("Exists", "DoesNotExist"):
-        ok = n == 0
-    else:
-        ok = n == 1
-    if not ok:
-        raise ValueError(
-            f"{where}.values: In/NotIn need at least one value, Exists/DoesNotExist none, "
-            "Gt/Lt exactly one"
-        )
-
-
 class NodeSelectorRequirement(Spec):
     """A node label (or field) requirement: key, operator and values."""
 
@@ -61,11 +46,6 @@ class NodeSelectorRequirement(Spec):
     values: list[str] = Field(
         default_factory=list, max_length=64, description="Values; see operator."
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> NodeSelectorRequirement:
-        _check_values(self.operator, self.values, "spec.resources.affinity")
-        return self
 
 
 class NodeSelectorTerm(Spec):
@@ -117,11 +97,6 @@ class LabelSelectorRequirement(Spec):
     values: list[str] = Field(
         default_factory=list, max_length=64, description="Values; see operator."
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> LabelSelectorRequirement:
-        _check_values(self.operator, self.values, "spec.resources.affinity")
-        return self
 
 
 class LabelSelector(Spec):

@@ -7,7 +7,6 @@ from enum import StrEnum
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import (
@@ -19,7 +18,6 @@ from ._base import (
     WireBool,
     WireFloat,
     WireInt,
-    _one_of,
     cel,
     validations,
 )
@@ -101,9 +99,6 @@ class DataSource(Spec):
         "(.jsonl, .json, .parquet, .csv).",
     )
 
-    def _check_one(self, where: str) -> None:
-        _one_of(self, ["s3_uri", "hub", "pvc", "inline"], where)
-
 
 class FieldMapping(Spec):
     """Column names in the data, for when they differ from the defaults."""
@@ -138,6 +133,8 @@ class FieldMapping(Spec):
 class ValidationSpec(Spec):
     """Held-out data for evaluation: a separate source, or a fraction split off the training data."""
 
+    api_path = "spec.dataset.validation"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -162,16 +159,11 @@ class ValidationSpec(Spec):
     )
     file_format: FileFormat = Field(default=FileFormat.AUTO, description="As dataset.fileFormat.")
 
-    @model_validator(mode="after")
-    def _check(self) -> ValidationSpec:
-        _one_of(
-            self, ["s3_uri", "hub", "pvc", "inline", "split_fraction"], "spec.dataset.validation"
-        )
-        return self
-
 
 class DatasetSpec(DataSource):
     """Training data and how to turn it into model inputs."""
+
+    api_path = "spec.dataset"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -262,18 +254,3 @@ class DatasetSpec(DataSource):
         le=2**32 - 1,
         description="Seed for shuffling; default hyperparameters.seed.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> DatasetSpec:
-        self._check_one("spec.dataset")
-        if self.packing and self.format == DataFormat.CLASSIFICATION:
-            raise ValueError("spec.dataset.packing: packing applies to causal-lm formats only")
-        if self.text_template is not None and self.format != DataFormat.TEXT:
-            raise ValueError("spec.dataset.textTemplate: textTemplate applies only to format text")
-        hub_validation = self.validation is not None and self.validation.hub is not None
-        if self.token_secret_ref is not None and self.hub is None and not hub_validation:
-            raise ValueError(
-                "spec.dataset.tokenSecretRef: tokenSecretRef applies only to a Hub dataset "
-                "(hub or validation.hub)"
-            )
-        return self

@@ -7,7 +7,6 @@ from enum import StrEnum
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import Spec, WireBool, WireFloat, WireInt, cel, validations
@@ -73,6 +72,8 @@ class EarlyStoppingSpec(Spec):
 
 class Hyperparameters(Spec):
     """Training hyperparameters (the names follow transformers' TrainingArguments)."""
+
+    api_path = "spec.hyperparameters"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -181,21 +182,6 @@ class Hyperparameters(Spec):
     group_by_length: WireBool = Field(
         default=False, description="Batch rows of similar length together (less padding)."
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> Hyperparameters:
-        h = "spec.hyperparameters"
-        if self.warmup_ratio is not None and self.warmup_steps is not None:
-            raise ValueError(f"{h}.warmupSteps: set warmupRatio or warmupSteps, not both")
-        if self.eval_strategy == Strategy.STEPS and self.eval_steps is None:
-            raise ValueError(f"{h}.evalSteps: evalStrategy steps needs evalSteps")
-        if self.save_strategy == Strategy.STEPS and self.save_steps is None:
-            raise ValueError(f"{h}.saveSteps: saveStrategy steps needs saveSteps")
-        if self.early_stopping is not None and self.eval_strategy == Strategy.NO:
-            raise ValueError(
-                f"{h}.earlyStopping: earlyStopping needs evaluation (evalStrategy steps or epoch)"
-            )
-        return self
 
 
 # The learning rate the trainer uses when hyperparameters.learningRate is unset: full

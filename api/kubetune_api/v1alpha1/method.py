@@ -4,13 +4,15 @@ and its settings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import Spec, WireBool, WireFloat, WireInt, cel, validations
@@ -31,12 +33,97 @@ class MethodType(StrEnum):
     BITFIT = "bitfit"
 
 
-LORA_METHODS = {MethodType.LORA, MethodType.QLORA, MethodType.DORA}
-ADAPTER_METHODS = LORA_METHODS | {
-    MethodType.PROMPT_TUNING,
-    MethodType.PREFIX_TUNING,
-    MethodType.IA3,
-}
+class LoadDtype(StrEnum):
+    """The dtype a method loads the base weights in on a GPU (on CPU everything is float32)."""
+
+    TRAINING_PRECISION = "training-precision"  # the frozen base in the 16-bit training precision
+    FLOAT32 = "float32"  # fp32 master weights; autocast gives the mixed precision
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    """What the rest of kubetune needs to know about one method type, in one place. The
+    torch-side parts (PEFT config builder, model preparation) are keyed by the same type in
+    `kubetune_trainer.methods.IMPLEMENTATIONS`."""
+
+    type: MethodType
+    # Trains a PEFT adapter, saved on its own (artifacts/adapter); else the trained model itself
+    # is the artifact (artifacts/merged).
+    adapter: bool
+    # The adapter folds into the base weights (merge_and_unload) for output.mergedModel.
+    mergeable: bool
+    # The optimizer covers every weight: FSDP by default on several GPUs, no use_orig_params.
+    trains_all_weights: bool
+    # The PEFT wrapper prepends virtual tokens (or past key/values): padded attention masks only,
+    # no FSDP (the prompt encoder lives outside the wrapped layers), nothing to merge.
+    virtual_tokens: bool
+    # The frozen base is loaded 4-bit (bitsandbytes) with spec.method.quantization.
+    quantized_base: bool
+    load_dtype: LoadDtype
+    # The MethodSpec fields that carry this type's settings (their defaults filled by resolved()).
+    settings: tuple[str, ...] = ()
+    # A CUDA OOM message may suggest qlora's 4-bit base instead.
+    oom_suggests_qlora: bool = False
+
+
+def _adapter(t: MethodType, *settings: str, mergeable: bool = True, **kw: Any) -> MethodRecord:
+    return MethodRecord(
+        type=t,
+        adapter=True,
+        mergeable=mergeable,
+        trains_all_weights=False,
+        virtual_tokens=kw.pop("virtual_tokens", False),
+        quantized_base=kw.pop("quantized_base", False),
+        load_dtype=LoadDtype.TRAINING_PRECISION,
+        settings=settings,
+        **kw,
+    )
+
+
+METHODS: Mapping[MethodType, MethodRecord] = MappingProxyType(
+    {
+        MethodType.FULL: MethodRecord(
+            type=MethodType.FULL,
+            adapter=False,
+            mergeable=False,
+            trains_all_weights=True,
+            virtual_tokens=False,
+            quantized_base=False,
+            load_dtype=LoadDtype.FLOAT32,
+            oom_suggests_qlora=True,
+        ),
+        MethodType.LORA: _adapter(MethodType.LORA, "lora", oom_suggests_qlora=True),
+        MethodType.QLORA: _adapter(MethodType.QLORA, "lora", "quantization", quantized_base=True),
+        MethodType.DORA: _adapter(MethodType.DORA, "lora", oom_suggests_qlora=True),
+        MethodType.PROMPT_TUNING: _adapter(
+            MethodType.PROMPT_TUNING, "prompt_tuning", mergeable=False, virtual_tokens=True
+        ),
+        MethodType.PREFIX_TUNING: _adapter(
+            MethodType.PREFIX_TUNING, "prefix_tuning", mergeable=False, virtual_tokens=True
+        ),
+        MethodType.IA3: _adapter(MethodType.IA3, "ia3"),
+        MethodType.BITFIT: MethodRecord(
+            type=MethodType.BITFIT,
+            adapter=False,
+            mergeable=False,
+            trains_all_weights=False,
+            virtual_tokens=False,
+            quantized_base=False,
+            load_dtype=LoadDtype.FLOAT32,
+        ),
+    }
+)
+
+
+def method_record(t: MethodType | str) -> MethodRecord:
+    """The record of method type `t` (a MethodType or its wire string)."""
+    return METHODS[MethodType(t)]
+
+
+def methods_where(**facts: Any) -> tuple[MethodType, ...]:
+    """The method types whose record has all of `facts`, in declaration order; e.g.
+    `methods_where(adapter=True)`."""
+    return tuple(t for t, r in METHODS.items() if all(getattr(r, k) == v for k, v in facts.items()))
 
 
 class LoraBias(StrEnum):
@@ -89,6 +176,8 @@ class ComputeDtype(StrEnum):
 class QuantizationSpec(Spec):
     """bitsandbytes 4-bit quantization of the frozen base model (qlora)."""
 
+    api_path = "spec.method.quantization"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -109,15 +198,6 @@ class QuantizationSpec(Spec):
         default=ComputeDtype.BFLOAT16,
         description="Dtype of matmuls on dequantized weights: bfloat16 (Ampere+) or float16.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> QuantizationSpec:
-        if self.compute_dtype == ComputeDtype.FLOAT32:
-            raise ValueError(
-                "spec.method.quantization.computeDtype: qlora needs a 16-bit compute dtype "
-                "(bfloat16 or float16)"
-            )
-        return self
 
 
 class PromptTuningSpec(Spec):
@@ -154,6 +234,8 @@ class IA3Spec(Spec):
 
 class MethodSpec(Spec):
     """How the model is adapted."""
+
+    api_path = "spec.method"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -216,58 +298,18 @@ class MethodSpec(Spec):
     )
     ia3: IA3Spec | None = Field(default=None, description="ia3 settings.")
 
-    @model_validator(mode="after")
-    def _check(self) -> MethodSpec:
-        t = MethodType(self.type)
-        rules: list[tuple[str, bool, str]] = [
-            (
-                "freezeLayers",
-                self.freeze_layers is not None and t != MethodType.FULL,
-                "freezeLayers applies only to type full",
-            ),
-            (
-                "lora",
-                self.lora is not None and t not in LORA_METHODS,
-                "lora settings apply only to types lora, qlora, dora",
-            ),
-            (
-                "quantization",
-                self.quantization is not None and t != MethodType.QLORA,
-                "quantization applies only to type qlora",
-            ),
-            (
-                "promptTuning",
-                self.prompt_tuning is not None and t != MethodType.PROMPT_TUNING,
-                "promptTuning applies only to type prompt-tuning",
-            ),
-            (
-                "prefixTuning",
-                self.prefix_tuning is not None and t != MethodType.PREFIX_TUNING,
-                "prefixTuning applies only to type prefix-tuning",
-            ),
-            (
-                "ia3",
-                self.ia3 is not None and t != MethodType.IA3,
-                "ia3 settings apply only to type ia3",
-            ),
-        ]
-        for field, bad, message in rules:
-            if bad:
-                raise ValueError(f"spec.method.{field}: {message}")
-        return self
-
     def resolved(self) -> MethodSpec:
-        """A copy with the defaults of the chosen type filled in."""
-        t = MethodType(self.type)
-        update: dict[str, Any] = {}
-        if t in LORA_METHODS and self.lora is None:
-            update["lora"] = LoraSpec()
-        if t == MethodType.QLORA and self.quantization is None:
-            update["quantization"] = QuantizationSpec()
-        if t == MethodType.PROMPT_TUNING and self.prompt_tuning is None:
-            update["prompt_tuning"] = PromptTuningSpec()
-        if t == MethodType.PREFIX_TUNING and self.prefix_tuning is None:
-            update["prefix_tuning"] = PrefixTuningSpec()
-        if t == MethodType.IA3 and self.ia3 is None:
-            update["ia3"] = IA3Spec()
+        """A copy with the defaults of the chosen type's settings filled in."""
+        defaults = {
+            "lora": LoraSpec,
+            "quantization": QuantizationSpec,
+            "prompt_tuning": PromptTuningSpec,
+            "prefix_tuning": PrefixTuningSpec,
+            "ia3": IA3Spec,
+        }
+        update: dict[str, Any] = {
+            name: defaults[name]()
+            for name in METHODS[MethodType(self.type)].settings
+            if getattr(self, name) is None
+        }
         return self.model_copy(update=update)

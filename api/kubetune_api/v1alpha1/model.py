@@ -19,7 +19,6 @@ from ._base import (
     WireBool,
     WireFloat,
     WireInt,
-    _one_of,
     cel,
     validations,
 )
@@ -67,6 +66,8 @@ class JobModelRef(Spec):
 
 class ModelSource(Spec):
     """The base model to fine-tune: exactly one of `hubId`, `s3Uri`, `pvc` or `fromJob`."""
+
+    api_path = "spec.model"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -141,20 +142,6 @@ class ModelSource(Spec):
         "the pod's scratch volume, for the pod's lifetime.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> ModelSource:
-        _one_of(self, ["hub_id", "s3_uri", "pvc", "from_job"], "spec.model")
-        if self.revision is not None and self.hub_id is None:
-            raise ValueError("spec.model.revision: revision applies only to hubId")
-        if self.token_secret_ref is not None and self.hub_id is None:
-            raise ValueError("spec.model.tokenSecretRef: tokenSecretRef applies only to hubId")
-        if self.cache_claim_name is not None and self.pvc is not None:
-            raise ValueError(
-                "spec.model.cacheClaimName: cacheClaimName applies only to hubId and s3Uri "
-                "(a pvc model is read in place)"
-            )
-        return self
-
     def display(self) -> str:
         """A one-line name of the model for humans (`status.model`, the Model column of
         `kubectl get ftj`): `org/name[@revision]`, the s3:// URI or `pvc://claim/path`."""
@@ -190,6 +177,8 @@ class PreferenceSpec(Spec):
 class ClassificationSpec(Spec):
     """Labels for `task: sequence-classification`."""
 
+    api_path = "spec.classification"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -223,18 +212,9 @@ class ClassificationSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ClassificationSpec:
-        if self.num_labels is None and self.label_names is None:
-            raise ValueError("spec.classification: set numLabels or labelNames")
+        # x-kubernetes-list-type: set in the CRD (not a CEL rule)
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise ValueError("spec.classification.labelNames: label names must be unique")
-        if (
-            self.num_labels is not None
-            and self.label_names is not None
-            and self.num_labels != len(self.label_names)
-        ):
-            raise ValueError(
-                "spec.classification.numLabels: numLabels must equal the number of labelNames"
-            )
         return self
 
     @property

@@ -38,6 +38,8 @@ class OutputSpec(Spec):
     never reads or touches the old one's files); artifacts are kept when the FineTuneJob is
     deleted."""
 
+    api_path = "spec.output"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -87,14 +89,6 @@ class OutputSpec(Spec):
         default=MergedDtype.BFLOAT16, description="Dtype of the merged model's weights."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> OutputSpec:
-        if self.sse == ServerSideEncryption.KMS and self.kms_key_id is None:
-            raise ValueError("spec.output.kmsKeyId: sse aws:kms needs kmsKeyId")
-        if not (self.adapter or self.merged_model):
-            raise ValueError("spec.output.adapter: write at least one of adapter, mergedModel")
-        return self
-
 
 class Reporter(StrEnum):
     TENSORBOARD = "tensorboard"
@@ -126,6 +120,8 @@ class WandbSpec(Spec):
 class TrackingSpec(Spec):
     """Experiment tracking (transformers' report_to)."""
 
+    api_path = "spec.tracking"
+
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -156,12 +152,9 @@ class TrackingSpec(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> TrackingSpec:
+        # x-kubernetes-list-type: set in the CRD (not a CEL rule)
         if len(set(self.report_to)) != len(self.report_to):
             raise ValueError("spec.tracking.reportTo: each reporter may appear only once")
-        if Reporter.MLFLOW in self.report_to and self.mlflow is None:
-            raise ValueError("spec.tracking.mlflow: reportTo mlflow needs mlflow settings")
-        if Reporter.WANDB in self.report_to and self.wandb is None:
-            raise ValueError("spec.tracking.wandb: reportTo wandb needs wandb settings")
         return self
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ._base import LabelValue, ResourceName, Spec, cel, validations
 from .affinity import LABEL_KEY_PATTERN
@@ -89,6 +89,7 @@ class EnvFromSource(Spec):
     """Every key of a ConfigMap or a Secret as environment variables (the Secret must be on the
     operator's allowed Secrets, chart value trainer.allowedSecrets)."""
 
+    api_path = "spec.pod.envFrom"
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
@@ -103,12 +104,6 @@ class EnvFromSource(Spec):
     prefix: str | None = Field(
         default=None, max_length=64, pattern=ENV_NAME_PATTERN, description="Prefix for its keys."
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> EnvFromSource:
-        if (self.config_map_ref is None) == (self.secret_ref is None):
-            raise ValueError("spec.pod.envFrom: exactly one of configMapRef, secretRef must be set")
-        return self
 
 
 class ConfigMapKeyRef(Spec):

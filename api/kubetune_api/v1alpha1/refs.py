@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import PATH_PATTERN, ResourceName, Spec, cel, validations
@@ -53,9 +52,3 @@ class PVCPath(Spec):
         max_length=1024,
         description="Absolute path inside the volume (e.g. /models/llama). Default: the root.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> PVCPath:
-        if ".." in self.path:
-            raise ValueError("path: path must not contain '..'")
-        return self

@@ -10,7 +10,6 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
-    model_validator,
 )
 
 from ._base import (
@@ -25,7 +24,6 @@ from ._base import (
     validations,
 )
 from .affinity import LABEL_KEY_PATTERN, Affinity
-from .method import MethodType
 
 # ---------------------------------------------------------------------------------------------
 # Resources and scheduling
@@ -35,6 +33,8 @@ from .method import MethodType
 class Toleration(Spec):
     """A pod toleration (as core/v1 Toleration, with the same rules, so that a bad one is refused
     at apply time rather than when the operator creates the pod)."""
+
+    api_path = "spec.resources.tolerations"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -75,29 +75,11 @@ class Toleration(Spec):
         description="For NoExecute: how long the pod stays bound after the taint.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> Toleration:
-        where = "spec.resources.tolerations"
-        if not self.key and self.operator != "Exists":
-            raise ValueError(f"{where}.operator: operator must be Exists when key is empty")
-        if self.operator == "Exists" and self.value:
-            raise ValueError(f"{where}.value: value must be empty when operator is Exists")
-        if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError(
-                f"{where}.tolerationSeconds: tolerationSeconds applies only to effect NoExecute"
-            )
-        return self
-
 
 class DistributionStrategy(StrEnum):
     AUTO = "auto"
     DDP = "ddp"
     FSDP = "fsdp"
-
-
-# Methods whose trainable part is a set of virtual tokens: PEFT's prompt learning cannot be
-# sharded by FSDP (the prompt encoder lives outside the wrapped layers).
-PROMPT_METHODS = {MethodType.PROMPT_TUNING, MethodType.PREFIX_TUNING}
 
 
 class DistributionSpec(Spec):
@@ -122,6 +104,8 @@ class DistributionSpec(Spec):
 
 class ResourcesSpec(Spec):
     """Compute resources and placement of the trainer pod."""
+
+    api_path = "spec.resources"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -244,13 +228,3 @@ class ResourcesSpec(Spec):
     def world_size(self) -> int:
         """Training processes in the run, over all its pods."""
         return self.processes_per_node() * self.nodes
-
-    @model_validator(mode="after")
-    def _check(self) -> ResourcesSpec:
-        ppn = self.distribution.processes_per_node
-        if ppn is not None and self.gpus and ppn != self.gpus:
-            raise ValueError(
-                "spec.resources.distribution.processesPerNode: distribution.processesPerNode "
-                "must equal gpus (one process per GPU, so no reserved GPU sits idle); leave it out"
-            )
-        return self

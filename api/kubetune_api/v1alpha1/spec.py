@@ -5,17 +5,16 @@ from __future__ import annotations
 from pydantic import (
     ConfigDict,
     Field,
-    model_validator,
 )
 
 from ._base import ResourceName, Spec, WireBool, cel, validations
-from .dataset import DataFormat, DatasetSpec
-from .hyperparameters import Hyperparameters, Optimizer, Precision, Strategy
-from .method import ADAPTER_METHODS, MethodSpec, MethodType
-from .model import BaseArtifact, ClassificationSpec, ModelSource, PreferenceSpec, TaskType
+from .dataset import DatasetSpec
+from .hyperparameters import Hyperparameters, Optimizer
+from .method import MethodSpec
+from .model import ClassificationSpec, ModelSource, PreferenceSpec, TaskType
 from .output import OutputSpec, RunPolicy, TrackingSpec
 from .pod import PodOptions
-from .resources import PROMPT_METHODS, DistributionStrategy, ResourcesSpec
+from .resources import ResourcesSpec
 
 # ---------------------------------------------------------------------------------------------
 # The spec
@@ -31,6 +30,8 @@ GPU_ONLY_OPTIMIZERS = {
 
 class FineTuneJobSpec(Spec):
     """Desired state of a FineTuneJob: what to fine-tune, on what data, how, where the artifacts go."""
+
+    api_path = "spec"
 
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -195,76 +196,3 @@ class FineTuneJobSpec(Spec):
         "(as `kubetune estimate` does). The job ends Succeeded with the result in "
         "status.estimate.",
     )
-
-    @model_validator(mode="after")
-    def _check(self) -> FineTuneJobSpec:
-        is_cls = self.task == TaskType.SEQUENCE_CLASSIFICATION
-        if is_cls and self.classification is None:
-            raise ValueError(
-                "spec.classification: task sequence-classification needs classification "
-                "(numLabels or labelNames)"
-            )
-        if not is_cls and self.classification is not None:
-            raise ValueError(
-                "spec.classification: classification applies only to task sequence-classification"
-            )
-        if is_cls != (self.dataset.format == DataFormat.CLASSIFICATION):
-            raise ValueError(
-                "spec.dataset.format: dataset.format classification goes with task "
-                "sequence-classification, and only with it"
-            )
-        is_pref = self.task == TaskType.PREFERENCE
-        if is_pref != (self.dataset.format == DataFormat.PREFERENCE):
-            raise ValueError(
-                "spec.dataset.format: dataset.format preference (prompt/chosen/rejected rows) "
-                "goes with task preference, and only with it"
-            )
-        if not is_pref and self.preference is not None:
-            raise ValueError("spec.preference: preference applies only to task preference")
-        if (
-            self.resources.distribution.strategy == DistributionStrategy.FSDP
-            and MethodType(self.method.type) in PROMPT_METHODS
-        ):
-            raise ValueError(
-                "spec.resources.distribution.strategy: resources.distribution.strategy fsdp "
-                "cannot shard prompt-tuning or prefix-tuning (their virtual tokens live outside "
-                "the sharded layers): use ddp or auto"
-            )
-        ref = self.model.from_job
-        if (
-            ref is not None
-            and ref.artifact == BaseArtifact.ADAPTER
-            and MethodType(self.method.type) not in ADAPTER_METHODS
-        ):
-            raise ValueError(
-                "spec.model.fromJob.artifact: model.fromJob.artifact adapter continues an "
-                "adapter: method.type must be the base job's adapter method (lora, qlora, dora, "
-                "prompt-tuning, prefix-tuning, ia3)"
-            )
-        h = self.hyperparameters
-        if not self.resources.gpus and h.optimizer in GPU_ONLY_OPTIMIZERS:
-            raise ValueError(
-                "spec.hyperparameters.optimizer: the 8-bit and paged optimizers"
-                " (bitsandbytes) run on GPUs only; set resources.gpus, or use "
-                "adamw_torch on CPU"
-            )
-        if not self.resources.gpus and h.precision == Precision.FP16:
-            raise ValueError(
-                "spec.hyperparameters.precision: fp16 mixed precision runs on GPUs only"
-                "; set resources.gpus, or use bf16, fp32 or auto on CPU"
-            )
-        if MethodType(self.method.type) in PROMPT_METHODS and not self.output.adapter:
-            raise ValueError(
-                "spec.output.adapter: prompt-tuning and prefix-tuning have no merged form"
-                " (their virtual tokens are not weights of the model): set "
-                "output.adapter: true"
-            )
-        if h.early_stopping is not None and self.dataset.validation is None:
-            raise ValueError(
-                "spec.hyperparameters.earlyStopping: earlyStopping needs dataset.validation"
-            )
-        if h.eval_strategy != Strategy.NO and self.dataset.validation is None:
-            raise ValueError(
-                "spec.hyperparameters.evalStrategy: evalStrategy needs dataset.validation"
-            )
-        return self
