@@ -10,9 +10,9 @@ Order matters, and the table says it plainly:
   2. a Complete Job: the result of rank 0 decides (no result, no artifacts: not a success; a
      dry run (spec.dryRun) succeeds with its estimate);
   3. a Failed Job: deadline, then backoff limit (naming the pod that began it), then the pod;
-  4. queueing (Kueue, queueing.py) hooks in here, before suspension, which a queue also uses;
-  5. a suspended Job: by runPolicy.suspend, else by another controller (a queue);
-  6. an active Job: done, past its scheduling deadline, training, starting again, waiting.
+  4. a suspended Job: by runPolicy.suspend; then queueing (the hook for Kueue's rule, which
+     tells Queued, Admitted and Preempted apart from its Workload); else another controller;
+  5. an active Job: done, past its scheduling deadline, training, starting again, waiting.
 """
 
 from __future__ import annotations
@@ -508,11 +508,12 @@ RULES: tuple[Rule, ...] = (
     Rule("backoff limit", _job_failed_for(Reason.BACKOFF_LIMIT_EXCEEDED), _backoff),
     Rule("pod failed", _pod_explains, _pod_failed),
     Rule("Job failed", _job_failed, _job_failed_unexplained),
-    # 4. Queueing (Kueue): its rules (queueing.py) go here, before the suspend rules.
-    # 5. The Job is suspended.
+    # 4. The Job is suspended: by the user first, then by a queue, then by anyone else.
     Rule("suspended", _suspended_by_policy, _suspended_by_user),
+    # Queueing hook: Kueue's Queued/Admitted/Preempted rule (queueing.py, reading the Workload
+    # carried in Ctx) goes here, e.g. Rule("held by a queue", queueing.holds, queueing.state).
     Rule("suspended by another controller", _suspended, _suspended_by_other),
-    # 6. The Job is active.
+    # 5. The Job is active.
     Rule("trainer done, Job not complete yet", _done_not_complete, _finishing),
     Rule("group past its scheduling deadline", _overdue, _past_scheduling_deadline),
     Rule("group training", _group_trains, _group_training),
