@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kubetune_api.v1alpha1 import OnSpecChange, Reason
-from kubetune_operator import events, observe, reasons, runs, runstate, status
+from kubetune_operator import events, observe, reasons, render, runs, runstate, status
 from kubetune_operator.runs import Decision
 from test_operator_podset import UNSCHEDULABLE, gjob, member
 from test_operator_status import GOOD, NOW, apply, derive, ftj, job, pod
@@ -33,6 +33,11 @@ def failed_pod(**term: Any) -> dict[str, Any]:
     return pod(phase="Failed", terminated={"exitCode": 1, **term})
 
 
+def dry(j: dict[str, Any]) -> dict[str, Any]:
+    j["metadata"]["annotations"][render.ANN_DRY_RUN] = "true"
+    return j
+
+
 DONE = pod(phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps(GOOD)})
 TERMINAL = {"phase": "Succeeded", "message": "done", "conditions": [
     {"type": "Ready", "status": "True", "reason": "Completed"}]}  # fmt: skip
@@ -46,6 +51,9 @@ SITUATIONS: list[tuple[str, runstate.Ctx]] = [
     ("completed, pod gone", ctx(job(cond=("Complete", "")), [])),
     ("completed without a result", ctx(job(cond=("Complete", "")),
                                        [pod(phase="Succeeded", terminated={"exitCode": 0})])),
+    ("dry run without an estimate", ctx(dry(job(cond=("Complete", ""))), [DONE])),
+    ("dry run", ctx(dry(job(cond=("Complete", ""))), [pod(phase="Succeeded", terminated={
+        "exitCode": 0, "message": json.dumps({**GOOD, "estimate": {"gpuHours": 1.0}})})])),
     ("completed without artifacts", ctx(job(cond=("Complete", "")), [pod(
         phase="Succeeded", terminated={"exitCode": 0, "message": json.dumps(
             {**GOOD, "artifacts": {}})})])),
