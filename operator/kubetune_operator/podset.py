@@ -9,16 +9,21 @@ pod per node and completion index, and its status must speak for all of them.
   group not fully scheduled within its deadline fails instead of holding the GPUs of the pods
   that were.
 
-status.run_state asks these questions; for a run of one pod every answer is what it was.
+observe.py asks these questions over the pods' typed facts (observe.PodFacts); for a run of
+one pod every answer is what it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .group import ANN_SCHEDULING_DEADLINE
+
+if TYPE_CHECKING:
+    from .observe import PodFacts
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -56,90 +61,61 @@ def index(pod: Pod) -> int | None:
     return int(raw) if raw is not None and str(raw).isdigit() else None
 
 
-def node(pod: Pod) -> str | None:
-    return (pod.get("spec") or {}).get("nodeName")
-
-
-def _finished_at(pod: Pod) -> str:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        for key in ("state", "lastState"):
-            t = (cs.get(key) or {}).get("terminated")
-            if t and t.get("finishedAt"):
-                return str(t["finishedAt"])
-    return str(pod["metadata"].get("creationTimestamp") or "")
-
-
-def result_pod(succeeded: list[Pod], group: Group) -> Pod | None:
+def result_pod(succeeded: Sequence[PodFacts], group: Group) -> PodFacts | None:
     """The pod whose termination message holds the run's result: rank 0 (index 0) of a group,
     else the newest succeeded pod (`succeeded` is oldest first)."""
     if not succeeded:
         return None
     if group.size > 1:
-        zeros = [p for p in succeeded if index(p) == 0]
+        zeros = [p for p in succeeded if p.index == 0]
         if zeros:
             return zeros[-1]
     return succeeded[-1]
 
 
-def first_failure(failed: list[Pod], group: Group) -> Pod | None:
+def first_failure(failed: Sequence[PodFacts], group: Group) -> PodFacts | None:
     """The failed pod that speaks for the latest failed attempt: alone, the newest; in a
     group, the earliest to fail among the group's latest `size` failures (its peers failed
     because it did)."""
     if not failed:
         return None
-    ordered = sorted(failed, key=lambda p: (_finished_at(p), p["metadata"]["name"]))
+    ordered = sorted(failed, key=lambda p: (p.finished_at, p.name))
     if group.size <= 1:
         return ordered[-1]
     return ordered[-group.size :][0]
 
 
-def _unschedulable_since(pod: Pod) -> str | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
-            return str(cond.get("lastTransitionTime") or pod["metadata"].get("creationTimestamp"))
-    return None
-
-
-def most_blocked(live: list[Pod]) -> Pod:
+def most_blocked(live: Sequence[PodFacts]) -> PodFacts:
     """The pod that holds the group back: one the scheduler cannot place, else not yet
     scheduled, else the newest (`live` is oldest first and not empty)."""
     for pod in live:
-        if _unschedulable_since(pod):
+        if pod.unschedulable_since:
             return pod
     for pod in live:
-        if not node(pod):
+        if not pod.node:
             return pod
     return live[-1]
 
 
-def scheduling_overdue(live: list[Pod], group: Group, now: datetime) -> Pod | None:
+def scheduling_overdue(live: Sequence[PodFacts], group: Group, now: datetime) -> PodFacts | None:
     """A pod of the group still unschedulable when the group's deadline has passed (counted
     from the pod's creation), or None."""
     if group.size <= 1 or group.scheduling_deadline is None:
         return None
     for pod in live:
-        if not _unschedulable_since(pod):
+        if not pod.unschedulable_since or not pod.created:
             continue
-        created = pod["metadata"].get("creationTimestamp")
-        if not created:
-            continue
-        start = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        start = datetime.fromisoformat(pod.created.replace("Z", "+00:00"))
         if (now - start).total_seconds() >= group.scheduling_deadline:
             return pod
     return None
 
 
-def where(pod: Pod) -> str:
+def where(pod: PodFacts) -> str:
     """`pod NAME (index I on node N)` for messages."""
     bits = []
-    i = index(pod)
-    if i is not None:
-        bits.append(f"index {i}")
-    if node(pod):
-        bits.append(f"on node {node(pod)}")
-    name = pod["metadata"]["name"]
-    return f"pod {name} ({' '.join(bits)})" if bits else f"pod {name}"
+    if pod.index is not None:
+        bits.append(f"index {pod.index}")
+    if pod.node:
+        bits.append(f"on node {pod.node}")
+    return f"pod {pod.name} ({' '.join(bits)})" if bits else f"pod {pod.name}"

@@ -226,7 +226,8 @@ def handle_reconcile(
         for j in kube.list_objects(path("Job", namespace), render.selector(name))
         if runs.controlled_by(j, owner.uid)
     ]
-    decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None)
+    policy = runs.policy_of(ftj)
+    decision = runs.decide(ftj, jobs, desired_hash, runnable=problem is None, policy=policy)
 
     base: chain.Base | None = None
     waiting_for_base: tuple[str, str] | None = None
@@ -237,7 +238,7 @@ def handle_reconcile(
                 waiting_for_base = (resolved.reason, resolved.message)
             else:
                 problem = (resolved.reason, resolved.message)
-            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False, policy=policy)
         else:
             base = resolved
 
@@ -251,7 +252,7 @@ def handle_reconcile(
         except NameConflict as e:
             log.warning("%s", e)
             problem = (Reason.NAME_CONFLICT.value, str(e))
-            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False, policy=policy)
     for job_name in decision.delete:
         log.info("deleting Job %s of an earlier run", job_name)
         delete_run(kube, owner, job_name)
@@ -288,6 +289,7 @@ def handle_reconcile(
         problem=problem,
         model=display() if callable(display) else None,
         waiting_for_base=waiting_for_base,
+        policy=policy,
     )
     # Events first: a crash between the two repeats an Event rather than losing it.
     for ev in derived.events:
@@ -338,12 +340,12 @@ def handle_reconcile(
             uid=current["metadata"].get("uid"),
         )
     # runPolicy.ttlSecondsAfterFinished: finished Jobs go only after their outcome is recorded.
-    ttl = ((ftj.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+    ttl = policy.ttl_seconds_after_finished
     expired, next_expiry = runs.expired_jobs(
         jobs,
         int(derived.status.get("run") or 0),
         derived.status.get("phase") in runs.TERMINAL,
-        ttl if isinstance(ttl, int) else None,
+        ttl,
         now,
     )
     for job_name in expired:

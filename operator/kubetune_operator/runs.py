@@ -20,7 +20,9 @@ from kubetune_api.v1alpha1 import (
     FineTuneJobSpec,
     OnSpecChange,
     Phase,
+    RunPolicy,
 )
+from pydantic import ValidationError
 
 from .render import ANN_SPEC_HASH, ANN_SUSPEND, LABEL_RUN
 
@@ -97,6 +99,25 @@ def job_deleting(job: dict[str, Any]) -> bool:
     return bool(job["metadata"].get("deletionTimestamp"))
 
 
+def policy_of(ftj: dict[str, Any]) -> RunPolicy:
+    """`spec.runPolicy`, parsed once per pass and passed down (decide, status.derive, the TTL).
+    The CRD admits only a valid runPolicy; one that does not parse anyway (written under an
+    older schema) is read field by field, each falling back to its default."""
+    raw = (ftj.get("spec") or {}).get("runPolicy") or {}
+    try:
+        return RunPolicy.model_validate(raw)
+    except ValidationError:
+        on_change = raw.get("onSpecChange")
+        ttl = raw.get("ttlSecondsAfterFinished")
+        return RunPolicy.model_construct(
+            on_spec_change=OnSpecChange(on_change)
+            if on_change in {p.value for p in OnSpecChange}
+            else OnSpecChange.RESTART,
+            suspend=bool(raw.get("suspend", False)),
+            ttl_seconds_after_finished=ttl if isinstance(ttl, int) else None,
+        )
+
+
 @dataclass
 class Decision:
     """What reconcile should do now, for this FineTuneJob."""
@@ -116,6 +137,7 @@ def decide(
     jobs: list[dict[str, Any]],
     desired_hash: str,
     runnable: bool,
+    policy: RunPolicy | None = None,
 ) -> Decision:
     """Decide from the FineTuneJob (spec, status) and its Jobs (already filtered by owner uid).
 
@@ -125,9 +147,8 @@ def decide(
     meta = ftj["metadata"]
     generation = int(meta.get("generation") or 1)
     status = ftj.get("status") or {}
-    policy_raw = (ftj.get("spec") or {}).get("runPolicy") or {}
-    policy = policy_raw.get("onSpecChange") or OnSpecChange.RESTART.value
-    suspend = bool(policy_raw.get("suspend", False))
+    run_policy = policy or policy_of(ftj)
+    on_change, suspend = str(run_policy.on_spec_change), run_policy.suspend
 
     by_run = {run_of(j): j for j in jobs if run_of(j) > 0}
     recorded = int(status.get("run") or 0)
@@ -147,15 +168,15 @@ def decide(
     elif current == 0:
         d.start = 1
     elif desired_hash != current_hash:
-        if policy == OnSpecChange.IGNORE.value:
+        if on_change == OnSpecChange.IGNORE.value:
             d.ignored = True
-        elif policy == OnSpecChange.QUEUE.value and active:
+        elif on_change == OnSpecChange.QUEUE.value and active:
             d.queued_generation = generation
         elif not active and not (recorded == current and status.get("phase") in TERMINAL):
             # The current run has ended but its outcome is not recorded yet: record it first
             # (this pass), start the next run in the next pass, so history tells what happened.
             d.deferred = True
-            if policy == OnSpecChange.QUEUE.value:
+            if on_change == OnSpecChange.QUEUE.value:
                 d.queued_generation = generation
         else:  # Restart, or Queue with the current run over
             d.start = current + 1

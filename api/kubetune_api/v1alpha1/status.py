@@ -72,7 +72,9 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """CamelCase reasons for conditions and events."""
+    """CamelCase reasons for conditions and events: the closed set the operator emits. Reasons
+    from the kubelet and the Job controller are mapped onto it in one table
+    (kubetune_operator/reasons.py); one it does not know becomes `ContainerWaiting`."""
 
     # Pending / scheduling
     CREATED = "Created"
@@ -80,6 +82,10 @@ class Reason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     CONTAINER_CREATING = "ContainerCreating"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    RUN_CONTAINER_ERROR = "RunContainerError"
+    CONTAINER_WAITING = "ContainerWaiting"
     INVALID_SPEC = "InvalidSpec"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
     NAME_CONFLICT = "NameConflict"
