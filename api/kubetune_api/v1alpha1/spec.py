@@ -115,7 +115,7 @@ class FineTuneJobSpec(Spec):
                 "!has(self.method) || !has(self.method.type) || "
                 "!(self.method.type in ['prompt-tuning', 'prefix-tuning']) || "
                 "!has(self.output.adapter) || self.output.adapter",
-                "output.adapter: prompt-tuning and prefix-tuning have no merged form (their "
+                "prompt-tuning and prefix-tuning have no merged form (their "
                 "virtual tokens are not weights of the model): set output.adapter: true",
                 ".output.adapter",
             ),
