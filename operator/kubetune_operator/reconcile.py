@@ -22,7 +22,7 @@ from typing import Any
 from kubetune_api.v1alpha1 import KIND, FineTuneJobSpec, Phase, Reason
 from pydantic import ValidationError
 
-from . import chain, ledger, metrics, render, runs, status
+from . import chain, ledger, metrics, queueing, render, runs, status
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
@@ -194,6 +194,29 @@ def _pods(kube: Kube, owner: Owner, run: int, job: dict[str, Any]) -> list[dict[
     ]
 
 
+def _workload(kube: Kube, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Kueue's Workload of a Job in a queue (None: not queued, or no Workload (yet)). A cluster
+    without Kueue has no such resource (404); a chart without the rule, 403: both only mean the
+    status has no queue details."""
+    if queueing.queue_name(job) is None:
+        return None
+    try:
+        items = kube.list_objects(path("Workload", namespace), queueing.workload_selector(job))
+    except ApiError as e:
+        if e.status in (403, 404):
+            log.debug("no Kueue Workloads readable: %s", e)
+            return None
+        raise
+    uid = job["metadata"].get("uid")
+    ours = [
+        w
+        for w in items
+        if any(ref.get("uid") == uid for ref in w["metadata"].get("ownerReferences") or [])
+    ]
+    ours.sort(key=lambda w: str(w["metadata"].get("creationTimestamp") or ""))
+    return ours[-1] if ours else None
+
+
 # ------------------------------------------------------------------------------- the pass
 
 
@@ -257,22 +280,22 @@ def handle_reconcile(
         delete_run(kube, owner, job_name)
     current = next((j for j in jobs if runs.run_of(j) == decision.current_run), None)
     if current is not None and decision.suspend is not None:
-        current = kube.merge_patch(
-            "Job",
-            namespace,
-            current["metadata"]["name"],
-            {
-                "metadata": {
-                    "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
-                },
-                "spec": {"suspend": decision.suspend},
+        suspend_patch: dict[str, Any] = {
+            "metadata": {
+                "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
             },
-        )
+            "spec": {"suspend": decision.suspend},
+        }
+        if not decision.suspend and queueing.queue_name(current) is not None:
+            # A queued Job is started by Kueue when it admits it, never by the operator.
+            del suspend_patch["spec"]
+        current = kube.merge_patch("Job", namespace, current["metadata"]["name"], suspend_patch)
         log.info(
             "%s Job %s", "suspended" if decision.suspend else "resumed", current["metadata"]["name"]
         )
 
     pods = _pods(kube, owner, decision.current_run, current) if current is not None else []
+    workload = _workload(kube, namespace, current) if current is not None else None
     gpu_resources = {settings.gpu_resource_name}
     if spec is not None and spec.resources.gpu_resource_name:
         gpu_resources.add(spec.resources.gpu_resource_name)
@@ -288,6 +311,7 @@ def handle_reconcile(
         problem=problem,
         model=display() if callable(display) else None,
         waiting_for_base=waiting_for_base,
+        workload=workload,
     )
     # Events first: a crash between the two repeats an Event rather than losing it.
     for ev in derived.events:

@@ -36,7 +36,7 @@ from kubetune_api.v1alpha1 import (
 )
 from pydantic import ValidationError
 
-from . import podset
+from . import podset, queueing
 from .render import ANN_DRY_RUN, ANN_GENERATION, ANN_LINEAGE, ANN_SPEC_HASH, CONTAINER
 from .runs import TERMINAL, Decision, job_finished
 
@@ -696,10 +696,12 @@ def derive(
     problem: tuple[str, str] | None = None,
     model: str | None = None,
     waiting_for_base: tuple[str, str] | None = None,
+    workload: dict[str, Any] | None = None,
 ) -> Derived:
     """The new status of `ftj` after `decision` was carried out. `job` is the current run's Job
     (None if there is none), `pods` its pods; `problem` is (reason, message) when the spec cannot
-    run. Returns the full new status and the Events of the transitions from the old one."""
+    run; `workload` is Kueue's Workload of `job` when it waits in a queue (queueing.py). Returns
+    the full new status and the Events of the transitions from the old one."""
     meta = ftj["metadata"]
     generation = int(meta.get("generation") or 1)
     old: dict[str, Any] = copy.deepcopy(ftj.get("status") or {})
@@ -784,6 +786,14 @@ def derive(
             state = RunState(Phase.PENDING.value, Reason.CREATED.value, "creating the first run")
     else:
         state = run_state(job, pods, old, same_run, suspend_intent, now)
+        queued = queueing.refine(state.phase, state.reason, job, workload)
+        if queued is not None:  # suspended by Kueue: Queued or Preempted, in Kueue's words
+            state = RunState(queued.phase, queued.reason, queued.message)
+    queue = queueing.queue_status(job, workload) if current else {}
+    if queue:
+        new["queue"] = queue
+    else:
+        new.pop("queue", None)
     resumed = state.phase not in TERMINAL and state.phase != Phase.SUSPENDED.value
     if resumed and old.get("phase") == Phase.SUSPENDED.value and same_run and current:
         events.append(Event("Normal", Reason.RESUMED.value, f"run {current} resumed"))
