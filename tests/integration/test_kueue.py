@@ -8,6 +8,7 @@ ClusterQueue(s) and LocalQueue(s), limited to its namespace, and removes them af
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,8 @@ from operator_harness import (  # noqa: F401 (fixtures)
     operators_fixture,
     stub_ftj,
 )
+from test_operator_distributed import fail_with_logs, manifest, trainer_log
+from test_operator_e2e import fixtures_in_minio  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
 
@@ -229,3 +232,147 @@ def test_two_gpus_of_quota_run_two_of_five_jobs_the_rest_queue(
         (job,) = f.jobs()
         starts.append(job["status"]["startTime"])
     assert starts == sorted(starts), starts
+
+
+def test_cohort_queues_borrow_unused_quota_from_each_other(
+    cluster: Cluster, namespace: str, operators: Operators, queues: Queues, gpu_node: str
+) -> None:
+    """Two ClusterQueues of 1 GPU each in one cohort: two jobs in either queue both run while
+    the other queue is idle, one of them on borrowed quota; first one way, then the other."""
+    cqs = {t: queues.cluster_queue(f"cq-{t}", gpus=1, cohort="pool") for t in ("a", "b")}
+    lqs = {t: queues.local_queue(f"team-{t}", cqs[t]) for t in ("a", "b")}
+    operators.new()
+    for team in ("a", "b"):
+        names = [f"{team}{i}" for i in range(2)]
+        for n in names:
+            cluster.apply(gpu_stub(n, steps=100, queueName=lqs[team]), namespace=namespace)
+        ftjs = [Ftj(cluster, namespace, n) for n in names]
+
+        def both_running(ftjs: list[Ftj] = ftjs) -> list[dict[str, Any]] | None:
+            sts = [f.status() for f in ftjs]
+            return sts if all(st.get("phase") == "Running" for st in sts) else None
+
+        sts = cluster.wait_for(both_running, timeout=60, what=f"both jobs of team {team} running")
+        assert all(st["queue"]["clusterQueue"] == cqs[team] for st in sts), sts
+        usage = cluster.kubectl_json("get", "clusterqueue", cqs[team])["status"]["flavorsUsage"]
+        (gpu,) = [r for r in usage[0]["resources"] if r["name"] == "nvidia.com/gpu"]
+        assert (gpu["total"], gpu["borrowed"]) == ("2", "1"), usage
+        for f in ftjs:
+            assert f.wait_phase("Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
+
+
+def test_a_multi_node_run_is_admitted_as_one_workload_all_pods_or_none(
+    cluster: Cluster, namespace: str, operators: Operators, queues: Queues
+) -> None:
+    """Issue 14's gang admission: `nodes: 2` is one Kueue Workload of 2 pods. With only one GPU
+    of quota free, neither pod starts (no half group holding a GPU); when quota frees up, both
+    are admitted together and the run Succeeds."""
+    nodes = [f"gang{i}-{namespace[-5:]}" for i in range(2)]
+    for n in nodes:
+        cluster.add_node(n, gpus=4)
+    try:
+        cq = queues.cluster_queue("gang", gpus=2)
+        lq = queues.local_queue("team", cq)
+        operators.new()
+        cluster.apply(gpu_stub("filler", "hang", queueName=lq), namespace=namespace)
+        Ftj(cluster, namespace, "filler").wait_phase("Running", timeout=60)
+
+        group = gpu_stub("group", steps=30, queueName=lq)
+        group["spec"]["resources"]["nodes"] = 2
+        cluster.apply(group, namespace=namespace)
+        ftj = Ftj(cluster, namespace, "group")
+        st = ftj.wait(
+            lambda: (
+                (s := ftj.status()).get("phase") == "Queued"
+                and "nvidia.com/gpu" in (s.get("queue") or {}).get("waitingFor", "")
+                and s
+            ),
+            "the group Queued for GPU quota",
+            timeout=60,
+        )
+        (job,) = ftj.jobs()
+        wl = workload_of(cluster, namespace, job)
+        assert wl is not None and wl["metadata"]["name"] == st["queue"]["workload"]
+        # One workload for the whole group: one pod set of 2 pods, 1 GPU each.
+        (podset,) = wl["spec"]["podSets"]
+        assert podset["count"] == 2
+        # 1 GPU is free, but no pod of the group starts on it.
+        time.sleep(5)
+        assert job["spec"]["suspend"] is True and ftj.pods() == []
+        assert ftj.status()["phase"] == "Queued"
+
+        cluster.kubectl("delete", "finetunejob", "filler", namespace=namespace)
+        st = ftj.wait_phase("Running", "Succeeded", "Failed", timeout=60)
+        assert st["phase"] != "Failed", st
+        pods = ftj.pods()
+        assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+        wl = workload_of(cluster, namespace, ftj.jobs()[0])
+        assert wl is not None
+        (assignment,) = wl["status"]["admission"]["podSetAssignments"]
+        assert assignment["count"] == 2
+        assert ftj.wait_phase("Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
+    finally:
+        for n in nodes:
+            cluster.remove_node(n)
+
+
+@pytest.mark.slow
+def test_high_priority_preempts_a_run_which_resumes_from_its_checkpoint(
+    cluster: Cluster,
+    namespace: str,
+    operators: Operators,
+    queues: Queues,
+    gpu_node: str,
+    fixtures_in_minio: None,  # noqa: F811
+) -> None:
+    """The real trainer (CPU). A low-priority run holds the ClusterQueue's only GPU; a
+    high-priority one arrives: Kueue preempts the first (Suspended/Preempted, not a failure:
+    backoffLimit 0 still lets it finish), runs the second, then readmits the first, which
+    resumes from its last checkpoint rather than step 0 and ends Succeeded."""
+    cq = queues.cluster_queue("prio", gpus=1, preemption={"withinClusterQueue": "LowerPriority"})
+    lq = queues.local_queue("team", cq)
+    low_class = queues.priority_class("low", 100)
+    high_class = queues.priority_class("high", 1000)
+    operators.new(stub=False)
+
+    low = manifest("low", {"gpus": 1}, maxSteps=30, saveSteps=10, evalSteps=30)
+    low["spec"]["runPolicy"] = {"backoffLimit": 0}
+    low["spec"].update(queueName=lq, workloadPriorityClass=low_class)
+    cluster.apply(low, namespace=namespace)
+    low_ftj = Ftj(cluster, namespace, "low")
+    low_ftj.wait(
+        lambda: (low_ftj.status().get("progress") or {}).get("step", 0) >= 12 or None,
+        "step 12 (after the checkpoint of step 10)",
+        timeout=600,
+    )
+
+    high = manifest("high", {"gpus": 1}, maxSteps=10, saveSteps=10, evalSteps=10)
+    high["spec"].update(queueName=lq, workloadPriorityClass=high_class)
+    cluster.apply(high, namespace=namespace)
+    high_ftj = Ftj(cluster, namespace, "high")
+
+    st = low_ftj.wait_phase("Suspended", "Succeeded", "Failed", timeout=60)
+    assert st["phase"] == "Suspended", st
+    suspended = {c["type"]: c for c in st["conditions"]}["Suspended"]
+    assert (
+        suspended["reason"] == "Preempted"
+        and "resumes from its last checkpoint" in (suspended["message"])
+    )
+    assert st["queue"]["preemptions"] == 1 and st["queue"]["admitted"] is False
+    assert "Preempted" in low_ftj.event_reasons()
+
+    hst = high_ftj.wait_phase("Succeeded", "Failed", timeout=600)
+    if hst["phase"] != "Succeeded":
+        fail_with_logs(cluster, namespace, high_ftj, hst)
+    st = low_ftj.wait_phase("Succeeded", "Failed", timeout=600)
+    if st["phase"] != "Succeeded":
+        fail_with_logs(cluster, namespace, low_ftj, st)
+    # Resumed from the checkpoint, not step 0, in the same run: no retry, no history entry.
+    pods = sorted(low_ftj.pods(), key=lambda p: p["metadata"]["creationTimestamp"])
+    log = trainer_log(cluster, namespace, pods[-1])
+    m = re.search(r"resuming from \S+ \(step (\d+)\)", log)
+    assert m and int(m.group(1)) >= 10, log[-3000:]
+    assert st["metrics"]["resumed_from_step"] == int(m.group(1))
+    assert st["run"] == 1 and not st.get("history"), st
+    assert "Retrying" not in low_ftj.event_reasons()
+    assert "Resumed" in low_ftj.event_reasons()
