@@ -153,14 +153,39 @@ def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
         kube.merge_patch(obj["kind"], meta["namespace"], meta["name"], patch)
 
 
+# API answers that retrying the same request cannot change: the server refused the object itself
+# (invalid: 400/422; forbidden by RBAC, a quota or an admission policy or webhook: 403).
+REFUSED = (400, 403, 422)
+
+
+class ChildRefused(Exception):
+    """The API server refused to create or update one of a run's children: the FineTuneJob is
+    Stalled (reason ChildRejected) with the server's own message, in the same pass, instead of
+    a retry loop visible only in the operator's log. The next pass (resync) tries again, so a
+    raised quota or a relaxed policy lets the run start."""
+
+    def __init__(self, obj: dict[str, Any], error: ApiError) -> None:
+        self.kind = obj["kind"]
+        self.name = obj["metadata"]["name"]
+        super().__init__(f"the API server refused {self.kind} {self.name}: {error}")
+
+
 def start_run(
     kube: Kube, spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> dict[str, Any]:
     """Create everything run `run` needs; the Job last. Returns the Job (new or existing)."""
     objects = render.run_objects(spec, owner, run, settings)
-    for obj in objects[:-1]:
-        ensure(kube, obj, owner)
-    job, created = kube.create(objects[-1])
+    current = objects[0]
+    try:
+        for obj in objects[:-1]:
+            current = obj
+            ensure(kube, obj, owner)
+        current = objects[-1]
+        job, created = kube.create(objects[-1])
+    except ApiError as e:
+        if e.status in REFUSED:
+            raise ChildRefused(current, e) from None
+        raise
     _check_ours(job, owner)
     if created:
         log.info(
@@ -274,6 +299,10 @@ def handle_reconcile(
         except NameConflict as e:
             log.warning("%s", e)
             problem = (Reason.NAME_CONFLICT.value, str(e))
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
+        except ChildRefused as e:
+            log.warning("%s", e)
+            problem = (Reason.CHILD_REJECTED.value, str(e))
             decision = runs.decide(ftj, jobs, desired_hash, runnable=False)
     for job_name in decision.delete:
         log.info("deleting Job %s of an earlier run", job_name)

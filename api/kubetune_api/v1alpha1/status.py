@@ -84,6 +84,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
     NAME_CONFLICT = "NameConflict"
+    CHILD_REJECTED = "ChildRejected"  # the API server refused a child object (its message)
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
     TRACKING_HOST_NOT_ALLOWED = "TrackingHostNotAllowed"
     # The platform's guardrails (chart values guardrails.*): no Job is created.
