@@ -234,6 +234,31 @@ def test_two_gpus_of_quota_run_two_of_five_jobs_the_rest_queue(
     assert starts == sorted(starts), starts
 
 
+def test_without_queue_name_the_namespaces_default_local_queue_is_used(
+    cluster: Cluster, namespace: str, operators: Operators, queues: Queues, gpu_node: str
+) -> None:
+    """No spec.queueName: Kueue's webhook puts the Job in the LocalQueue named `default`; the
+    operator reads the label back from the Job, and the run is queued and admitted there."""
+    cq = queues.cluster_queue("dflt", gpus=1)
+    queues.local_queue("default", cq)
+    operators.new()
+    cluster.apply(gpu_stub("hang", "hang"), namespace=namespace)
+    hang = Ftj(cluster, namespace, "hang")
+    assert hang.wait_phase("Running", timeout=60)["queue"]["name"] == "default"
+    cluster.apply(gpu_stub("plain", steps=30), namespace=namespace)
+    plain = Ftj(cluster, namespace, "plain")
+    st = plain.wait(
+        lambda: (s := plain.status()).get("phase") == "Queued" and s, "Queued", timeout=60
+    )
+    assert st["queue"]["name"] == "default", st
+    (job,) = plain.jobs()
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default"
+    assert job["spec"]["suspend"] is True
+    cluster.kubectl("delete", "finetunejob", "hang", namespace=namespace)
+    st = plain.wait_phase("Succeeded", "Failed", timeout=90)
+    assert st["phase"] == "Succeeded" and st["queue"]["clusterQueue"] == cq, st
+
+
 def test_cohort_queues_borrow_unused_quota_from_each_other(
     cluster: Cluster, namespace: str, operators: Operators, queues: Queues, gpu_node: str
 ) -> None:
