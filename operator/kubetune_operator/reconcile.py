@@ -242,6 +242,25 @@ def _workload(kube: Kube, namespace: str, job: dict[str, Any]) -> dict[str, Any]
     return ours[-1] if ours else None
 
 
+def _sync_active(
+    kube: Kube, namespace: str, workload: dict[str, Any], ftj: dict[str, Any]
+) -> dict[str, Any]:
+    """runPolicy.suspend of a queued run is Kueue's `spec.active` on its Workload: Kueue would
+    unsuspend an admitted Job that only the operator suspended, and deactivating the Workload is
+    how Kueue is told to stop a workload and keep it stopped (evicted, not requeued)."""
+    suspend = bool(((ftj.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
+    if (workload.get("spec") or {}).get("active", True) != suspend:
+        return workload
+    name = workload["metadata"]["name"]
+    try:
+        patched = kube.merge_patch("Workload", namespace, name, {"spec": {"active": not suspend}})
+    except ApiError as e:
+        log.warning("could not set Workload %s active=%s: %s", name, not suspend, e)
+        return workload
+    log.info("Workload %s %s", name, "deactivated" if suspend else "activated")
+    return patched
+
+
 # ------------------------------------------------------------------------------- the pass
 
 
@@ -325,6 +344,8 @@ def handle_reconcile(
 
     pods = _pods(kube, owner, decision.current_run, current) if current is not None else []
     workload = _workload(kube, namespace, current) if current is not None else None
+    if workload is not None:
+        workload = _sync_active(kube, namespace, workload, ftj)
     gpu_resources = {settings.gpu_resource_name}
     if spec is not None and spec.resources.gpu_resource_name:
         gpu_resources.add(spec.resources.gpu_resource_name)

@@ -259,6 +259,34 @@ def test_without_queue_name_the_namespaces_default_local_queue_is_used(
     assert st["phase"] == "Succeeded" and st["queue"]["clusterQueue"] == cq, st
 
 
+def test_run_policy_suspend_of_a_queued_run_deactivates_its_workload(
+    cluster: Cluster, namespace: str, operators: Operators, queues: Queues, gpu_node: str
+) -> None:
+    """runPolicy.suspend on an admitted run: its Workload goes inactive, Kueue evicts it and
+    keeps the Job suspended (it would unsuspend a Job only the operator suspended); resuming
+    activates it and Kueue admits it again."""
+    cq = queues.cluster_queue("susp", gpus=1)
+    lq = queues.local_queue("team", cq)
+    operators.new()
+    cluster.apply(gpu_stub("susp", "hang", queueName=lq), namespace=namespace)
+    ftj = Ftj(cluster, namespace, "susp")
+    ftj.wait_phase("Running", timeout=60)
+    ftj.patch_spec({"runPolicy": {"suspend": True}})
+    st = ftj.wait_phase("Suspended", timeout=60)
+    assert {c["type"]: c for c in st["conditions"]}["Suspended"]["reason"] == "Suspended"
+    time.sleep(5)  # Kueue does not start it again
+    (job,) = ftj.jobs()
+    assert job["spec"]["suspend"] is True
+    wl = workload_of(cluster, namespace, job)
+    assert wl is not None and wl["spec"]["active"] is False
+    assert ftj.status()["phase"] == "Suspended"
+    ftj.wait(lambda: not [p for p in ftj.pods() if p["status"]["phase"] == "Running"] or None,
+             "the pod stopped", timeout=60)  # fmt: skip
+    ftj.patch_spec({"runPolicy": {"suspend": False}})
+    st = ftj.wait_phase("Running", timeout=60)
+    assert st["queue"]["admitted"] is True and not st["queue"].get("preemptions"), st
+
+
 def test_cohort_queues_borrow_unused_quota_from_each_other(
     cluster: Cluster, namespace: str, operators: Operators, queues: Queues, gpu_node: str
 ) -> None:
