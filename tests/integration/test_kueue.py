@@ -307,9 +307,17 @@ def test_cohort_queues_borrow_unused_quota_from_each_other(
 
         sts = cluster.wait_for(both_running, timeout=60, what=f"both jobs of team {team} running")
         assert all(st["queue"]["clusterQueue"] == cqs[team] for st in sts), sts
-        usage = cluster.kubectl_json("get", "clusterqueue", cqs[team])["status"]["flavorsUsage"]
-        (gpu,) = [r for r in usage[0]["resources"] if r["name"] == "nvidia.com/gpu"]
-        assert (gpu["total"], gpu["borrowed"]) == ("2", "1"), usage
+
+        # Kueue updates the ClusterQueue's usage asynchronously, after it admits.
+        def gpu_usage(team: str = team) -> tuple[str, str] | None:
+            usage = cluster.kubectl_json("get", "clusterqueue", cqs[team])["status"]
+            for r in usage["flavorsUsage"][0]["resources"]:
+                if r["name"] == "nvidia.com/gpu" and r["total"] != "0":
+                    return (r["total"], r["borrowed"])
+            return None
+
+        usage = cluster.wait_for(gpu_usage, timeout=20, what=f"{cqs[team]} usage")
+        assert usage == ("2", "1"), usage
         for f in ftjs:
             assert f.wait_phase("Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
 
