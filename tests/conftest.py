@@ -15,6 +15,11 @@ Fixtures (integration tests only; unit tests must not use them):
 ``s3`` (session)
     A boto3 S3 client for MinIO (the bucket is ``cluster.s3_bucket``).
 
+``kueue`` (session)
+    Runs ``hack/cluster kueue-up`` (Kueue with its CRDs and loopback webhooks) on the cluster,
+    and ``hack/cluster kueue-down`` at the end if this session started it. Only the Kueue tests
+    ask for it, so the default test path does not run Kueue.
+
 Fixtures of the middle tier (tests/middle: no cluster, runs in seconds):
 
 ``fake_kube`` (function)
@@ -50,7 +55,7 @@ from clusterlib import (
 )
 from fakekube import FakeKube
 
-__all__ = ["Cluster", "cluster", "fake_kube", "namespace", "operator_settings", "s3"]
+__all__ = ["Cluster", "cluster", "fake_kube", "kueue", "namespace", "operator_settings", "s3"]
 
 
 @pytest.fixture
@@ -123,3 +128,16 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.fixture(scope="session")
 def s3(cluster: Cluster) -> Any:
     return cluster.s3_client()
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Iterator[Cluster]:
+    was_up = subprocess.run([str(HACK_CLUSTER), "status", "kueue"], capture_output=True)
+    proc = subprocess.run([str(HACK_CLUSTER), "kueue-up"], text=True, capture_output=True)
+    if proc.returncode != 0:
+        pytest.fail(f"hack/cluster kueue-up failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        if was_up.returncode != 0 and os.environ.get("KUBETUNE_KEEP_CLUSTER") != "1":
+            subprocess.run([str(HACK_CLUSTER), "kueue-down"], check=False)

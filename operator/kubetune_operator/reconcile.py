@@ -22,7 +22,7 @@ from typing import Any
 from kubetune_api.v1alpha1 import KIND, FineTuneJobSpec, Phase, Reason
 from pydantic import ValidationError
 
-from . import chain, ledger, metrics, render, runs, status
+from . import chain, ledger, metrics, queueing, render, runs, status
 from .k8s import ApiError, Kube, path
 from .render import Owner, RenderError, Run
 from .settings import OperatorSettings
@@ -153,14 +153,39 @@ def ensure(kube: Kube, obj: dict[str, Any], owner: Owner) -> None:
         kube.merge_patch(obj["kind"], meta["namespace"], meta["name"], patch)
 
 
+# API answers that retrying the same request cannot change: the server refused the object itself
+# (invalid: 400/422; forbidden by RBAC, a quota or an admission policy or webhook: 403).
+REFUSED = (400, 403, 422)
+
+
+class ChildRefused(Exception):
+    """The API server refused to create or update one of a run's children: the FineTuneJob is
+    Stalled (reason ChildRejected) with the server's own message, in the same pass, instead of
+    a retry loop visible only in the operator's log. The next pass (resync) tries again, so a
+    raised quota or a relaxed policy lets the run start."""
+
+    def __init__(self, obj: dict[str, Any], error: ApiError) -> None:
+        self.kind = obj["kind"]
+        self.name = obj["metadata"]["name"]
+        super().__init__(f"the API server refused {self.kind} {self.name}: {error}")
+
+
 def start_run(
     kube: Kube, spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
 ) -> dict[str, Any]:
     """Create everything run `run` needs; the Job last. Returns the Job (new or existing)."""
     objects = render.run_objects(spec, owner, run, settings)
-    for obj in objects[:-1]:
-        ensure(kube, obj, owner)
-    job, created = kube.create(objects[-1])
+    current = objects[0]
+    try:
+        for obj in objects[:-1]:
+            current = obj
+            ensure(kube, obj, owner)
+        current = objects[-1]
+        job, created = kube.create(objects[-1])
+    except ApiError as e:
+        if e.status in REFUSED:
+            raise ChildRefused(current, e) from None
+        raise
     _check_ours(job, owner)
     if created:
         log.info(
@@ -192,6 +217,48 @@ def _pods(kube: Kube, owner: Owner, run: int, job: dict[str, Any]) -> list[dict[
         if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/controller-uid") == uid
         or any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences") or [])
     ]
+
+
+def _workload(kube: Kube, namespace: str, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Kueue's Workload of a Job in a queue (None: not queued, or no Workload (yet)). A cluster
+    without Kueue has no such resource (404); a chart without the rule, 403: both only mean the
+    status has no queue details."""
+    if queueing.queue_name(job) is None:
+        return None
+    try:
+        items = kube.list_objects(path("Workload", namespace), queueing.workload_selector(job))
+    except ApiError as e:
+        if e.status in (403, 404):
+            log.debug("no Kueue Workloads readable: %s", e)
+            return None
+        raise
+    uid = job["metadata"].get("uid")
+    ours = [
+        w
+        for w in items
+        if any(ref.get("uid") == uid for ref in w["metadata"].get("ownerReferences") or [])
+    ]
+    ours.sort(key=lambda w: str(w["metadata"].get("creationTimestamp") or ""))
+    return ours[-1] if ours else None
+
+
+def _sync_active(
+    kube: Kube, namespace: str, workload: dict[str, Any], ftj: dict[str, Any]
+) -> dict[str, Any]:
+    """runPolicy.suspend of a queued run is Kueue's `spec.active` on its Workload: Kueue would
+    unsuspend an admitted Job that only the operator suspended, and deactivating the Workload is
+    how Kueue is told to stop a workload and keep it stopped (evicted, not requeued)."""
+    suspend = bool(((ftj.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
+    if (workload.get("spec") or {}).get("active", True) != suspend:
+        return workload
+    name = workload["metadata"]["name"]
+    try:
+        patched = kube.merge_patch("Workload", namespace, name, {"spec": {"active": not suspend}})
+    except ApiError as e:
+        log.warning("could not set Workload %s active=%s: %s", name, not suspend, e)
+        return workload
+    log.info("Workload %s %s", name, "deactivated" if suspend else "activated")
+    return patched
 
 
 # ------------------------------------------------------------------------------- the pass
@@ -253,27 +320,33 @@ def handle_reconcile(
             log.warning("%s", e)
             problem = (Reason.NAME_CONFLICT.value, str(e))
             decision = runs.decide(ftj, jobs, desired_hash, runnable=False, policy=policy)
+        except ChildRefused as e:
+            log.warning("%s", e)
+            problem = (Reason.CHILD_REJECTED.value, str(e))
+            decision = runs.decide(ftj, jobs, desired_hash, runnable=False, policy=policy)
     for job_name in decision.delete:
         log.info("deleting Job %s of an earlier run", job_name)
         delete_run(kube, owner, job_name)
     current = next((j for j in jobs if runs.run_of(j) == decision.current_run), None)
     if current is not None and decision.suspend is not None:
-        current = kube.merge_patch(
-            "Job",
-            namespace,
-            current["metadata"]["name"],
-            {
-                "metadata": {
-                    "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
-                },
-                "spec": {"suspend": decision.suspend},
+        suspend_patch: dict[str, Any] = {
+            "metadata": {
+                "annotations": {render.ANN_SUSPEND: "true" if decision.suspend else "false"}
             },
-        )
+            "spec": {"suspend": decision.suspend},
+        }
+        if not decision.suspend and queueing.queue_name(current) is not None:
+            # A queued Job is started by Kueue when it admits it, never by the operator.
+            del suspend_patch["spec"]
+        current = kube.merge_patch("Job", namespace, current["metadata"]["name"], suspend_patch)
         log.info(
             "%s Job %s", "suspended" if decision.suspend else "resumed", current["metadata"]["name"]
         )
 
     pods = _pods(kube, owner, decision.current_run, current) if current is not None else []
+    workload = _workload(kube, namespace, current) if current is not None else None
+    if workload is not None:
+        workload = _sync_active(kube, namespace, workload, ftj)
     gpu_resources = {settings.gpu_resource_name}
     if spec is not None and spec.resources.gpu_resource_name:
         gpu_resources.add(spec.resources.gpu_resource_name)
@@ -290,6 +363,7 @@ def handle_reconcile(
         model=display() if callable(display) else None,
         waiting_for_base=waiting_for_base,
         policy=policy,
+        workload=workload,
     )
     # Events first: a crash between the two repeats an Event rather than losing it.
     for ev in derived.events:

@@ -27,6 +27,7 @@ from typing import Any
 from kubetune_api.v1alpha1 import ConditionType, Phase, Progress, Reason, RunPolicy
 from pydantic import ValidationError
 
+from . import queueing
 from .events import Event, Transition, diff, waiting_message
 from .observe import (
     GPU_ACCOUNTING_STEP,
@@ -250,12 +251,14 @@ def derive(
     model: str | None = None,
     waiting_for_base: tuple[str, str] | None = None,
     policy: RunPolicy | None = None,
+    workload: dict[str, Any] | None = None,
 ) -> Derived:
     """The new status of `ftj` after `decision` was carried out. `job` is the current run's Job
     (None if there is none), `pods` its pods; `problem` is (reason, message) when the spec cannot
     run; `waiting_for_base` (reason, message) while spec.model.fromJob's base is not ready;
-    `policy` is spec.runPolicy as parsed for this pass (runs.policy_of). Returns the full
-    new status and the Events of the transitions from the old one."""
+    `policy` is spec.runPolicy as parsed for this pass (runs.policy_of); `workload` is Kueue's
+    Workload of `job` when it waits in a queue (queueing.py). Returns the full new status and
+    the Events of the transitions from the old one."""
     policy = policy or policy_of(ftj)
     generation = int(ftj["metadata"].get("generation") or 1)
     old: dict[str, Any] = copy.deepcopy(ftj.get("status") or {})
@@ -283,6 +286,16 @@ def derive(
             state = RunState(Phase.PENDING, Reason.CREATED, "creating the first run")
     else:
         state = evaluate(Ctx(obs, Recorded.of(old), same_run, policy.suspend))[1]
+        # Suspended by Kueue (the rule "suspended by another controller"): Queued or
+        # Preempted, in Kueue's words.
+        queued = queueing.refine(state.phase, state.reason, job, workload)
+        if queued is not None:
+            state = RunState(queued.phase, queued.reason, queued.message)
+    queue = queueing.queue_status(job, workload) if current else {}
+    if queue:
+        new["queue"] = queue
+    else:
+        new.pop("queue", None)
 
     # 3. The new status.
     waiting: str | None = None

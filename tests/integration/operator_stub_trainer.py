@@ -87,7 +87,9 @@ def write_result(result: dict[str, Any]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--config", default=os.environ.get("KUBETUNE_CONFIG"))
-    args = p.parse_args()
+    # The launcher's arguments of a multi-process or multi-node run (--nproc-per-node, --nnodes,
+    # rendezvous) are ignored: each pod of a group runs the script on its own.
+    args, _launcher = p.parse_known_args()
     with open(args.config) as f:
         cfg = json.load(f)
     spec = cfg["spec"]

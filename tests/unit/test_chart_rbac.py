@@ -30,6 +30,8 @@ WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
     ("rbac.authorization.k8s.io", "roles"): {"create", "get", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"create", "get", "patch", "delete"},
     ("", "events"): {"create"},
+    # Kueue's Workload of a queued run (queueing.py): status.queue, and spec.active for suspend.
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 # Leader election: in the release namespace only; get/update only on the chart's Lease.
@@ -164,6 +166,10 @@ GRANTED_UNUSED: dict[tuple[str, str, str], str] = {
     ),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "Kopf's resource scanning",
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "Kopf's resource scanning",
+    ("kueue.x-k8s.io", "workloads", "patch"): (
+        "runPolicy.suspend of a queued run (Workload spec.active); needs a real Kueue's Workload: "
+        "tests/integration/test_kueue.py"
+    ),
 }
 
 

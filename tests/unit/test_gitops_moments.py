@@ -81,6 +81,7 @@ def test_the_crd_defaults_status_so_nothing_reads_current_before_the_operator() 
 PHASES = [p.value for p in Phase]
 REASONS = {
     Phase.PENDING.value: [Reason.CREATED.value, Reason.UNSCHEDULABLE.value],
+    Phase.QUEUED.value: [Reason.QUEUED.value, Reason.ADMITTED.value],
     Phase.RUNNING.value: [Reason.TRAINING.value, Reason.RETRYING.value],
     Phase.SUCCEEDED.value: [Reason.COMPLETED.value],
     Phase.FAILED.value: [Reason.DATASET_ERROR.value, Reason.DEADLINE_EXCEEDED.value],

@@ -148,6 +148,7 @@ from .status import (
     Lineage,
     Phase,
     Progress,
+    QueueStatus,
     Reason,
     RunRecord,
 )
@@ -247,6 +248,7 @@ __all__ = [
     "QuantType",
     "Quantity",
     "QuantizationSpec",
+    "QueueStatus",
     "Reason",
     "Reporter",
     "ResourceName",

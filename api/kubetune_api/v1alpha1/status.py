@@ -51,6 +51,7 @@ class Progress(Spec):
 
 class Phase(StrEnum):
     PENDING = "Pending"
+    QUEUED = "Queued"  # waiting in a Kueue queue for admission (operator: queueing.py)
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -89,6 +90,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
     NAME_CONFLICT = "NameConflict"
+    CHILD_REJECTED = "ChildRejected"  # the API server refused a child object (its message)
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
     TRACKING_HOST_NOT_ALLOWED = "TrackingHostNotAllowed"
     # The platform's guardrails (chart values guardrails.*): no Job is created.
@@ -101,6 +103,7 @@ class Reason(StrEnum):
     WAITING_FOR_BASE = "WaitingForBase"
     BASE_FAILED = "BaseFailed"
     BASE_NOT_ALLOWED = "BaseNotAllowed"
+    ADMITTED = "Admitted"
     # Running
     TRAINING = "Training"
     RETRYING = "Retrying"
@@ -208,13 +211,41 @@ class RunRecord(Spec):
     )
 
 
+class QueueStatus(Spec):
+    """Where the current run stands in its Kueue queue (from Kueue's Workload of its Job)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    name: str = Field(max_length=253, description="The LocalQueue the run's Job waits in.")
+    workload: str | None = Field(
+        default=None, max_length=253, description="Kueue's Workload for the run's Job."
+    )
+    cluster_queue: str | None = Field(
+        default=None, max_length=253, description="The ClusterQueue that admitted it."
+    )
+    admitted: bool | None = Field(default=None, description="Whether Kueue admitted it.")
+    waiting_for: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="What it waits for, in Kueue's words (e.g. the quota it lacks).",
+    )
+    preemptions: int | None = Field(
+        default=None,
+        ge=0,
+        description="How often Kueue preempted it (not failed attempts: it resumed from its last "
+        "checkpoint each time).",
+    )
+
+
 class FineTuneJobStatus(Spec):
     """Observed state, written by the operator (progress by the trainer)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
 
     phase: Phase | None = Field(
-        default=None, description="Pending, Running, Succeeded, Failed or Suspended."
+        default=None,
+        description="Pending, Queued (waiting for Kueue), Running, Succeeded, Failed or "
+        "Suspended (by runPolicy.suspend, or preempted by Kueue).",
     )
     model: str | None = Field(
         default=None,
@@ -268,6 +299,9 @@ class FineTuneJobStatus(Spec):
     lineage: Lineage | None = Field(
         default=None,
         description="The base job run the current run started from (spec.model.fromJob).",
+    )
+    queue: QueueStatus | None = Field(
+        default=None, description="The current run in its Kueue queue (runs with a queue only)."
     )
     history: list[RunRecord] | None = Field(
         default=None, max_length=20, description="Past runs, newest last (at most 20)."

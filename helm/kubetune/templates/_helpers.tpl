@@ -120,4 +120,10 @@ tests/integration/test_chart_install.py.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The Kueue Workload of a queued run: listed for status.queue (the quota it waits for,
+# admission, preemption); patched only in spec.active, which is how runPolicy.suspend stops a
+# queued run. Without Kueue the operator finds no such resource and moves on.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
 {{- end -}}
