@@ -48,6 +48,7 @@ from kubetune.openai_mapping import (  # the pure half, re-exported for callers
     ApiError,
     Settings,
     _ts,
+    dpo_rows,
     file_object,
     job_events,
     job_object,
@@ -180,7 +181,7 @@ class Backend:
                 f"File too large: {len(data)} bytes, at most {self.settings.max_file_bytes}",
                 param="file",
             )
-        rows, fmt = validate_jsonl(data)
+        rows, fmt = validate_jsonl(data, method=None)  # the method comes with the job
         file_id = FILE_PREFIX + secrets.token_hex(12)
         bucket, key = self._file_key(caller.namespace, file_id)
         meta = {"filename": filename[:200], "purpose": purpose, "format": fmt, "rows": str(rows)}
@@ -203,6 +204,24 @@ class Backend:
             file_id, meta, int(h["ContentLength"]), created
         ) | {"_format": meta.get("format")}
 
+    def _preference_copy(self, caller: Caller, file_id: str, param: str) -> str:
+        """s3:// URI of the upload converted to the trainer's preference rows (dpo_rows)."""
+        bucket, key = self._file_key(caller.namespace, file_id)
+        data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            rows = dpo_rows(data)
+        except ApiError as e:
+            raise ApiError(e.status, f"{param}: {e.message}", param=param, code=e.code) from e
+        out = key.removesuffix(".jsonl") + ".preference.jsonl"
+        self.s3.put_object(
+            Bucket=bucket,
+            Key=out,
+            Body=rows,
+            Metadata={"source": file_id, "format": "preference"},
+            ContentType="application/jsonl",
+        )
+        return f"s3://{bucket}/{out}"
+
     def list_files(self, caller: Caller) -> list[dict]:
         bucket, key = self._file_key(caller.namespace, "x")
         prefix = key.rsplit("/", 1)[0] + "/"
@@ -211,6 +230,8 @@ class Backend:
         for page in pages:
             for o in page.get("Contents", []):
                 fid = o["Key"].rsplit("/", 1)[-1].removesuffix(".jsonl")
+                if not re.match(r"^file-[0-9a-f]{24}$", fid):
+                    continue  # e.g. <file>.preference.jsonl, converted for a DPO job
                 out.append(self.head_file(caller, fid)[1])
         return sorted(out, key=lambda f: f["created_at"], reverse=True)
 
@@ -227,6 +248,14 @@ class Backend:
         spec, hyper = job_spec(
             req, self.settings, train_uri, train_file.get("_format") or "messages", val_uri
         )
+        if spec.get("task") == "preference":
+            # The trainer reads prompt/chosen/rejected strings: convert OpenAI's DPO rows into
+            # <file>.preference.jsonl beside the upload and train on that.
+            spec["dataset"]["s3Uri"] = self._preference_copy(caller, training, "training_file")
+            if val_id:
+                spec["dataset"]["validation"]["s3Uri"] = self._preference_copy(
+                    caller, val_id, "validation_file"
+                )
         name = JOB_PREFIX + secrets.token_hex(10)
         suffix = req.get("suffix")
         ann = {

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetune_api.v1alpha1 import API_GROUP
+from kubetune_api.v1alpha1.hyperparameters import default_learning_rate
 
 from kubetune.client import CANCELLED_ANNOTATION
 
@@ -100,17 +101,15 @@ class Settings:
 # ------------------------------------------------------------------------------ pure: files
 
 
-def validate_jsonl(data: bytes, method: str = "supervised") -> tuple[int, str]:
+def validate_jsonl(data: bytes, method: str | None = "supervised") -> tuple[int, str]:
     """(rows, dataset format) of an uploaded training file, or ApiError naming the first bad
-    line: chat rows ({"messages": [...]}) or prompt/completion rows, one JSON object a line."""
+    line. One JSON object a line: chat rows ({"messages": [...]}) or prompt/completion rows for
+    method supervised; OpenAI's preference rows ({"input": {"messages": [...]},
+    "preferred_output": [...], "non_preferred_output": [...]}, format "preference") for method
+    dpo; any of them for method None (an upload, whose method is not known yet)."""
     from kubetune_api.v1alpha1.rows import RowError, normalize_messages
 
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ApiError(
-            400, f"Invalid file: not UTF-8 text ({e})", param="file", code="invalid_file_format"
-        ) from e
+    text = _utf8(data)
     rows, fmt = 0, None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -121,15 +120,39 @@ def validate_jsonl(data: bytes, method: str = "supervised") -> tuple[int, str]:
             raise _bad_line(n, f"not valid JSON ({e.msg})") from e
         if not isinstance(row, dict):
             raise _bad_line(n, "must be a JSON object")
-        kind = "messages" if "messages" in row else "prompt-completion" if "prompt" in row else None
+        kind = (
+            "messages"
+            if "messages" in row
+            else "prompt-completion"
+            if "prompt" in row
+            else "preference"
+            if "input" in row
+            else None
+        )
         if kind is None:
-            raise _bad_line(n, 'needs "messages" (chat) or "prompt" and "completion"')
+            raise _bad_line(
+                n,
+                'needs "messages" (chat) or "prompt" and "completion" (supervised), or '
+                '"input", "preferred_output" and "non_preferred_output" (dpo)',
+            )
+        if method == "dpo" and kind != "preference":
+            raise _bad_line(
+                n,
+                f'is {kind} but method dpo needs "input", "preferred_output" and '
+                '"non_preferred_output"',
+            )
+        if method == "supervised" and kind == "preference":
+            raise _bad_line(
+                n, 'is a preference (dpo) row: use method {"type": "dpo"} or a supervised file'
+            )
         if fmt is not None and kind != fmt:
             raise _bad_line(n, f"is {kind} but the lines before are {fmt}")
         fmt = kind
         try:
             if kind == "messages":
                 normalize_messages(row["messages"], "messages", need_assistant=True)
+            elif kind == "preference":
+                _preference_row(row)
             elif not isinstance(row.get("completion"), str) or not row["completion"]:
                 raise RowError("completion", "must be a non-empty string")
             elif not isinstance(row.get("prompt"), str):
@@ -142,6 +165,71 @@ def validate_jsonl(data: bytes, method: str = "supervised") -> tuple[int, str]:
             400, "Invalid file: no training examples", param="file", code="invalid_file_format"
         )
     return rows, fmt
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(
+            400, f"Invalid file: not UTF-8 text ({e})", param="file", code="invalid_file_format"
+        ) from e
+
+
+def _preference_row(row: dict[str, Any]) -> dict[str, str]:
+    """prompt/chosen/rejected text of one OpenAI preference row, or RowError naming the field.
+
+    The trainer's preference rows are strings, so the input turns become one prompt: a lone
+    user turn is its content as is; several turns (a system prompt, earlier exchanges) are
+    joined as "System: ...", "User: ...", "Assistant: ..." paragraphs, so no turn is lost."""
+    from kubetune_api.v1alpha1.rows import RowError, normalize_messages
+
+    inp = row.get("input")
+    if not isinstance(inp, dict):
+        raise RowError("input", 'must be an object {"messages": [...]}')
+    turns = normalize_messages(inp.get("messages"), "input.messages", need_assistant=False)
+    if not any(t["role"] == "user" for t in turns):
+        raise RowError("input.messages", "has no user turn")
+    if len(turns) == 1:
+        prompt = turns[0]["content"]
+    else:
+        prompt = "\n\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in turns)
+    if not prompt.strip():
+        raise RowError("input.messages", "has no text: the prompt would be empty")
+    out = {"prompt": prompt}
+    for col, name in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
+        value = row.get(col)
+        if (
+            not isinstance(value, list)
+            or len(value) != 1
+            or not isinstance(value[0], dict)
+            or value[0].get("role") != "assistant"
+            or not isinstance(value[0].get("content"), str)
+            or not value[0]["content"].strip()
+        ):
+            raise RowError(
+                col, 'must be one assistant turn: [{"role": "assistant", "content": "..."}]'
+            )
+        out[name] = value[0]["content"]
+    if out["chosen"].strip() == out["rejected"].strip():
+        raise RowError("non_preferred_output", "is the same as preferred_output: nothing to prefer")
+    return out
+
+
+def dpo_rows(data: bytes) -> bytes:
+    """An OpenAI preference (DPO) file as the trainer's preference rows: JSONL of
+    {"prompt", "chosen", "rejected"} strings, one a line (pure; ApiError naming a bad line)."""
+    from kubetune_api.v1alpha1.rows import RowError
+
+    validate_jsonl(data, method="dpo")
+    out = []
+    for n, line in enumerate(_utf8(data).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.dumps(_preference_row(json.loads(line)), ensure_ascii=False))
+            except RowError as e:  # (validate_jsonl already refused it; kept for clarity)
+                raise _bad_line(n, f"{e.field}: {e.problem}") from e
+    return ("\n".join(out) + "\n").encode()
 
 
 def _bad_line(n: int, problem: str) -> ApiError:
@@ -179,16 +267,17 @@ _CREATE_FIELDS = {
 }
 
 
-def _hyper(h: Any, where: str) -> dict[str, Any]:
+def _hyper(h: Any, where: str, beta: bool = False) -> dict[str, Any]:
     if h is None:
         return {}
     if not isinstance(h, dict):
         raise ApiError(400, f"{where} must be an object", param=where)
-    unknown = sorted(set(h) - _HYPER - {"beta"})
+    known = _HYPER | ({"beta"} if beta else set())
+    unknown = sorted(set(h) - known)
     if unknown:
         raise ApiError(
             400,
-            f"Unrecognized hyperparameter: {unknown[0]!r} (supported: {', '.join(sorted(_HYPER))})",
+            f"Unrecognized hyperparameter: {unknown[0]!r} (supported: {', '.join(sorted(known))})",
             param=f"{where}.{unknown[0]}",
         )
     out: dict[str, Any] = {}
@@ -238,26 +327,32 @@ def job_spec(
         )
     hyper = _hyper(req.get("hyperparameters"), "hyperparameters")
     method = req.get("method")
+    mtype = "supervised"
     if method is not None:
         if not isinstance(method, dict):
             raise ApiError(400, "method must be an object", param="method")
         mtype = method.get("type", "supervised")
-        if mtype == "dpo":
-            raise ApiError(
-                400,
-                "method.type 'dpo' is not supported by this server: kubetune "
-                "trains supervised fine-tuning (LoRA/QLoRA/full) only",
-                param="method.type",
-                code="unsupported_method",
-            )
-        if mtype != "supervised":
+        if mtype not in ("supervised", "dpo"):
             raise ApiError(
                 400,
                 f"method.type must be 'supervised' or 'dpo', got {mtype!r}",
                 param="method.type",
+                code="unsupported_method",
             )
-        sub = method.get("supervised") or {}
-        hyper |= _hyper(sub.get("hyperparameters"), "method.supervised.hyperparameters")
+        sub = method.get(mtype) or {}
+        if not isinstance(sub, dict):
+            raise ApiError(400, f"method.{mtype} must be an object", param=f"method.{mtype}")
+        where = f"method.{mtype}.hyperparameters"
+        hyper |= _hyper(sub.get("hyperparameters"), where, beta=mtype == "dpo")
+    dpo = mtype == "dpo"
+    if dpo != (training_format == "preference"):
+        raise ApiError(
+            400,
+            f"training_file is a {training_format} file, but method.type {mtype!r} needs "
+            + ("a preference (dpo) file" if dpo else "a chat or prompt/completion file"),
+            param="training_file",
+            code="invalid_file_format",
+        )
     spec: dict[str, Any] = json.loads(json.dumps(settings.job_defaults))  # a deep copy
     spec["model"] = dict(settings.models[model])
     dataset = dict(spec.get("dataset") or {})
@@ -266,6 +361,13 @@ def job_spec(
         dataset["validation"] = {"s3Uri": validation_uri}
     spec["dataset"] = dataset
     spec.setdefault("method", {"type": "lora"})
+    if dpo:
+        spec["task"] = "preference"
+        pref = dict(spec.get("preference") or {})
+        pref["algorithm"] = "dpo"
+        if "beta" in hyper:
+            pref["beta"] = hyper["beta"]
+        spec["preference"] = pref
     spec["output"] = {**(spec.get("output") or {}), "uri": settings.output_uri}
     hp = dict(spec.get("hyperparameters") or {})
     if "n_epochs" in hyper:
@@ -274,7 +376,7 @@ def job_spec(
     if "batch_size" in hyper:
         hp["batchSize"] = hyper["batch_size"]
     if "learning_rate_multiplier" in hyper:
-        base = float(hp.get("learningRate", DEFAULT_LR))
+        base = float(hp.get("learningRate") or _default_lr(spec, dpo))
         hp["learningRate"] = base * float(hyper["learning_rate_multiplier"])
     seed = req.get("seed")
     if seed is not None:
@@ -284,6 +386,16 @@ def job_spec(
     if hp:
         spec["hyperparameters"] = hp
     return spec, hyper
+
+
+def _default_lr(spec: dict[str, Any], dpo: bool) -> float:
+    """The learning rate the trainer would use for this spec (method- and task-aware), which
+    learning_rate_multiplier multiplies."""
+    mtype = str((spec.get("method") or {}).get("type", "lora"))
+    try:
+        return default_learning_rate(mtype, "preference" if dpo else "causal-lm")
+    except KeyError:  # an unknown method: the FineTuneJob validation names it
+        return DEFAULT_LR
 
 
 _STATUS = {"Pending": "queued", "Running": "running", "Succeeded": "succeeded", "Failed": "failed"}
@@ -349,8 +461,15 @@ def job_object(obj: dict[str, Any]) -> dict[str, Any]:
         "integrations": [],
         "user_provided_suffix": ann.get(ANN_SUFFIX),
         "metadata": None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method(spec, hyper),
     }
+
+
+def _method(spec: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("task") != "preference":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    beta = (spec.get("preference") or {}).get("beta", 0.1)
+    return {"type": "dpo", "dpo": {"hyperparameters": hyper | {"beta": beta}}}
 
 
 def job_events(obj: dict[str, Any], k8s_events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from kubetune.openai_api import (
     ApiError,
     Backend,
     Settings,
+    dpo_rows,
     job_events,
     job_object,
     job_spec,
@@ -73,7 +74,13 @@ def test_hyperparameters_map_onto_the_spec() -> None:
          "positive integer"),
         ({"model": "tiny", "hyperparameters": {"warp": 1}}, 400, "hyperparameters.warp",
          "Unrecognized hyperparameter"),
-        ({"model": "tiny", "method": {"type": "dpo"}}, 400, "method.type", "not supported"),
+        ({"model": "tiny", "method": {"type": "reinforcement"}}, 400, "method.type",
+         "must be 'supervised' or 'dpo'"),
+        ({"model": "tiny", "method": {"type": "dpo"}}, 400, "training_file",
+         "needs a preference (dpo) file"),
+        ({"model": "tiny", "method": {"type": "supervised", "supervised": {
+            "hyperparameters": {"beta": 0.2}}}}, 400, "method.supervised.hyperparameters.beta",
+         "Unrecognized hyperparameter"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_the_openai_error_shape(
@@ -84,6 +91,92 @@ def test_bad_requests_get_the_openai_error_shape(
     body = e.value.body()["error"]
     assert e.value.status == status and body["param"] == param and words in body["message"]
     assert set(body) == {"message", "type", "param", "code"}
+
+
+def dpo(n: int, **change: Any) -> bytes:
+    row = {"input": {"messages": [{"role": "user", "content": "Say hi"}]},
+           "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+           "non_preferred_output": [{"role": "assistant", "content": "No."}]}  # fmt: skip
+    return "".join(json.dumps(row | change) + "\n" for _ in range(n)).encode()
+
+
+def test_a_dpo_file_validates_and_converts_to_prompt_chosen_rejected() -> None:
+    assert validate_jsonl(dpo(3), method="dpo") == (3, "preference")
+    assert validate_jsonl(dpo(2), method=None) == (2, "preference")  # an upload: method unknown
+    rows = [json.loads(line) for line in dpo_rows(dpo(2)).decode().splitlines()]
+    assert rows == [{"prompt": "Say hi", "chosen": "Hello!", "rejected": "No."}] * 2
+    # several input turns: joined as role-labelled paragraphs, none dropped
+    turns = {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Say hi"}]}  # fmt: skip
+    (row,) = [json.loads(x) for x in dpo_rows(dpo(1, input=turns)).decode().splitlines()]
+    assert row["prompt"] == "System: Be brief.\n\nUser: Say hi"
+    # and the converted rows are what the trainer's preference reader accepts
+    from kubetune_api.v1alpha1 import DatasetSpec
+    from kubetune_api.v1alpha1.rows import normalize_row
+
+    ds = DatasetSpec.model_validate({"s3Uri": "s3://bkt/k", "format": "preference"})
+    assert normalize_row(row, ds, None) == row
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"preferred_output": "Hello!"}, "line 2: preferred_output: must be one assistant turn"),
+        ({"non_preferred_output": [{"role": "user", "content": "x"}]},
+         "line 2: non_preferred_output: must be one assistant turn"),
+        ({"non_preferred_output": [{"role": "assistant", "content": "Hello!"}]},
+         "line 2: non_preferred_output: is the same as preferred_output"),
+        ({"input": {"messages": [{"role": "robot", "content": "x"}]}},
+         "line 2: input.messages[0].role: must be one of"),
+        ({"input": {"messages": [{"role": "system", "content": "x"}]}},
+         "line 2: input.messages: has no user turn"),
+        ({"input": "Say hi"}, "line 2: input: must be an object"),
+    ],
+)  # fmt: skip
+def test_a_bad_dpo_line_is_named_with_its_field(change: dict[str, Any], words: str) -> None:
+    data = dpo(1) + dpo(1, **change)
+    for call in (lambda: validate_jsonl(data, method="dpo"), lambda: dpo_rows(data)):
+        with pytest.raises(ApiError) as e:
+            call()
+        assert words in e.value.message and e.value.body()["error"]["param"] == "file"
+
+
+def test_dpo_and_supervised_files_do_not_cross() -> None:
+    with pytest.raises(ApiError, match='line 1: is messages but method dpo needs "input"'):
+        validate_jsonl(chat(1), method="dpo")
+    with pytest.raises(ApiError, match="line 1: is a preference \\(dpo\\) row"):
+        validate_jsonl(dpo(1))
+    with pytest.raises(ApiError, match="line 2: is preference but the lines before are messages"):
+        validate_jsonl(chat(1) + dpo(1), method=None)
+
+
+def test_job_spec_for_dpo_is_a_valid_preference_job() -> None:
+    from kubetune_api.v1alpha1 import FineTuneJobSpec, default_learning_rate
+
+    settings = Settings(files_uri="s3://files/p", output_uri="s3://out/p",
+                        models={"tiny": {"s3Uri": "s3://models/tiny/"}},
+                        job_defaults={"resources": {"gpus": 1}})  # fmt: skip
+    req = {"model": "tiny", "training_file": "file-x",
+           "method": {"type": "dpo", "dpo": {"hyperparameters": {
+               "beta": 0.3, "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 2}}}}  # fmt: skip
+    spec, hyper = job_spec(req, settings, "s3://files/p/ns/file-x.preference.jsonl",
+                           "preference", None)  # fmt: skip
+    assert spec["task"] == "preference" and hyper["beta"] == 0.3
+    assert spec["preference"] == {"algorithm": "dpo", "beta": 0.3}
+    assert spec["dataset"]["format"] == "preference"
+    hp = spec["hyperparameters"]
+    assert (hp["epochs"], hp["batchSize"]) == (2, 2)
+    # the multiplier multiplies the trainer's own DPO default, not the SFT one
+    assert hp["learningRate"] == pytest.approx(2 * default_learning_rate("lora", "preference"))
+    assert hp["learningRate"] < 1e-4
+    FineTuneJobSpec.model_validate(spec)
+    plain, _ = job_spec({"model": "tiny", "method": {"type": "dpo"}}, settings, "s3://fil/k",
+                        "preference", None)  # fmt: skip
+    assert plain["preference"] == {"algorithm": "dpo"}  # the API's default beta
+    FineTuneJobSpec.model_validate(plain)
+    shown = job_object({"metadata": {}, "spec": spec})["method"]
+    assert shown == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 1.0, "beta": 0.3}}}  # fmt: skip
 
 
 def _ftj(phase: str, **extra: Any) -> dict[str, Any]:
