@@ -235,3 +235,53 @@ def test_a_token_in_the_wrong_header_is_never_echoed() -> None:
         b.authenticate("Bearer t", project=secret)
     assert "eyJ" not in json.dumps(e.value.body())
     assert b.authenticate("Bearer t", project=None).namespace == "team-a"
+
+
+class _FakeS3:
+    """The four S3 calls the Backend's file path makes, over a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], tuple[bytes, dict[str, str]]] = {}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, Metadata: dict[str, str],
+                   ContentType: str) -> None:  # fmt: skip
+        self.objects[(Bucket, Key)] = (Body, Metadata)
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        body, meta = self.objects[(Bucket, Key)]
+        return {"Metadata": meta, "ContentLength": len(body)}
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        from io import BytesIO
+
+        return {"Body": BytesIO(self.objects[(Bucket, Key)][0])}
+
+
+def test_a_dpo_job_trains_on_the_converted_file_beside_the_upload() -> None:
+    from kubetune.openai_api import Caller
+
+    b = Backend.__new__(Backend)
+    b.settings = Settings(files_uri="s3://files/p", output_uri="s3://out/p",
+                          models={"tiny": {"s3Uri": "s3://models/tiny/"}},
+                          job_defaults={"resources": {"gpus": 1}})  # fmt: skip
+    b.s3 = _FakeS3()
+    created: list[dict[str, Any]] = []
+    b.custom = SimpleNamespace(  # type: ignore[assignment]
+        create_namespaced_custom_object=lambda g, v, ns, plural, body: created.append(body) or body
+    )
+    me = Caller("alice", [], "u", {}, "team-a")
+    upload = b.put_file(me, "prefs.jsonl", "fine-tune", dpo(3))  # the method is not known yet
+    job = b.create_job(me, {"model": "tiny", "training_file": upload["id"],
+                            "validation_file": upload["id"], "method": {"type": "dpo"}})  # fmt: skip
+    converted = f"p/team-a/{upload['id']}.preference.jsonl"
+    spec = created[0]["spec"]
+    assert spec["dataset"]["s3Uri"] == f"s3://files/{converted}"
+    assert spec["dataset"]["validation"]["s3Uri"] == f"s3://files/{converted}"
+    body = b.s3.objects[("files", converted)][0].decode().splitlines()
+    assert [json.loads(x) for x in body] == [{"prompt": "Say hi", "chosen": "Hello!",
+                                               "rejected": "No."}] * 3  # fmt: skip
+    assert job["method"]["type"] == "dpo" and job["training_file"] == upload["id"]
+    # the same upload for a supervised job: refused, naming the file
+    with pytest.raises(ApiError) as e:
+        b.create_job(me, {"model": "tiny", "training_file": upload["id"]})
+    assert e.value.body()["error"]["param"] == "training_file"
