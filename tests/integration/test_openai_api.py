@@ -326,3 +326,55 @@ def _run(cluster: Cluster, ns: str, base: str, token_a: str, token_b: str, tmp: 
         f"\nopenai: {job.id} succeeded; fine_tuned_model {job.fine_tuned_model}; "
         f"{len(events)} events; {len(checkpoints)} checkpoints"
     )
+
+
+def preference_rows(n: int) -> str:
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "input": {"messages": [{"role": "user", "content": f"What is {i} plus one?"}]},
+                "preferred_output": [{"role": "assistant", "content": f"{i + 1}."}],
+                "non_preferred_output": [{"role": "assistant", "content": "I cannot count."}],
+            }
+        )
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_openai_client_dpo_job_trains_as_a_preference_run(
+    cluster: Cluster,
+    namespace: str,
+    operators: Operators,
+    fixtures_in_minio: None,
+    server: str,
+    tmp_path: Path,
+) -> None:
+    """method dpo through the official client: the upload in OpenAI's preference format is
+    converted beside itself to prompt/chosen/rejected rows, and the FineTuneJob trains with
+    task preference (trl's DPO) on the real trainer until `succeeded`."""
+    operators.new(stub=False)
+    a = openai.OpenAI(
+        api_key=team_token(cluster, namespace, "carol"), base_url=server, max_retries=0
+    )
+    train = tmp_path / "prefs.jsonl"
+    train.write_text(preference_rows(24))
+    f = a.files.create(file=train.open("rb"), purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=f.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "batch_size": 4}}},
+    )
+    spec = cluster.kubectl_json("get", "finetunejob", job.id, namespace=namespace)["spec"]
+    assert spec["task"] == "preference" and spec["dataset"]["format"] == "preference"
+    assert spec["preference"] == {"algorithm": "dpo", "beta": 0.2}
+    assert spec["dataset"]["s3Uri"].endswith(f"{f.id}.preference.jsonl")
+    deadline = time.monotonic() + 600
+    while True:
+        job = a.fine_tuning.jobs.retrieve(job.id)
+        if job.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert job.status == "succeeded", cluster.kubectl_json(
+        "get", "ftj", job.id, namespace=namespace
+    )
+    assert job.method is not None and job.method.type == "dpo"
