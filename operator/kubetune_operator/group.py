@@ -4,7 +4,7 @@
   arguments (`--nproc-per-node N`); `kubetune-train` then starts N processes through torchrun.
 * Several pods (`resources.nodes > 1`): the run's Job becomes an Indexed Job with
   completions = parallelism = nodes, its pods get a stable DNS name through a headless Service
-  (`<job>-<index>.<service>`), and torchrun's c10d rendezvous runs on the pod of index 0. Each
+  (`<job>-<index>.<service>`), and torchrun's static rendezvous runs on the pod of index 0. Each
   pod's node rank is its completion index (the Job controller sets JOB_COMPLETION_INDEX).
 
 A pod failing fails every rank (their collectives break), every pod of the group exits, and the

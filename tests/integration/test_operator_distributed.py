@@ -1,6 +1,6 @@
 """Runs of several processes on the real control plane, with the real trainer on CPU (gloo):
 `gpus: 2` on one node (one pod, two processes through the launcher) and `nodes: 2` (an Indexed
-Job of two pods on two node agents, torchrun's c10d rendezvous on index 0, two processes per
+Job of two pods on two node agents, torchrun's static rendezvous on index 0, two processes per
 pod). The node agents advertise fake GPUs, so the scheduler places the pods as it would on GPU
 nodes; the processes themselves train on CPU."""
 

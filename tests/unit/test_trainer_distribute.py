@@ -137,10 +137,11 @@ def test_torchrun_args() -> None:
     ]
     many = torchrun_args(Topology(4, 2, 1, "j-0.j.ns.svc:29400", "uid-1"), ["--config", "c.json"])
     assert "--standalone" not in many
-    assert {"--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d"} <= set(many)
+    assert {"--nnodes=2", "--node-rank=1", "--rdzv-backend=static"} <= set(many)
     assert "--rdzv-endpoint=j-0.j.ns.svc:29400" in many and "--rdzv-id=uid-1" in many
-    assert "--rdzv-conf=is_host=0" in many  # only index 0 hosts the rendezvous store
-    assert "--rdzv-conf=is_host=1" in torchrun_args(Topology(4, 2, 0, "h:1", "u"), [])
+    # Static rendezvous: node rank 0 hosts the store, and global rank 0 is on node rank 0
+    # (ranks follow node ranks), the pod whose result the operator reads.
+    assert "--node-rank=0" in torchrun_args(Topology(4, 2, 0, "h:1", "u"), [])
     with pytest.raises(ValueError, match="rdzv-endpoint"):
         torchrun_args(Topology(1, 2), [])
 

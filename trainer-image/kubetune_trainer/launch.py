@@ -33,7 +33,7 @@ class Topology:
 
 
 def torchrun_args(topo: Topology, trainer_argv: list[str]) -> list[str]:
-    """torchrun's arguments: standalone on one pod, c10d rendezvous on index 0 across pods.
+    """torchrun's arguments: standalone on one pod, static rendezvous on index 0 across pods.
     No elastic restarts inside the pod: a failed process fails the pod, and the Job restarts
     the group (every pod), which resumes from the last checkpoint."""
     args = [f"--nproc-per-node={topo.nproc_per_node}", "--max-restarts=0"]
@@ -43,12 +43,16 @@ def torchrun_args(topo: Topology, trainer_argv: list[str]) -> list[str]:
         args += [
             f"--nnodes={topo.nnodes}",
             f"--node-rank={topo.node_rank}",
-            "--rdzv-backend=c10d",
+            # Static rendezvous: the pod of index 0 (node rank 0) hosts the store at the
+            # endpoint, and global ranks follow the node rank (node_rank x nproc + local rank),
+            # so global rank 0, which saves, uploads and writes the result, is always on index
+            # 0, the pod the operator reads. c10d ranks processes in the order they join, which
+            # put rank 0 on index 1 in some runs: that pod succeeded alone, index 0 found no
+            # result and the group hung. The Job restarts the whole group, so elastic
+            # membership (c10d's reason to exist) is not needed.
+            "--rdzv-backend=static",
             f"--rdzv-endpoint={topo.rdzv_endpoint}",
             f"--rdzv-id={topo.rdzv_id}",
-            # Index 0 hosts the rendezvous store, said outright rather than guessed from
-            # hostnames (which fails where pods share a host, as under the test node agent).
-            f"--rdzv-conf=is_host={1 if topo.node_rank == 0 else 0}",
         ]
     else:
         args.append("--standalone")
