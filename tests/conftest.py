@@ -37,6 +37,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -141,3 +142,13 @@ def kueue(cluster: Cluster) -> Iterator[Cluster]:
     finally:
         if was_up.returncode != 0 and os.environ.get("KUBETUNE_KEEP_CLUSTER") != "1":
             subprocess.run([str(HACK_CLUSTER), "kueue-down"], check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_fixtures(cluster: Cluster) -> None:
+    """The tiny model and datasets the examples read, in MinIO (the trainer's own uploader)."""
+    subprocess.run(
+        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
+         "--bucket", cluster.s3_bucket],
+        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
+    )  # fmt: skip

@@ -42,24 +42,6 @@ rules:
 """
 
 
-@pytest.fixture(scope="module")
-def fixtures_in_minio(cluster: Cluster) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubetune_trainer.testing.fixtures",
-            "upload",
-            "--bucket",
-            cluster.s3_bucket,
-        ],
-        check=True,
-        env=cluster.process_env(),
-        capture_output=True,
-        timeout=600,
-    )
-
-
 def team_token(cluster: Cluster, namespace: str, user: str) -> str:
     """A ServiceAccount allowed get/list/create/patch on finetunejobs in its namespace only."""
     cluster.kubectl("apply", "-f", "-", input=ROLE, namespace=namespace)
@@ -225,7 +207,7 @@ def test_openai_client_end_to_end_with_two_teams(
     namespace: str,
     team_b: str,
     operators: Operators,
-    fixtures_in_minio: None,
+    tiny_fixtures: None,
     server: str,
     tmp_path: Path,
 ) -> None:
@@ -345,7 +327,7 @@ def test_openai_client_dpo_job_trains_as_a_preference_run(
     cluster: Cluster,
     namespace: str,
     operators: Operators,
-    fixtures_in_minio: None,
+    tiny_fixtures: None,
     server: str,
     tmp_path: Path,
 ) -> None:

@@ -149,25 +149,6 @@ def test_artifacts_download_verifies_against_the_manifest_in_minio(
     assert r.returncode == 5 and "manifestSha256" in r.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_fixtures(cluster: Any) -> None:
-    """The tiny model and datasets the examples read, in MinIO (the trainer's uploader)."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kubetune_trainer.testing.fixtures",
-            "upload",
-            "--bucket",
-            cluster.s3_bucket,
-        ],
-        check=True,
-        env=cluster.process_env(),
-        capture_output=True,
-        timeout=600,
-    )
-
-
 def test_estimate_reads_config_tokenizer_and_data_from_minio(
     cluster: Any, tiny_fixtures: None, s3: Any, tmp_path: Path
 ) -> None:
