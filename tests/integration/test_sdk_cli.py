@@ -200,6 +200,9 @@ def _tmux(sock: str, *args: str) -> str:
     ).stdout
 
 
+STEPS = 300
+
+
 def test_cli_submit_watch_download_verify_in_a_real_terminal(
     cluster: Any, namespace: str, operators: Any, tiny_fixtures: None, tmp_path: Path
 ) -> None:
@@ -212,7 +215,15 @@ def test_cli_submit_watch_download_verify_in_a_real_terminal(
     if shutil.which("tmux") is None:
         pytest.fail("tmux is needed for the terminal check (apt-get install tmux)")
     operators.new(stub=False)
-    r = kubetune("submit", "-f", str(REPO / "examples" / "quickstart.yaml"), "-n", namespace)
+    # The quickstart's 30 steps can train in under a second on a fast CPU, inside one progress
+    # interval (1 s here), so no mid-training bar would ever be sent. 300 steps (a few seconds)
+    # make the bar this test is about observable on any machine; the rest is the example as is.
+    manifest = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    manifest["spec"]["hyperparameters"]["maxSteps"] = STEPS
+    manifest["spec"]["hyperparameters"]["loggingSteps"] = 1
+    submitted = tmp_path / "quickstart.yaml"
+    submitted.write_text(yaml.safe_dump(manifest))
+    r = kubetune("submit", "-f", str(submitted), "-n", namespace)
     assert r.returncode == 0, r.stderr
 
     script = tmp_path / "watch.sh"
@@ -238,14 +249,14 @@ def test_cli_submit_watch_download_verify_in_a_real_terminal(
         subprocess.run(["tmux", "-L", sock, "kill-server"], check=False, timeout=30)
     final = screens[-1]
     assert "EXIT=0" in final and "quickstart: Succeeded" in final, final
-    bars = [s for s in screens if re.search(r"step \d+/30", s)]
-    training = [s for s in bars if re.search(r"step ([1-9]|[12]\d)/30", s)]
+    steps = [(int(m.group(1)), s) for s in screens if (m := re.search(rf"step (\d+)/{STEPS}\b", s))]
+    training = [s for n, s in steps if 0 < n < STEPS]
     assert training, "\n----\n".join(screens[-5:])
     mid = training[-1]
     assert (
         re.search(r"loss \d+\.\d{4}", mid) and "tok/s" in mid and re.search(r"eta \d+:\d\d", mid)
     ), mid
-    assert "step 30/30" in final and "100%" in final, final
+    assert f"step {STEPS}/{STEPS}" in final and "100%" in final, final
     print(f"\n--- tmux screen while training ---\n{mid}\n--- at the end ---\n{final}")
 
     assert kubetune("wait", "quickstart", "-n", namespace, "--timeout", "30").returncode == 0
