@@ -59,7 +59,7 @@ integration: venv tools
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 test: venv tools lint typecheck check-crds
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
 
 cluster-up: venv tools
 	hack/cluster up
