@@ -8,6 +8,8 @@
 Generated files (relative to the repository root, or --root):
     crds/kubetune.io_finetunejobs.yaml                  the CRD (`kubectl apply -f crds/`)
     helm/kubetune/crds/kubetune.io_finetunejobs.yaml    the Helm chart's copy (same bytes)
+    crds/kubetune.io_finetuneschedules.yaml             the FineTuneSchedule CRD (and its
+    helm/kubetune/crds/kubetune.io_finetuneschedules.yaml  chart copy)
     docs/api.md                                         the spec/status reference
 """
 
@@ -18,7 +20,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from .crd import CRD_PATHS, REPO_ROOT, render_crd
+from .crd import CRD_PATHS, REPO_ROOT, SCHEDULE_CRD_PATHS, render_crd, render_schedule_crd
 from .docs import DOCS_PATH, render_docs
 
 
@@ -26,6 +28,8 @@ def generated() -> dict[Path, str]:
     """Every generated file, relative to the repository root, with its content."""
     text = render_crd()
     files = {path: text for path in CRD_PATHS}
+    schedule = render_schedule_crd()
+    files.update({path: schedule for path in SCHEDULE_CRD_PATHS})
     files[DOCS_PATH] = render_docs()
     return files
 

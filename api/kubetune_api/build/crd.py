@@ -46,8 +46,12 @@ from kubetune_api.v1alpha1 import (
     API_VERSION,
     KIND,
     MAX_NAME_LENGTH,
+    MAX_SCHEDULE_NAME_LENGTH,
     PLURAL,
+    SCHEDULE_KIND,
+    SCHEDULE_PLURAL,
     FineTuneJob,
+    FineTuneSchedule,
 )
 
 Schema = dict[str, Any]
@@ -57,6 +61,14 @@ CATEGORIES = ["kubetune"]
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_FILE = f"{API_GROUP}_{PLURAL}.yaml"
 CRD_PATHS = (Path("crds") / CRD_FILE, Path("helm/kubetune/crds") / CRD_FILE)
+# The second resource: FineTuneSchedule (stamps FineTuneJobs on a schedule or on new data).
+SCHEDULE_SHORT_NAMES = ["fts"]
+SCHEDULE_CRD_NAME = f"{SCHEDULE_PLURAL}.{API_GROUP}"
+SCHEDULE_CRD_FILE = f"{API_GROUP}_{SCHEDULE_PLURAL}.yaml"
+SCHEDULE_CRD_PATHS = (
+    Path("crds") / SCHEDULE_CRD_FILE,
+    Path("helm/kubetune/crds") / SCHEDULE_CRD_FILE,
+)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 HEADER = (
@@ -88,6 +100,23 @@ PRINTER_COLUMNS: list[Schema] = [
      "priority": 1, "description": "Latest evaluation loss."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
      "description": "Summary of the state."},
+]  # fmt: skip
+
+# `kubectl get fts` columns.
+SCHEDULE_PRINTER_COLUMNS: list[Schema] = [
+    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule",
+     "description": "Cron expression (empty: data changes only)."},
+    {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend",
+     "description": "No new runs while true."},
+    {"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.name",
+     "description": "The FineTuneJob stamped last."},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason",
+     "description": "Why the last check did or did not start a run."},
+    {"name": "Next-Run", "type": "string", "jsonPath": ".status.nextRunTime",
+     "description": "The next cron time."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
+     "description": "The reason, in words."},
 ]  # fmt: skip
 
 # `kubectl get ftj --field-selector spec.task=causal-lm,spec.method.type=qlora`
@@ -212,9 +241,14 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
     return _order(node)
 
 
-def openapi_schema() -> Schema:
-    """The CRD's `openAPIV3Schema`: FineTuneJob with spec and status."""
-    raw = json_schema(FineTuneJob)
+def openapi_schema(
+    model: type[BaseModel] = FineTuneJob,
+    max_name: int = MAX_NAME_LENGTH,
+    name_description: str = f"At most {MAX_NAME_LENGTH} characters: each run is a batch/v1 "
+    "Job named <name>-run-<n>, and a Job name must fit a 63-character label value.",
+) -> Schema:
+    """The CRD's `openAPIV3Schema`: the resource (FineTuneJob by default) with spec and status."""
+    raw = json_schema(model)
     defs = raw.get("$defs", {})
     root = structural(raw, defs)
     props = root["properties"]
@@ -226,10 +260,9 @@ def openapi_schema() -> Schema:
         "type": "object",
         "properties": {
             "name": {
-                "description": f"At most {MAX_NAME_LENGTH} characters: each run is a batch/v1 "
-                "Job named <name>-run-<n>, and a Job name must fit a 63-character label value.",
+                "description": name_description,
                 "type": "string",
-                "maxLength": MAX_NAME_LENGTH,
+                "maxLength": max_name,
             }
         },
     }
@@ -239,7 +272,7 @@ def openapi_schema() -> Schema:
 
 
 def crd() -> Schema:
-    """The CustomResourceDefinition object."""
+    """The FineTuneJob CustomResourceDefinition object."""
     version: Schema = {
         "name": API_VERSION,
         "served": True,
@@ -249,11 +282,38 @@ def crd() -> Schema:
         "selectableFields": SELECTABLE_FIELDS,
         "schema": {"openAPIV3Schema": openapi_schema()},
     }
+    return _crd_object(CRD_NAME, KIND, PLURAL, SHORT_NAMES, version)
+
+
+def schedule_crd() -> Schema:
+    """The FineTuneSchedule CustomResourceDefinition object."""
+    schema = openapi_schema(
+        FineTuneSchedule,
+        MAX_SCHEDULE_NAME_LENGTH,
+        f"At most {MAX_SCHEDULE_NAME_LENGTH} characters: each run is a FineTuneJob named "
+        "<schedule>-<suffix>.",
+    )
+    version: Schema = {
+        "name": API_VERSION,
+        "served": True,
+        "storage": True,
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": SCHEDULE_PRINTER_COLUMNS,
+        "schema": {"openAPIV3Schema": schema},
+    }
+    return _crd_object(
+        SCHEDULE_CRD_NAME, SCHEDULE_KIND, SCHEDULE_PLURAL, SCHEDULE_SHORT_NAMES, version
+    )
+
+
+def _crd_object(
+    name: str, kind: str, plural: str, short_names: list[str], version: Schema
+) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": name,
             "labels": {
                 "app.kubernetes.io/name": "kubetune",
                 "app.kubernetes.io/part-of": "kubetune",
@@ -262,11 +322,11 @@ def crd() -> Schema:
         "spec": {
             "group": API_GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
                 "categories": CATEGORIES,
             },
             "scope": "Namespaced",
@@ -287,8 +347,17 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_representer)
 
 
-def render_crd() -> str:
+def render_crd(obj: Schema | None = None) -> str:
     body = yaml.dump(
-        crd(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True, indent=2
+        obj if obj is not None else crd(),
+        Dumper=_Dumper,
+        sort_keys=False,
+        width=100,
+        allow_unicode=True,
+        indent=2,
     )
     return HEADER + body
+
+
+def render_schedule_crd() -> str:
+    return render_crd(schedule_crd())

@@ -15,12 +15,18 @@ from kubetune_api.v1alpha1 import (
     FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    FineTuneSchedule,
+    FineTuneScheduleSpec,
+    FineTuneScheduleStatus,
 )
 
 from .crd import (
     CATEGORIES,
     PRINTER_COLUMNS,
     REPO_ROOT,
+    SCHEDULE_CRD_PATHS,
+    SCHEDULE_PRINTER_COLUMNS,
+    SCHEDULE_SHORT_NAMES,
     SELECTABLE_FIELDS,
     SHORT_NAMES,
     Schema,
@@ -238,4 +244,47 @@ def render_docs() -> str:
     )
     for name in status_names:
         out += _object_section(name, defs[name], defs, name)
+    out += _schedule_md({*spec_names, *status_names, FineTuneJobSpec.__name__})
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _schedule_md(documented: set[str]) -> list[str]:
+    """The FineTuneSchedule resource: its own objects; those it shares with FineTuneJob (the
+    template's spec, Condition) are linked above."""
+    raw = json_schema(FineTuneSchedule)
+    defs = raw["$defs"]
+    out = [
+        f"# `{FineTuneSchedule.model_fields['kind'].default}` API reference "
+        f"(`{API_GROUP}/{API_VERSION}`)",
+        "",
+        clean_text(raw.get("description", "")),
+        "",
+        f"Short name `{SCHEDULE_SHORT_NAMES[0]}`, category `{CATEGORIES[0]}`. The CRD is "
+        f"`{SCHEDULE_CRD_PATHS[0]}`. `spec.template.spec` is a whole "
+        "[FineTuneJobSpec](#finetunejobspec-spec), with the same rules. How it decides: "
+        'docs/lifecycle.md, "Retraining on a schedule".',
+        "",
+        "## `kubectl get fts` columns",
+        "",
+        "| Column | JSONPath | Description |",
+        "|---|---|---|",
+    ]
+    for col in SCHEDULE_PRINTER_COLUMNS:
+        wide = " (`-o wide`)" if col.get("priority") else ""
+        out.append(
+            f"| {col['name']}{wide} | `{col['jsonPath']}` | {col.get('description', 'Age.')} |"
+        )
+    out += ["", "## Schedule spec", ""]
+    spec_name, status_name = FineTuneScheduleSpec.__name__, FineTuneScheduleStatus.__name__
+    out += _object_section(spec_name, defs[spec_name], defs, f"{spec_name} (`spec`)")
+    for name in _reachable(defs[spec_name], defs):
+        if name not in documented:
+            documented.add(name)
+            out += _object_section(name, defs[name], defs, name)
+    out += ["## Schedule status", ""]
+    out += _object_section(status_name, defs[status_name], defs, f"{status_name} (`status`)")
+    for name in _reachable(defs[status_name], defs):
+        if name not in documented:
+            documented.add(name)
+            out += _object_section(name, defs[name], defs, name)
+    return out
