@@ -38,8 +38,17 @@ from kubetune_operator.k8s import KINDS, ApiError, Kube
 JSON = dict[str, Any]
 
 # Resources with a status subresource: the main resource ignores `status` in writes.
-_STATUS_SUBRESOURCE = {("kubetune.io", "finetunejobs"), ("batch", "jobs"), ("", "pods")}
-_GENERATION = {("kubetune.io", "finetunejobs"), ("batch", "jobs")}
+_STATUS_SUBRESOURCE = {
+    ("kubetune.io", "finetunejobs"),
+    ("kubetune.io", "finetuneschedules"),
+    ("batch", "jobs"),
+    ("", "pods"),
+}
+_GENERATION = {
+    ("kubetune.io", "finetunejobs"),
+    ("kubetune.io", "finetuneschedules"),
+    ("batch", "jobs"),
+}
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 

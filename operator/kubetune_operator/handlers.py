@@ -24,7 +24,7 @@ from typing import Any
 
 import kopf
 from aiohttp import web
-from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, SCHEDULE_PLURAL
 
 from . import jsonlog as klog
 from . import metrics
@@ -32,6 +32,8 @@ from .k8s import ApiError, Kube
 from .leader import LeaderElector
 from .reconcile import Requeue, handle_reconcile
 from .render import ANN_FINETUNEJOB, LABEL_JOB
+from .schedule import LABEL_SCHEDULE
+from .schedules import handle_schedule
 from .settings import OperatorSettings
 from .workqueue import WorkQueue
 
@@ -45,6 +47,8 @@ class Runtime:
         self.settings = settings
         self.kube = kube or Kube()
         self.queue = WorkQueue(self._reconcile)
+        # FineTuneSchedules: one timer each (the pass returns when the next is due).
+        self.schedules = WorkQueue(self._reconcile_schedule, concurrency=4, one_timer=True)
         self.elector: LeaderElector | None = None
         if settings.leader_election:
             self.elector = LeaderElector(
@@ -81,6 +85,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.close()
+        await self.schedules.close()
         if self.elector is not None:
             await asyncio.to_thread(self.elector.release)
         if self._health is not None:
@@ -136,9 +141,33 @@ class Runtime:
         metrics.set_phase(namespace, name, outcome.phase)
         return outcome.requeue_after
 
+    def request_schedule(self, namespace: str | None, name: str | None) -> None:
+        if namespace and name:
+            self.schedules.request((namespace, name))
+
+    async def _reconcile_schedule(self, key: Hashable) -> float | None:
+        namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
+        token = klog.current.set((namespace, name))
+        try:
+            return await asyncio.to_thread(
+                handle_schedule, self.kube, self.settings, namespace, name
+            )
+        finally:
+            klog.current.reset(token)
+
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                schedules = await asyncio.to_thread(
+                    self.kube.list_schedules, list(self.settings.namespaces)
+                )
+            except Exception as e:  # an install without the FineTuneSchedule CRD
+                log.debug("resync: could not list FineTuneSchedules: %s", e)
+                schedules = []
+            for item in schedules:
+                meta = item["metadata"]
+                self.request_schedule(meta.get("namespace"), meta.get("name"))
             try:
                 items = await asyncio.to_thread(
                     self.kube.list_finetunejobs, list(self.settings.namespaces)
@@ -221,15 +250,31 @@ async def cleanup(**_: Any) -> None:
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 async def finetunejob_event(
-    type: str | None, namespace: str | None, name: str | None, **_: Any
+    type: str | None, namespace: str | None, name: str | None, labels: Any = None, **_: Any
 ) -> None:
     if _runtime is None:
         return
+    # A run of a schedule: its end may let a held run start (concurrencyPolicy Forbid).
+    if schedule := (labels or {}).get(LABEL_SCHEDULE):
+        _runtime.request_schedule(namespace, schedule)
     if type == "DELETED":
         if namespace and name:
             metrics.set_phase(namespace, name, None)
         return
     _runtime.request(namespace, name)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, SCHEDULE_PLURAL)
+async def schedule_event(
+    type: str | None, namespace: str | None, name: str | None, body: Any, **_: Any
+) -> None:
+    """A new schedule, or a spec change: a pass now. The schedule's own status writes (same
+    generation as observed) queue nothing: its timer brings the next pass."""
+    if _runtime is None or type == "DELETED":
+        return
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    if type in (None, "ADDED") or meta.get("generation") != status.get("observedGeneration"):
+        _runtime.request_schedule(namespace, name)
 
 
 def _owner_name(annotations: Any, labels: Any) -> str | None:

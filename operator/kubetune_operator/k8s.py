@@ -40,6 +40,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
     "FineTuneJob": ("/apis/kubetune.io/v1alpha1", "finetunejobs"),
+    "FineTuneSchedule": ("/apis/kubetune.io/v1alpha1", "finetuneschedules"),
     "Workload": ("/apis/kueue.x-k8s.io/v1beta2", "workloads"),  # Kueue's, read-only
 }
 
@@ -206,6 +207,15 @@ class Kube:
         out: list[JSON] = []
         for ns in namespaces:
             out += self.list_objects(path("FineTuneJob", ns))
+        return out
+
+    def list_schedules(self, namespaces: list[str]) -> list[JSON]:
+        if not namespaces:
+            prefix, plural = KINDS["FineTuneSchedule"]
+            return list(self.request("GET", f"{prefix}/{plural}").get("items") or [])
+        out: list[JSON] = []
+        for ns in namespaces:
+            out += self.list_objects(path("FineTuneSchedule", ns))
         return out
 
     def patch_status(self, namespace: str, name: str, patch: JSON) -> JSON:

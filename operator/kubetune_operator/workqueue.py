@@ -3,7 +3,10 @@
 * one worker at a time per key, so two events never reconcile the same FineTuneJob at once;
 * events that arrive while a key is being reconciled coalesce into one more pass;
 * a failed pass is retried with exponential backoff (1 s doubling to 60 s);
-* at most `concurrency` keys are reconciled at the same time.
+* at most `concurrency` keys are reconciled at the same time;
+* with `one_timer`, a key has at most one delayed request: a new one replaces the pending one
+  (FineTuneSchedules: each pass says when the next is due, and passes caused by events must not
+  pile up timers).
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ Handler = Callable[[Hashable], Awaitable[float | None]]
 
 
 class WorkQueue:
-    def __init__(self, handler: Handler, concurrency: int = 8, max_backoff: float = 60.0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        concurrency: int = 8,
+        max_backoff: float = 60.0,
+        one_timer: bool = False,
+    ) -> None:
         self.handler = handler
+        self.one_timer = one_timer
+        self._timer_of: dict[Hashable, asyncio.TimerHandle] = {}
         self.max_backoff = max_backoff
         self._sem = asyncio.Semaphore(concurrency)
         self._running: set[Hashable] = set()
@@ -40,10 +51,17 @@ class WorkQueue:
             def fire() -> None:
                 if handle is not None:
                     self._timers.discard(handle)
+                    if self._timer_of.get(key) is handle:
+                        del self._timer_of[key]
                 self.request(key)
 
+            if self.one_timer and (old := self._timer_of.pop(key, None)) is not None:
+                old.cancel()
+                self._timers.discard(old)
             handle = loop.call_later(after, fire)
             self._timers.add(handle)
+            if self.one_timer:
+                self._timer_of[key] = handle
             return
         self._dirty.add(key)
         if key in self._running:

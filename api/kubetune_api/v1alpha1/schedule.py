@@ -18,7 +18,7 @@ from .status import Condition
 
 SCHEDULE_KIND = "FineTuneSchedule"
 SCHEDULE_PLURAL = "finetuneschedules"
-# A stamped job is named <schedule>-<suffix> (suffix: at most 11 characters, see the operator's
+# A stamped job is named <schedule>-<suffix> (suffix: at most 12 characters, see the operator's
 # schedule.py), and a FineTuneJob name is at most MAX_NAME_LENGTH (52) characters.
 MAX_SCHEDULE_NAME_LENGTH = 40
 # The history kept in status.history (newest last).
@@ -65,6 +65,7 @@ class ScheduleReason(StrEnum):
     SUSPENDED = "Suspended"  # spec.suspend
     FORBID_CONCURRENT = "ForbidConcurrent"  # due, but a run is active (Forbid): held
     MISSED_DEADLINE = "MissedDeadline"  # due longer ago than startingDeadlineSeconds: skipped
+    RUN_NAME_TAKEN = "RunNameTaken"  # the run's name is a FineTuneJob not stamped by us
     # the schedule itself (ScheduleValid condition)
     VALID = "Valid"
     INVALID_SCHEDULE = "InvalidSchedule"  # spec.schedule / spec.timeZone cannot be evaluated

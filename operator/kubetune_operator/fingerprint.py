@@ -1,0 +1,90 @@
+"""The fingerprint of training data in S3, for FineTuneSchedule's datasetChange trigger.
+
+One object: its ETag. A prefix (a URI ending in `/`, or a key that is no object): a sha256 of
+the key, ETag and size of every object under it, in key order. Each watched URI is folded into
+one `sha256:<hex>` string, so status shows no listing, only whether it changed.
+
+The operator reads S3 with its own credentials (boto3's default chain: the AWS_* variables the
+chart sets from `schedules.s3CredentialsSecret`, or a web identity), at the platform's endpoint
+(KUBETUNE_S3_ENDPOINT) only: it never reads a Secret, and never sends its credentials to an
+endpoint a spec names. Errors become `DatasetUnreadable` with the S3 error code and the URI; no
+credential, header or signature is ever in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+
+class Unreadable(Exception):
+    """The data could not be fingerprinted (message: safe for status and events)."""
+
+
+class S3Client(Protocol):
+    def head_object(self, **kw: Any) -> dict[str, Any]: ...
+    def get_paginator(self, name: str) -> Any: ...
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    rest = uri.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def _code(e: Exception) -> str:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = str(err.get("Code") or "")
+        if code:
+            return code
+    return type(e).__name__
+
+
+def _listing(client: S3Client, bucket: str, prefix: str, h: Any) -> int:
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents") or []:
+            h.update(f"{obj['Key']}\t{obj.get('ETag', '')}\t{obj.get('Size', '')}\n".encode())
+            count += 1
+    return count
+
+
+def fingerprint(client: S3Client, uris: list[str]) -> str:
+    """`sha256:<hex>` of the watched objects (module docstring); Unreadable if one cannot be
+    read or a prefix is empty."""
+    h = hashlib.sha256()
+    for uri in sorted(set(uris)):
+        bucket, key = split_uri(uri)
+        h.update(f"{uri}\n".encode())
+        try:
+            if key and not key.endswith("/"):
+                try:
+                    head = client.head_object(Bucket=bucket, Key=key)
+                    h.update(
+                        f"{key}\t{head.get('ETag', '')}\t{head.get('ContentLength', '')}\n".encode()
+                    )
+                    continue
+                except Exception as e:
+                    if _code(e) not in ("404", "NoSuchKey", "NotFound"):
+                        raise
+                    key += "/"  # no such object: a prefix of shards, as the trainer reads it
+            if _listing(client, bucket, key, h) == 0:
+                raise Unreadable(f"nothing under {uri} (no object and no shard)")
+        except Unreadable:
+            raise
+        except Exception as e:
+            raise Unreadable(f"{_code(e)} reading {uri}") from None
+    return "sha256:" + h.hexdigest()
+
+
+def s3_client(endpoint: str | None, region: str) -> S3Client:
+    """A boto3 S3 client with the operator's own credentials (module docstring)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"}
+    )
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
