@@ -353,14 +353,18 @@ def owned_by(obj: JSON, uid: str) -> bool:
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
 
 
-def _order(obj: JSON) -> tuple[str, str]:
-    meta = obj["metadata"]
-    return (meta.get("creationTimestamp") or "", meta["name"])
+def split_runs(
+    runs: Iterable[JSON], history: Sequence[str] = ()
+) -> tuple[tuple[str, ...], list[JSON]]:
+    """(active run names oldest first, finished runs oldest first). Creation timestamps have
+    one-second precision: ties go by the order in status.history (stamping order)."""
+    rank = {name: i for i, name in enumerate(history)}
 
+    def order(obj: JSON) -> tuple[str, int, str]:
+        meta = obj["metadata"]
+        return (meta.get("creationTimestamp") or "", rank.get(meta["name"], -1), meta["name"])
 
-def split_runs(runs: Iterable[JSON]) -> tuple[tuple[str, ...], list[JSON]]:
-    """(active run names oldest first, finished runs oldest first)."""
-    ordered = sorted(runs, key=_order)
+    ordered = sorted(runs, key=order)
     active = tuple(
         r["metadata"]["name"]
         for r in ordered

@@ -125,7 +125,7 @@ def handle_schedule(
         for r in kube.list_objects(path("FineTuneJob", namespace), f"{sched.LABEL_SCHEDULE}={name}")
         if sched.owned_by(r, uid)
     ]
-    active, finished = sched.split_runs(runs)
+    active, finished = sched.split_runs(runs, [h.name for h in status.history])
 
     fp: str | None = None
     unreadable: str | None = None

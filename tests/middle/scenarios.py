@@ -330,4 +330,10 @@ def exercise(settings: OperatorSettings) -> set[tuple[str, str, str]]:
     kube.put(finetunejob())
     assert kube.list_finetunejobs([]) and kube.list_finetunejobs([NS])  # the resync loop's list
     seen |= kube.verbs()
-    return seen
+
+    try:  # imported as `scenarios` (tests/middle) or as `middle.scenarios` (tests/unit)
+        from schedule_scenarios import exercise_schedules
+    except ImportError:
+        from middle.schedule_scenarios import exercise_schedules
+
+    return seen | exercise_schedules(settings)

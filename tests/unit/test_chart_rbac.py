@@ -19,7 +19,9 @@ Rule = tuple[str, str, frozenset[str]]  # (apiGroup, resource, verbs)
 
 # What the operator may do in every namespace it watches (cluster-wide: ClusterRole).
 WORKLOAD_RULES: dict[tuple[str, str], set[str]] = {
-    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
+    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch", "create", "delete"},
+    ("kubetune.io", "finetuneschedules"): {"get", "list", "watch"},
+    ("kubetune.io", "finetuneschedules/status"): {"patch"},
     ("kubetune.io", "finetunejobs/status"): {"get", "patch"},
     ("kubetune.io", "finetunejobs/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "patch"},

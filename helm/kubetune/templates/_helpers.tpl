@@ -74,10 +74,18 @@ tests/integration/test_chart_install.py.
 # records them, and tests/unit/test_chart_rbac.py checks these rules against that record. A
 # verb granted beyond it says why here.
 # The custom resource: read and watch it; patch the operator's status record, an annotation the
-# trainer cannot write (ledger.py).
+# trainer cannot write (ledger.py); create and delete the runs a FineTuneSchedule stamps (and
+# prunes past its history limits, or replaces under concurrencyPolicy Replace).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
+# FineTuneSchedules: read and watch them; write their status.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetuneschedules"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["finetuneschedules/status"]
+  verbs: ["patch"]
 # Status is the operator's to write (merge patches). get is unused by the operator itself: it
 # grants each run's trainer get+patch (resourceNames: [<job>]), and RBAC only lets it grant what
 # it holds.

@@ -1,0 +1,183 @@
+"""FineTuneSchedule passes over a FakeKube and an in-memory S3: the I/O around the pure
+decision (kubetune_operator.schedules): what is created, deleted and written, crash recovery,
+status and conditions, and the one-timer-per-schedule queue."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fakekube import Crash, FakeKube
+from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.workqueue import WorkQueue
+from schedule_scenarios import NS, SCHED, T0, MemS3, finish, runs, schedule, status, tick
+
+S = timedelta(seconds=1)
+
+
+def _cond(kube: FakeKube, type_: str) -> dict[str, Any]:
+    return next(c for c in status(kube)["conditions"] if c["type"] == type_)
+
+
+def test_a_data_change_starts_exactly_one_run_with_lineage(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    fake_kube.put(schedule())
+    assert tick(fake_kube, operator_settings, s3, T0) == 10
+    st = status(fake_kube)
+    assert st["reason"] == "DatasetBaseline" and runs(fake_kube) == []
+    assert st["datasetFingerprint"].startswith("sha256:")
+    # unchanged over several checks: nothing; passes between checks read no S3
+    for i in range(1, 4):
+        tick(fake_kube, operator_settings, s3, T0 + 10 * i * S)
+        calls = s3.calls
+        tick(fake_kube, operator_settings, s3, T0 + (10 * i + 3) * S)
+        assert s3.calls == calls
+    assert runs(fake_kube) == [] and status(fake_kube)["reason"] == "DatasetUnchanged"
+    assert _cond(fake_kube, "RunStarted")["status"] == "False"
+
+    s3.objects["data/train/b.jsonl"] = '"b"'
+    tick(fake_kube, operator_settings, s3, T0 + 40 * S)
+    tick(fake_kube, operator_settings, s3, T0 + 50 * S)  # the same data again: no second run
+    assert len(runs(fake_kube)) == 1
+    first = runs(fake_kube)[0]
+    st = status(fake_kube)
+    assert st["lastRun"]["name"] == first and st["lastRun"]["trigger"] == "DatasetChange"
+    assert st["active"] == [first] and [h["name"] for h in st["history"]] == [first]
+    job = fake_kube.find("FineTuneJob", NS, first)
+    assert job is not None
+    assert job["metadata"]["labels"] == {"team": "a", "kubetune.io/schedule": SCHED}
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneSchedule"
+    assert "kubetune.io/previous-run" not in job["metadata"]["annotations"]
+
+    finish(fake_kube, first)
+    s3.objects["data/train/c.jsonl"] = '"c"'
+    tick(fake_kube, operator_settings, s3, T0 + 60 * S)
+    second = next(n for n in runs(fake_kube) if n != first)
+    job = fake_kube.find("FineTuneJob", NS, second)
+    assert job is not None
+    assert job["metadata"]["annotations"]["kubetune.io/previous-run"] == first
+    assert status(fake_kube)["history"][-1]["previous"] == first
+
+
+def test_a_crash_between_create_and_status_creates_nothing_twice(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    fake_kube.put(schedule(concurrencyPolicy="Replace"))
+    tick(fake_kube, operator_settings, s3, T0)
+    s3.objects["data/train/a.jsonl"] = '"a2"'
+    fake_kube.crash_on("patch", "finetuneschedules/status")
+    with pytest.raises(Crash):
+        tick(fake_kube, operator_settings, s3, T0 + 10 * S)
+    assert len(runs(fake_kube)) == 1
+    tick(fake_kube, operator_settings, s3, T0 + 11 * S)  # a restart: the pass again
+    assert len(runs(fake_kube)) == 1  # neither a second run nor a Replace of itself
+    st = status(fake_kube)
+    assert st["lastRun"]["name"] == runs(fake_kube)[0] and st["reason"] == "DatasetChanged"
+
+
+def test_forbid_holds_while_a_run_is_active(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    fake_kube.put(schedule())
+    tick(fake_kube, operator_settings, s3, T0)
+    s3.objects["data/train/a.jsonl"] = '"a2"'
+    tick(fake_kube, operator_settings, s3, T0 + 10 * S)
+    [first] = runs(fake_kube)
+    s3.objects["data/train/a.jsonl"] = '"a3"'
+    for i in (2, 3, 4):
+        tick(fake_kube, operator_settings, s3, T0 + 10 * i * S)
+        assert runs(fake_kube) == [first]
+        assert status(fake_kube)["reason"] == "ForbidConcurrent"
+    finish(fake_kube, first, "Failed")
+    tick(fake_kube, operator_settings, s3, T0 + 50 * S)
+    assert len(runs(fake_kube)) == 2 and status(fake_kube)["reason"] == "DatasetChanged"
+
+
+def test_replace_and_history_limits_delete_runs(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    fake_kube.put(schedule(concurrencyPolicy="Replace", successfulJobsHistoryLimit=1))
+    tick(fake_kube, operator_settings, s3, T0)
+    names = []
+    for i in range(1, 4):
+        s3.objects["data/train/a.jsonl"] = f'"a{i}"'
+        tick(fake_kube, operator_settings, s3, T0 + 10 * i * S)
+        names.append(status(fake_kube)["lastRun"]["name"])
+    assert runs(fake_kube) == [names[-1]]  # each replaced the one before
+    assert status(fake_kube)["reason"] == "Replaced"
+    # Allow: runs pile up; history limit 1 keeps the newest succeeded one
+    fake_kube.edit("FineTuneSchedule", NS, SCHED, {"spec": {"concurrencyPolicy": "Allow"}})
+    for i in range(4, 6):
+        s3.objects["data/train/a.jsonl"] = f'"a{i}"'
+        tick(fake_kube, operator_settings, s3, T0 + 10 * i * S)
+    assert len(runs(fake_kube)) == 3
+    for name in runs(fake_kube):
+        finish(fake_kube, name)
+    tick(fake_kube, operator_settings, s3, T0 + 60 * S)
+    assert runs(fake_kube) == [status(fake_kube)["lastRun"]["name"]]
+
+
+def test_a_bad_cron_value_is_a_condition_naming_the_field(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    fake_kube.put(schedule(schedule="61 * * * *"))
+    assert tick(fake_kube, operator_settings, MemS3(), T0) is None
+    cond = _cond(fake_kube, "ScheduleValid")
+    assert cond["status"] == "False" and cond["reason"] == "InvalidSchedule"
+    assert cond["message"].startswith("spec.schedule: '61 * * * *' is not a valid cron")
+    assert runs(fake_kube) == []
+    events = [e for e in fake_kube.all("Event", NS) if e["reason"] == "InvalidSchedule"]
+    assert len(events) == 1
+    tick(fake_kube, operator_settings, MemS3(), T0 + S)  # no second Event for the same
+    assert len([e for e in fake_kube.all("Event", NS) if e["reason"] == "InvalidSchedule"]) == 1
+
+
+def test_unreadable_data_is_a_condition_without_credentials(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    fake_kube.put(schedule())
+    tick(fake_kube, operator_settings, MemS3({}), T0)
+    cond = _cond(fake_kube, "ScheduleValid")
+    assert (cond["status"], cond["reason"]) == ("False", "DatasetUnreadable")
+    assert cond["message"] == "nothing under s3://data/train/ (no object and no shard)"
+    assert runs(fake_kube) == []
+
+
+def test_a_name_taken_by_another_object_is_reported_not_adopted(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    fake_kube.put(schedule(schedule="0 * * * *", trigger=None))
+    one_am = (int(T0.timestamp()) // 3600 + 1) * 60  # the run's name: its cron time in minutes
+    fake_kube.put({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                   "metadata": {"name": f"{SCHED}-{one_am}", "namespace": NS}, "spec": {}})  # fmt: skip
+    tick(fake_kube, operator_settings, MemS3(), T0 + 3600 * S)
+    st = status(fake_kube)
+    assert st["reason"] == "RunNameTaken" and "lastRun" not in st
+    assert "lastScheduleTime" not in st or st["lastScheduleTime"] is None
+
+
+def test_one_timer_per_schedule() -> None:
+    """Passes caused by events each say when the next is due; the queue keeps one timer."""
+    calls: list[Any] = []
+
+    async def handler(key: Any) -> float | None:
+        calls.append(key)
+        return None
+
+    async def scenario() -> None:
+        q = WorkQueue(handler, one_timer=True)
+        for _ in range(50):
+            q.request((NS, SCHED), after=0.05)
+        assert len(q._timers) == 1
+        await asyncio.sleep(0.2)
+        assert calls == [(NS, SCHED)]
+        await q.close()
+
+    asyncio.run(scenario())
