@@ -247,5 +247,6 @@ def handle_schedule(
         _write(kube, obj, new_status)
     for ev_reason, ev_message in events:
         kind = "Warning" if ev_reason in WARNING_REASONS else "Normal"
+        log.info("schedule %s: %s", ev_reason, ev_message)
         kube.post_event(obj, kind, ev_reason, ev_message, COMPONENT, settings.identity)
     return wait

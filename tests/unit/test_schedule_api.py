@@ -51,7 +51,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         },
         "spec.trigger.datasetChange: trigger.datasetChange watches S3",
     ),
-    ("an interval under 5 s", {"trigger": {"datasetChange": {"intervalSeconds": 1}}}, "interval"),
+    ("an interval under 2 s", {"trigger": {"datasetChange": {"intervalSeconds": 1}}}, "interval"),
     ("a history limit over 100", {"schedule": "@daily", "successfulJobsHistoryLimit": 101}, ""),
     ("an unknown policy", {"schedule": "@daily", "concurrencyPolicy": "Sometimes"}, ""),
     (

@@ -86,9 +86,10 @@ class DatasetChangeTrigger(Spec):
 
     interval_seconds: WireInt = Field(
         default=300,
-        ge=5,
+        ge=2,
         le=86400,
-        description="Seconds between two fingerprints of the data.",
+        description="Seconds between two fingerprints of the data (a HEAD, or a listing of "
+        "the prefix, with the operator's credentials).",
     )
     s3_uri: S3Uri | None = Field(
         default=None,
