@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from clusterlib import Cluster
+from clusterlib import REPO, Cluster
 from operator_harness import (  # noqa: F401 (fixtures)
     Ftj,
     Operators,
@@ -160,3 +160,7 @@ def test_the_api_server_refuses_bad_schedules_naming_the_field(
         assert fragment in proc.stderr, f"{why}: {proc.stderr}"
     good = schedule_manifest("s3://kubetune/x/", schedule="@daily", suspend=True)
     cluster.apply(good, namespace=namespace)
+    example = REPO / "examples" / "retraining-schedule.yaml"
+    proc = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", str(example),
+                           namespace=namespace, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,13 @@ from kubetune_trainer.data import render_text_template
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# The FineTuneJob examples (examples/retraining-schedule.yaml is a FineTuneSchedule: its checks
+# are in test_schedule_api.py, which also checks no example is of a third kind).
+EXAMPLES = [
+    p
+    for p in sorted((REPO / "examples").glob("*.yaml"))
+    if yaml.safe_load(p.read_text()).get("kind") == "FineTuneJob"
+]
 
 BASE: dict[str, Any] = {
     "apiVersion": "kubetune.io/v1alpha1",

@@ -5,15 +5,18 @@ FineTuneJob's (the same cases go to the real API server in tests/integration/tes
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubetune_api.build import crd as crdbuild
 from kubetune_api.v1alpha1 import FineTuneSchedule, FineTuneScheduleSpec
 from kubetune_api.v1alpha1._cel import rules_of
 from kubetune_api.v1alpha1.schedule import FineTuneJobTemplate
 from pydantic import ValidationError
 
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE: dict[str, Any] = {
     "metadata": {"labels": {"team": "a"}},
     "spec": {
@@ -128,3 +131,13 @@ def test_the_schedule_crd() -> None:
     assert version["subresources"] == {"status": {}}
     meta = version["schema"]["openAPIV3Schema"]["properties"]["metadata"]
     assert meta["properties"]["name"]["maxLength"] == 40
+
+
+def test_the_schedule_example_and_every_example_kind() -> None:
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    kinds = {p.name: yaml.safe_load(p.read_text())["kind"] for p in examples}
+    assert set(kinds.values()) == {"FineTuneJob", "FineTuneSchedule"}, kinds
+    path = REPO / "examples" / "retraining-schedule.yaml"
+    s = FineTuneSchedule.model_validate(yaml.safe_load(path.read_text()))
+    assert s.metadata["name"] == path.stem
+    assert s.spec.trigger and s.spec.trigger.dataset_change and s.spec.schedule
