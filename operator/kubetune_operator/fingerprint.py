@@ -13,6 +13,7 @@ credential, header or signature is ever in the message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, Protocol
 
@@ -79,8 +80,10 @@ def fingerprint(client: S3Client, uris: list[str]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+@functools.cache
 def s3_client(endpoint: str | None, region: str) -> S3Client:
-    """A boto3 S3 client with the operator's own credentials (module docstring)."""
+    """A boto3 S3 client with the operator's own credentials (module docstring); one per
+    endpoint and region (boto3 clients are thread-safe)."""
     import boto3
     from botocore.config import Config
 

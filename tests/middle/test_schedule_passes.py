@@ -181,3 +181,34 @@ def test_one_timer_per_schedule() -> None:
         await q.close()
 
     asyncio.run(scenario())
+
+
+def test_schedule_events_queue_spec_changes_not_status_writes(
+    fake_kube: FakeKube, operator_settings: OperatorSettings, monkeypatch: Any
+) -> None:
+    """The schedule's own status writes must not loop back into passes (its timer brings the
+    next one); a new schedule, a spec change and a run's event do queue one."""
+    from kubetune_operator import handlers
+    from kubetune_operator.handlers import Runtime
+
+    runtime = Runtime(operator_settings, kube=fake_kube)
+    monkeypatch.setattr(handlers, "_runtime", runtime)
+    queued: list[Any] = []
+    monkeypatch.setattr(runtime, "request_schedule", lambda ns, name: queued.append((ns, name)))
+    written = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2}}
+    edited = {"metadata": {"generation": 3}, "status": {"observedGeneration": 2}}
+
+    async def scenario() -> None:
+        await handlers.schedule_event(type="MODIFIED", namespace=NS, name=SCHED, body=written)
+        assert queued == []
+        await handlers.schedule_event(type="MODIFIED", namespace=NS, name=SCHED, body=edited)
+        await handlers.schedule_event(type=None, namespace=NS, name=SCHED, body=written)
+        await handlers.schedule_event(type="DELETED", namespace=NS, name=SCHED, body=edited)
+        assert queued == [(NS, SCHED), (NS, SCHED)]
+        await handlers.finetunejob_event(type="MODIFIED", namespace=NS, name="run-1",
+                                         labels={"kubetune.io/schedule": SCHED})  # fmt: skip
+        assert queued[-1] == (NS, SCHED) and len(queued) == 3
+        await runtime.queue.close()
+        await runtime.schedules.close()
+
+    asyncio.run(scenario())
