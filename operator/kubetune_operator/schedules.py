@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from . import schedule as sched
 from .fingerprint import S3Client, Unreadable, fingerprint, s3_client
-from .k8s import Kube, path
+from .k8s import ApiError, Kube, path
 from .reconcile import COMPONENT
 from .settings import OperatorSettings
 
@@ -165,15 +165,28 @@ def handle_schedule(
         for victim in decision.delete:
             kube.delete("FineTuneJob", namespace, victim, uid=uids[victim])
             still_active.remove(victim)
-        created, new = kube.create(sched.stamp(obj, spec, run))
-        if new or sched.owned_by(created, uid):
-            still_active.append(run.name)
-        else:  # someone else's FineTuneJob has the name: say so, record nothing
-            reason = ScheduleReason.RUN_NAME_TAKEN
-            message = (
-                f"a FineTuneJob named {run.name} exists and is not this schedule's: delete or "
-                "rename it (runs are named <schedule>-<suffix>)"
+        refused: tuple[ScheduleReason, str] | None = None
+        try:
+            created, new = kube.create(sched.stamp(obj, spec, run))
+        except ApiError as e:
+            if not 400 <= e.status < 500:
+                raise  # the API server is away: the work queue retries
+            # e.g. template labels that are no label keys: nothing a retry would fix
+            refused = (
+                ScheduleReason.INVALID_TEMPLATE,
+                f"the API server refused the run {run.name}: {e.message}",
             )
+        else:
+            if new or sched.owned_by(created, uid):
+                still_active.append(run.name)
+            else:  # someone else's FineTuneJob has the name
+                refused = (
+                    ScheduleReason.RUN_NAME_TAKEN,
+                    f"a FineTuneJob named {run.name} exists and is not this schedule's: delete "
+                    "or rename it (runs are named <schedule>-<suffix>)",
+                )
+        if refused is not None:  # say so, record nothing: the same run is tried next pass
+            reason, message = refused
             events = [(str(reason), message)]
             run = None
             last_time = sched.parse_time(status.last_schedule_time)
@@ -246,6 +259,8 @@ def handle_schedule(
     if {k for k, v in new_status.items() if raw_status.get(k) != v} - {"nextCheckTime"}:
         _write(kube, obj, new_status)
     for ev_reason, ev_message in events:
+        if (ev_reason, ev_message) == (raw_status.get("reason"), raw_status.get("message")):
+            continue  # the same refusal as last pass: one Event for it
         kind = "Warning" if ev_reason in WARNING_REASONS else "Normal"
         log.info("schedule %s: %s", ev_reason, ev_message)
         kube.post_event(obj, kind, ev_reason, ev_message, COMPONENT, settings.identity)

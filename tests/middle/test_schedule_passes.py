@@ -212,3 +212,30 @@ def test_schedule_events_queue_spec_changes_not_status_writes(
         await runtime.schedules.close()
 
     asyncio.run(scenario())
+
+
+def test_a_run_the_api_server_refuses_is_reported_once_and_retried(
+    fake_kube: FakeKube, operator_settings: OperatorSettings
+) -> None:
+    from kubetune_operator.k8s import ApiError
+
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    fake_kube.put(schedule())
+    tick(fake_kube, operator_settings, s3, T0)
+    s3.objects["data/train/a.jsonl"] = '"a2"'
+
+    def refuse(call: Any) -> None:
+        if (call.verb, call.resource) == ("create", "finetunejobs"):
+            raise ApiError(422, "Unprocessable Entity", '{"message": "metadata.labels: Invalid"}')
+
+    fake_kube.on_request = refuse
+    for i in (1, 2):
+        tick(fake_kube, operator_settings, s3, T0 + 10 * i * S)
+    st = status(fake_kube)
+    assert st["reason"] == "InvalidTemplate" and "metadata.labels: Invalid" in st["message"]
+    assert runs(fake_kube) == [] and "lastRun" not in st
+    refused = [e for e in fake_kube.all("Event", NS) if e["reason"] == "InvalidTemplate"]
+    assert len(refused) == 1
+    fake_kube.on_request = None  # fixed: the change still starts its run
+    tick(fake_kube, operator_settings, s3, T0 + 30 * S)
+    assert len(runs(fake_kube)) == 1 and status(fake_kube)["reason"] == "DatasetChanged"
