@@ -135,11 +135,11 @@ def test_rules_see_defaults_and_absent_fields_as_the_api_server_does() -> None:
 
 
 def test_spec_rules_read_only_the_fields_they_name() -> None:
-    """The spec's rules read dataset.format and dataset.validation, not the inline rows, which
-    may be 1000 free-form objects."""
+    """The spec's rules read dataset.format, dataset.validation and dataset.test, not the inline
+    rows, which may be 1000 free-form objects."""
     _, include = rules_of(FineTuneJobSpec)
     assert include is not None
-    assert include["dataset"] == {"format": True, "validation": True}
+    assert include["dataset"] == {"format": True, "validation": True, "test": True}
     rows = [{"text": f"row {i}", "x": {"deep": [1, 2, {"a": None}]}} for i in range(1000)]
     spec = FineTuneJobSpec.model_validate(
         {

@@ -47,6 +47,7 @@ _CLS: list[Op] = [
     ("set", "spec.dataset.format", "classification"),
 ]
 _WITH_VALIDATION: list[Op] = [("set", "spec.dataset.validation", {"splitFraction": 0.1})]
+_WITH_TEST: list[Op] = [("set", "spec.dataset.test", {"splitFraction": 0.2})]
 
 
 def apply_ops(ops: list[Op], base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -166,6 +167,21 @@ BAD: list[tuple[str, list[Op], str, str | None]] = [
     ("bad-image", [("set", "spec.resources.image", "my image:latest")], "spec.resources.image", None),
     ("bad-node-selector-value", [("set", "spec.resources.nodeSelector", {"pool": "a b"})], "spec.resources.nodeSelector.pool", None),
     ("name-too-long", [("set", "metadata.name", "x" * 53)], "metadata.name", None),
+    # evaluation and the promotion gate (evaluation.py)
+    ("promote-without-test", [("set", "spec.output.promote", {"metric": "loss"})], "spec.output.promote", "set dataset.test"),
+    ("promote-threshold-without-value", [*_WITH_TEST, ("set", "spec.output.promote", {"metric": "loss", "rule": "threshold"})], "spec.output.promote.threshold", "needs threshold"),
+    ("promote-threshold-with-beat-previous", [*_WITH_TEST, ("set", "spec.output.promote", {"metric": "loss", "threshold": 1.0})], "spec.output.promote.threshold", "applies only to rule threshold"),
+    ("promote-metric-wrong-task", [*_WITH_TEST, ("set", "spec.output.promote", {"metric": "accuracy"})], "spec.output.promote.metric", "must be one the task computes"),
+    ("promote-metric-not-evaluated", [*_WITH_TEST, ("set", "spec.evaluation", {"metrics": ["loss"]}), ("set", "spec.output.promote", {"metric": "perplexity"})], "spec.output.promote.metric", "one of evaluation.metrics"),
+    ("promote-exact-match-on-text", [*_WITH_TEST, ("set", "spec.output.promote", {"metric": "exactMatch"})], "spec.output.promote.metric", "needs dataset.format prompt-completion"),
+    ("evaluation-metric-wrong-task", [("set", "spec.evaluation", {"metrics": ["f1"]})], "spec.evaluation.metrics", "remove the metrics the task cannot compute"),
+    ("evaluation-exact-match-on-text", [("set", "spec.evaluation", {"metrics": ["exactMatch"]})], "spec.evaluation.metrics", "remove exactMatch"),
+    ("evaluation-metrics-repeated", [("set", "spec.evaluation", {"metrics": ["loss", "loss"]})], "spec.evaluation.metrics", None),
+    ("best-checkpoint-without-validation", [("set", "spec.evaluation", {"bestCheckpoint": {}})], "spec.evaluation.bestCheckpoint", "set dataset.validation"),
+    ("best-checkpoint-metric-wrong-task", [*_WITH_VALIDATION, ("set", "spec.evaluation", {"bestCheckpoint": {"metric": "f1"}})], "spec.evaluation.bestCheckpoint.metric", "must be one the task computes"),
+    ("best-checkpoint-eval-steps", [*_WITH_VALIDATION, ("set", "spec.evaluation", {"bestCheckpoint": {}}), ("set", "spec.hyperparameters", {"evalStrategy": "steps", "evalSteps": 5})], "spec.evaluation.bestCheckpoint", "every epoch"),
+    ("test-two-sources", [("set", "spec.dataset.test", {"splitFraction": 0.1, "s3Uri": "s3://bucket/test.jsonl"})], "spec.dataset.test", "exactly one of"),
+    ("test-and-validation-fractions-too-large", [("set", "spec.dataset.test", {"splitFraction": 0.5}), ("set", "spec.dataset.validation", {"splitFraction": 0.5})], "spec.dataset.test.splitFraction", "below 0.9"),
 ]  # fmt: skip
 
 # Manifests both sides must accept (edge cases of the rules above).
@@ -188,6 +204,9 @@ GOOD: list[tuple[str, list[Op]]] = [
     ("two-gpus-ddp", [("set", "spec.resources", {"gpus": 2, "distribution": {"strategy": "ddp"}})]),
     ("two-nodes-cpu-processes", [("set", "spec.resources", {"nodes": 2, "distribution": {"processesPerNode": 2}}), ("set", "spec.runPolicy.schedulingTimeoutSeconds", 60)]),
     ("qlora-fsdp", [("set", "spec.method", {"type": "qlora"}), ("set", "spec.resources", {"gpus": 8, "distribution": {"strategy": "fsdp"}})]),
+    ("promote-classification-f1", [*_CLS, ("set", "spec.classification", {"numLabels": 2}), *_WITH_TEST, *_WITH_VALIDATION, ("set", "spec.evaluation", {"metrics": ["f1", "accuracy"], "bestCheckpoint": {"metric": "f1"}}), ("set", "spec.output.promote", {"metric": "f1", "rule": "threshold", "threshold": 0.8})]),
+    ("promote-exact-match", [("set", "spec.dataset.format", "prompt-completion"), ("set", "spec.dataset.test", {"s3Uri": "s3://bucket/test.jsonl"}), ("set", "spec.output.promote", {"metric": "exactMatch", "pointer": "chat-model"})]),
+    ("promote-perplexity-default-metrics", [*_WITH_TEST, ("set", "spec.output.promote", {"metric": "perplexity", "direction": "minimize"})]),
 ]  # fmt: skip
 
 

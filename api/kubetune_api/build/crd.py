@@ -98,6 +98,10 @@ PRINTER_COLUMNS: list[Schema] = [
      "description": "Current run number."},
     {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss",
      "priority": 1, "description": "Latest evaluation loss."},
+    {"name": "Eval", "type": "string", "jsonPath": ".status.evaluationSummary", "priority": 1,
+     "description": "Main test metric, base -> tuned (spec.dataset.test)."},
+    {"name": "Promoted", "type": "boolean", "jsonPath": ".status.promoted", "priority": 1,
+     "description": "Whether the run passed spec.output.promote."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
      "description": "Summary of the state."},
 ]  # fmt: skip

@@ -160,6 +160,14 @@ class ValidationSpec(Spec):
     file_format: FileFormat = Field(default=FileFormat.AUTO, description="As dataset.fileFormat.")
 
 
+class HoldoutSpec(ValidationSpec):
+    """Test data, held out from training and validation: a separate source, or a fraction split
+    off the training rows (seeded, disjoint from the validation split). The base model is scored
+    on it before training and the tuned model after."""
+
+    api_path = "spec.dataset.test"
+
+
 class DatasetSpec(DataSource):
     """Training data and how to turn it into model inputs."""
 
@@ -180,9 +188,18 @@ class DatasetSpec(DataSource):
             ),
             cel(
                 "!has(self.tokenSecretRef) || has(self.hub) || "
-                "(has(self.validation) && has(self.validation.hub))",
-                "tokenSecretRef applies only to a Hub dataset (hub or validation.hub)",
+                "(has(self.validation) && has(self.validation.hub)) || "
+                "(has(self.test) && has(self.test.hub))",
+                "tokenSecretRef applies only to a Hub dataset (hub, validation.hub or test.hub)",
                 ".tokenSecretRef",
+            ),
+            cel(
+                "!has(self.test) || !has(self.test.splitFraction) || !has(self.validation) || "
+                "!has(self.validation.splitFraction) || "
+                "self.test.splitFraction + self.validation.splitFraction < 0.9",
+                "test.splitFraction + validation.splitFraction must stay below 0.9 (most rows "
+                "train): lower one of them",
+                ".test.splitFraction",
             ),
         )
     )
@@ -214,6 +231,12 @@ class DatasetSpec(DataSource):
         default=None,
         description="Evaluation data. Without it, evaluation, early stopping and final eval "
         "metrics are off.",
+    )
+    test: HoldoutSpec | None = Field(
+        default=None,
+        description="Test data for the final scores (spec.evaluation) and the promotion gate "
+        "(output.promote): a separate source, or splitFraction of the training rows, held out "
+        "from training and from validation.",
     )
     max_seq_length: WireInt = Field(
         default=1024,

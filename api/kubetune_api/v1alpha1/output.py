@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from ._base import INT32_MAX, S3Uri, Spec, WireBool, WireInt, cel, validations
+from .evaluation import PromoteSpec
 from .refs import S3CredentialsRef, SecretKeyRef
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +88,12 @@ class OutputSpec(Spec):
     )
     merged_dtype: MergedDtype = Field(
         default=MergedDtype.BFLOAT16, description="Dtype of the merged model's weights."
+    )
+    promote: PromoteSpec | None = Field(
+        default=None,
+        description="Promotion gate on a test metric (needs dataset.test). A run that passes "
+        "moves the pointer <uri>/<namespace>/<pointer>/promoted/promoted.json to itself; one "
+        "that does not ends Succeeded with the Promoted condition False and the numbers.",
     )
 
 

@@ -9,6 +9,7 @@ from pydantic import (
 
 from ._base import ResourceName, Spec, WireBool, cel, validations
 from .dataset import DatasetSpec
+from .evaluation import EvaluationSpec, task_rules
 from .hyperparameters import Hyperparameters, Optimizer
 from .method import MethodSpec
 from .model import ClassificationSpec, ModelSource, PreferenceSpec, TaskType
@@ -128,6 +129,8 @@ class FineTuneJobSpec(Spec):
                 "base job's adapter method (lora, qlora, dora, prompt-tuning, prefix-tuning, ia3)",
                 ".model.fromJob.artifact",
             ),
+            # evaluation and output.promote against the task and the data (evaluation.py)
+            *task_rules(),
             # Transition rules (oldSelf): checked on update only, and only where the object
             # holding the rule exists before and after. They sit on the spec, which always
             # does, and the fields always exist too (task has a default, output.uri is
@@ -160,6 +163,12 @@ class FineTuneJobSpec(Spec):
     model: ModelSource = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training (and validation) data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="Adaptation method.")
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description="Metrics on dataset.test (the base model before training and the tuned "
+        "model after, side by side in status.evaluation) and best-checkpoint export. Without "
+        "it the task's default metrics are used.",
+    )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters, description="Training hyperparameters."
     )

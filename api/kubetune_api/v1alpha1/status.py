@@ -70,6 +70,8 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
+    # Set only on a Succeeded run with spec.output.promote: whether the gate moved the pointer.
+    PROMOTED = "Promoted"
 
 
 class Reason(StrEnum):
@@ -131,6 +133,10 @@ class Reason(StrEnum):
     SPEC_CHANGED = "SpecChanged"
     RESTARTED = "Restarted"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    # The promotion gate (spec.output.promote), on the Promoted condition
+    PROMOTED = "Promoted"  # the gate passed; the pointer names this run
+    NOT_PROMOTED = "NotPromoted"  # the metric did not beat the previous run or the threshold
+    PROMOTION_METRIC_MISSING = "PromotionMetricMissing"  # the test metric could not be computed
 
 
 class Condition(Spec):
@@ -237,6 +243,41 @@ class QueueStatus(Spec):
     )
 
 
+class MetricPair(Spec):
+    """One test metric of the base model (before training) and of the tuned model."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    base: float | None = Field(default=None, description="The base model's score.")
+    tuned: float | None = Field(default=None, description="The tuned model's score.")
+
+
+class Promotion(Spec):
+    """The promotion gate's decision for the current run (spec.output.promote)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=True)
+
+    promoted: bool = Field(description="Whether the pointer moved to this run.")
+    reason: str = Field(
+        max_length=64, description="Promoted, NotPromoted or PromotionMetricMissing."
+    )
+    metric: str = Field(max_length=64, description="The metric compared.")
+    rule: str = Field(max_length=64, description="beatPrevious or threshold.")
+    direction: str | None = Field(default=None, description="maximize or minimize.")
+    value: float | None = Field(default=None, description="This run's test value.")
+    previous: float | None = Field(
+        default=None, description="beatPrevious: the promoted run's value (none: first run)."
+    )
+    previous_run: str | None = Field(
+        default=None, max_length=1024, description="beatPrevious: the promoted run's prefix."
+    )
+    threshold: float | None = Field(default=None, description="rule threshold: the threshold.")
+    pointer_uri: str | None = Field(
+        default=None, max_length=2048, description="s3:// URI of the promoted pointer object."
+    )
+    message: str | None = Field(default=None, max_length=1024, description="The decision.")
+
+
 class FineTuneJobStatus(Spec):
     """Observed state, written by the operator (progress by the trainer)."""
 
@@ -283,6 +324,25 @@ class FineTuneJobStatus(Spec):
     completion_time: str | None = Field(default=None, description="When the current run ended.")
     progress: Progress | None = Field(default=None, description="Live progress from the trainer.")
     metrics: dict[str, float] | None = Field(default=None, description="Final evaluation metrics.")
+    evaluation: dict[str, MetricPair] | None = Field(
+        default=None,
+        description="Test metrics (spec.dataset.test) of the base model and the tuned model, "
+        "side by side: {metric: {base, tuned}}.",
+    )
+    evaluation_summary: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The main test metric as `metric base -> tuned`, for the Eval column of "
+        "kubectl get.",
+    )
+    promoted: bool | None = Field(
+        default=None,
+        description="Whether the current run passed spec.output.promote and the promoted "
+        "pointer names it (unset without a gate, or before the run ends).",
+    )
+    promotion: Promotion | None = Field(
+        default=None, description="The promotion gate's numbers and decision."
+    )
     estimate: JsonObject | None = Field(
         default=None,
         description="The dry run's estimate (spec.dryRun): rows, bad rows, tokens, steps, peak "
