@@ -204,7 +204,12 @@ def test_metrics() -> None:
         predictions = np.array([[0.1, 0.9], [0.8, 0.2]])
         label_ids = np.array([1, 1])
 
-    assert classification_metrics(2)(EP()) == {"accuracy": 0.5, "f1": pytest.approx(1 / 3)}
+    assert classification_metrics(2)(EP()) == {
+        "accuracy": 0.5,
+        "f1": pytest.approx(1 / 3),
+        "precision": 0.5,  # class 0: 0 of 1 predicted right; class 1: 1 of 1
+        "recall": 0.25,  # class 0: no label (0); class 1: 1 of 2
+    }
 
 
 # --------------------------------------------------------------------------- chat templates

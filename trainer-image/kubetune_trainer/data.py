@@ -316,6 +316,7 @@ def load_rows(resolved: ResolvedData, cache_dir: Path, what: str) -> Any:
 class Prepared:
     train: Any
     eval: Any | None
+    test: Any | None = None  # dataset.test: held out from training and validation
     bad_rows_skipped: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # for the manifest
 
@@ -382,6 +383,7 @@ def prepare(
     eval_src: ResolvedData | None,
     cache_dir: Path,
     seed: int,
+    test_src: ResolvedData | None = None,
 ) -> Prepared:
     policy = BadRowPolicy(spec.bad_rows)
     loadable, malformed = check_files(train_src, policy, cache_dir, "dataset")
@@ -397,40 +399,53 @@ def prepare(
             "rows": len(raw) + malformed,
         }
     }
-    evald = None
-    val = spec.validation
-    if val is not None and val.split_fraction is not None:
-        n_eval = round(len(train) * val.split_fraction)
-        if n_eval < 1 or n_eval >= len(train):
-            raise DatasetError(
-                f"dataset.validation.splitFraction {val.split_fraction} of {len(train)} rows leaves "
-                "no validation or no training rows"
-            )
-        parts = train.train_test_split(
-            test_size=n_eval, seed=spec.shuffle_seed if spec.shuffle_seed is not None else seed
+    evald = testd = None
+    val, test = spec.validation, spec.test
+    val_fraction = val.split_fraction if val is not None else None
+    test_fraction = test.split_fraction if test is not None else None
+    split_seed = spec.shuffle_seed if spec.shuffle_seed is not None else seed
+    if val_fraction is not None or test_fraction is not None:
+        total = len(train)
+        train, split_val, split_test = holdout_splits(
+            train, val_fraction, test_fraction, split_seed
         )
-        train, evald = parts["train"], parts["test"]
-        info["validation"] = {"splitFraction": val.split_fraction, "rows": len(evald)}
-    elif eval_src is not None:
-        loadable_eval, malformed_eval = check_files(eval_src, policy, cache_dir, "validation")
-        raw_eval = load_rows(loadable_eval, cache_dir, "validation")
-        evald, skipped_eval = format_rows(
-            raw_eval,
-            spec,
-            cls,
-            f"validation {eval_src.source}",
-            already_skipped=malformed_eval,
+        if split_val is not None:
+            evald = split_val
+            info["validation"] = {"splitFraction": val_fraction, "rows": len(evald)}
+        if split_test is not None:
+            testd = split_test
+            info["test"] = {"splitFraction": test_fraction, "rows": len(testd)}
+        log.info(
+            "data: %d rows split into %d training rows%s%s",
+            total,
+            len(train),
+            f", {len(split_val)} validation" if split_val is not None else "",
+            f", {len(split_test)} test" if split_test is not None else "",
         )
-        skipped += skipped_eval
-        info["validation"] = {
-            "source": eval_src.source,
-            "fingerprint": eval_src.fingerprint(),
-            "files": eval_src.file_info,
-            "rows": len(raw_eval) + malformed_eval,
+    for what, part, resolved in (("validation", val, eval_src), ("test", test, test_src)):
+        if part is None or part.split_fraction is not None or resolved is None:
+            continue
+        loadable_part, malformed_part = check_files(resolved, policy, cache_dir, what)
+        raw_part = load_rows(loadable_part, cache_dir, what)
+        rows, skipped_part = format_rows(
+            raw_part, spec, cls, f"{what} {resolved.source}", already_skipped=malformed_part
+        )
+        skipped += skipped_part
+        info[what] = {
+            "source": resolved.source,
+            "fingerprint": resolved.fingerprint(),
+            "files": resolved.file_info,
+            "rows": len(raw_part) + malformed_part,
         }
+        if what == "validation":
+            evald = rows
+        else:
+            testd = rows
     info["train"]["usedRows"] = len(train)
     if evald is not None:
         info["validation"]["usedRows"] = len(evald)
+    if testd is not None:
+        info["test"]["usedRows"] = len(testd)
     info["badRowsSkipped"] = skipped
     log.info(
         "data: %d training rows%s%s",
@@ -438,7 +453,40 @@ def prepare(
         f", {len(evald)} validation rows" if evald is not None else "",
         f", {skipped} bad rows skipped" if skipped else "",
     )
-    return Prepared(train=train, eval=evald, bad_rows_skipped=skipped, info=info)
+    return Prepared(train=train, eval=evald, test=testd, bad_rows_skipped=skipped, info=info)
+
+
+def holdout_splits(
+    rows: Any, val_fraction: float | None, test_fraction: float | None, seed: int
+) -> tuple[Any, Any | None, Any | None]:
+    """(train, validation, test) split off `rows` by fractions of all of them, seeded: the test
+    rows first, then the validation rows from the rest, so the three are disjoint. Without a
+    test fraction the validation split is the one earlier versions made (same seed, same rows)."""
+    total = len(rows)
+    n_test = round(total * test_fraction) if test_fraction is not None else 0
+    n_val = round(total * val_fraction) if val_fraction is not None else 0
+    for fraction, n, where in (
+        (val_fraction, n_val, "dataset.validation.splitFraction"),
+        (test_fraction, n_test, "dataset.test.splitFraction"),
+    ):
+        if fraction is not None and n < 1:
+            raise DatasetError(
+                f"{where} {fraction} of {total} rows leaves no {where.split('.')[1]} rows: "
+                "raise it or give more rows"
+            )
+    if n_val + n_test >= total:
+        raise DatasetError(
+            f"dataset.validation/test splitFraction of {total} rows leaves no training rows "
+            f"({n_val} validation, {n_test} test): lower them or give more rows"
+        )
+    train, val, test = rows, None, None
+    if n_test:
+        parts = train.train_test_split(test_size=n_test, seed=seed)
+        train, test = parts["train"], parts["test"]
+    if n_val:
+        parts = train.train_test_split(test_size=n_val, seed=seed)
+        train, val = parts["train"], parts["test"]
+    return train, val, test
 
 
 def tokenize_classification(ds: Any, tokenizer: Any, max_length: int) -> Any:

@@ -42,8 +42,12 @@ def build(
     speed: dict[str, Any],
     versions: dict[str, str],
     created: str,
+    evaluation: dict[str, Any] | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """`evaluation`: dataset.test's metrics, {metric: {base, tuned}}; `promotion`: the gate's
+    decision (the pointer is written after this manifest, and only when it says promoted)."""
+    doc = {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "RunManifest",
         "runPrefix": run_prefix,
@@ -58,3 +62,8 @@ def build(
         "versions": versions,
         "config": config,
     }
+    if evaluation:
+        doc["evaluation"] = evaluation
+    if promotion:
+        doc["promotion"] = promotion
+    return doc

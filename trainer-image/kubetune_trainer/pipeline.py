@@ -178,11 +178,14 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             spec.dataset, ctx.work / "data" / "train", ctx.s3, "dataset"
         )
         val = spec.dataset.validation
-        eval_src = None
+        eval_src = test_src = None
         if val is not None and val.split_fraction is None:
             eval_src = sources.resolve_data(
                 val, ctx.work / "data" / "validation", ctx.s3, "validation"
             )
+        test = spec.dataset.test
+        if test is not None and test.split_fraction is None:
+            test_src = sources.resolve_data(test, ctx.work / "data" / "test", ctx.s3, "test")
         ctx.report(stage="data")
         import datasets  # noqa: F401  (imported here so logging setup sees it)
 
@@ -194,6 +197,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             eval_src,
             ctx.work / "datasets-cache",
             spec.hyperparameters.seed,
+            test_src,
         )
         ctx.datasets = prepared.info
         ctx.report(stage="resolve")
@@ -309,8 +313,23 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             from .checkpoints import CheckpointStore
 
             store = CheckpointStore(ctx.s3, ckpt_prefix, spec.hyperparameters.save_total_limit)
-        outcome = train.run(trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None)
+        test_data = None
+        if prepared.test is not None:
+            test_data = (
+                train.test_ready(trainer, spec, prepared, tokenizer),
+                prepared.test,
+                tokenizer,
+            )
+        outcome = train.run(
+            trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None, test_data
+        )
         ctx.metrics.update(outcome.metrics)
+        ctx.warnings.extend(outcome.warnings)
+        base_test, tuned_test = outcome.base_test, outcome.tuned_test
+        for name, value in tuned_test.items():
+            ctx.metrics[f"test_{name}"] = value
+        for name, value in base_test.items():
+            ctx.metrics[f"base_test_{name}"] = value
         ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
         # FSDP: every rank takes part in gathering the whole weights; rank 0 keeps them.
         trained, state = _gathered(trainer) if dist.strategy == "fsdp" else (trainer.model, None)
@@ -327,6 +346,10 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         release()
         merge_stage(ctx, tokenizer)
         metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
+        from . import promotion, testeval
+
+        evaluation = testeval.side_by_side(base_test, tuned_test) if test_data else {}
+        decision = promotion.gate(ctx.s3, cfg, tuned_test) if test_data else None
         (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
         ctx.report(stage="upload")
         from .upload import upload
@@ -340,7 +363,12 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             datasets=ctx.datasets,
             speed={**ctx.speed, "startup": {k: v for k, v in STARTUP.items() if k != "t0"}},
             metrics=_jsonable(metrics),
+            evaluation=evaluation or None,
+            promotion=decision.as_status() if decision is not None else None,
         )
+        if decision is not None and decision.promoted:
+            # After the artifacts and the manifest: the pointer moves in one PUT.
+            promotion.write_pointer(ctx.s3, cfg, decision, uris, tuned_test)
         if store is not None:
             uris["checkpointUri"] = store.prefix
         ctx.artifact_uris = uris
@@ -351,6 +379,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             for k in ("eval_loss", "perplexity", "eval_accuracy", "eval_f1", "train_loss")
             if isinstance(metrics.get(k), float)
         )
+        if decision is not None:
+            summary = f"{summary}; {decision.message}" if summary else decision.message
         return result_mod.build(
             outcome="Succeeded",
             reason="Completed",
@@ -360,6 +390,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             retryable=False,
             artifacts=uris,
             metrics=metrics,
+            evaluation=evaluation,
+            promotion=decision.as_status() if decision is not None else None,
         )
 
 

@@ -29,9 +29,12 @@ def build(
     retryable: bool,
     artifacts: dict[str, str | None] | None = None,
     metrics: dict[str, Any] | None = None,
+    evaluation: dict[str, dict[str, float]] | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The result object; artifacts without a value and metrics that are not finite numbers are
-    left out (JSON has no NaN)."""
+    left out (JSON has no NaN). `evaluation` ({metric: {base, tuned}} on dataset.test) and
+    `promotion` (the gate's decision) only when the run has them."""
     arts = {k: v for k, v in (artifacts or {}).items() if k in ARTIFACT_KEYS and v}
     nums: dict[str, float | int] = {}
     for k, v in (metrics or {}).items():
@@ -40,7 +43,7 @@ def build(
         if isinstance(v, float) and not math.isfinite(v):
             continue
         nums[k] = v
-    return {
+    out: dict[str, Any] = {
         "outcome": outcome,
         "reason": reason,
         "message": message,
@@ -48,6 +51,18 @@ def build(
         "artifacts": arts,
         "metrics": nums,
     }
+    if evaluation:
+        out["evaluation"] = {
+            name: {k: v for k, v in pair.items() if isinstance(v, int | float) and math.isfinite(v)}
+            for name, pair in evaluation.items()
+        }
+    if promotion:
+        out["promotion"] = {
+            k: v
+            for k, v in promotion.items()
+            if not (isinstance(v, float) and not math.isfinite(v))
+        }
+    return out
 
 
 def encode(result: dict[str, Any], limit: int = LIMIT_BYTES) -> str:

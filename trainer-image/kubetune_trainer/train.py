@@ -95,6 +95,31 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     trainer: Any = None
+    base_test: dict[str, float] = field(default_factory=dict)  # dataset.test, before training
+    tuned_test: dict[str, float] = field(default_factory=dict)  # and after
+    best_checkpoint: str | None = None  # evaluation.bestCheckpoint: the epoch exported
+    warnings: list[str] = field(default_factory=list)
+
+
+def test_ready(trainer: Any, spec: FineTuneJobSpec, data: Prepared, tokenizer: Any) -> Any:
+    """dataset.test in the form the trainer's evaluation takes: tokenized for classification;
+    for trl's trainers the rows (their evaluate() tokenizes a dataset passed to it), except
+    padding-free without packing, where it is tokenized and truncated here as build_trainer
+    does the validation rows."""
+    if data.test is None:
+        return None
+    if is_classification(spec):
+        return tokenize_classification(data.test, tokenizer, spec.dataset.max_seq_length)
+    if is_preference(spec) or not getattr(trainer.args, "padding_free", False):
+        return data.test
+    if spec.dataset.packing:
+        return data.test
+    from .speed import truncate_tokenized
+
+    ready = trainer._prepare_dataset(
+        data.test, trainer.processing_class, trainer.args, False, None, "test"
+    )
+    return truncate_tokenized(ready, spec.dataset.max_seq_length)
 
 
 def build_trainer(
@@ -208,14 +233,25 @@ def run(
     store: CheckpointStore | None,
     work: Path,
     has_eval: bool,
+    test: tuple[Any, Any, Any] | None = None,
 ) -> TrainResult:
+    """`test`: (dataset.test as the evaluation takes it, its rows, the tokenizer), scored before
+    and after training (testeval.py)."""
     from transformers import EarlyStoppingCallback, PrinterCallback
+
+    from . import testeval
 
     # ConsoleLogCallback writes one readable line per log; the raw dict printer goes.
     trainer.remove_callback(PrinterCallback)
     result = TrainResult(trainer=trainer)
     resume_path, resume_step = find_resume(store, work)
     result.resumed_from = resume_step
+    if test is not None:
+        # The base model on the test data, before any step (also on a resume: the weights are
+        # the base's until train() loads the checkpoint).
+        reporter.update(force=True, stage="evaluate")
+        result.base_test = testeval.score(trainer, spec, test[0], test[1], test[2])
+        log.info("test, base model: %s", _short(result.base_test))
     # Baseline evaluation (before any training step), added before the early-stopping and
     # progress callbacks so it only informs the metrics.
     if has_eval and resume_step is None:
@@ -274,8 +310,36 @@ def run(
                 result.metrics[name] = final[k]
         reporter.update(eval_loss=final.get("eval_loss"))
         log.info("after training: %s", _short(final))
+    best = getattr(trainer.state, "best_model_checkpoint", None)
+    if best and trainer.args.load_best_model_at_end and not Path(best).is_dir():
+        # A resumed pod has only the checkpoint it resumed from: transformers keeps the last
+        # weights when the best epoch's checkpoint is not on disk.
+        result.warnings.append(
+            f"the best checkpoint ({Path(best).name}) was written by an earlier attempt and is "
+            "not on this pod: the last epoch's weights were exported"
+        )
+    elif best and trainer.args.load_best_model_at_end:
+        result.best_checkpoint = Path(best).name
+        result.metrics["best_checkpoint_step"] = _step_of(best)
+        if isinstance(trainer.state.best_metric, int | float):
+            result.metrics["best_metric"] = trainer.state.best_metric
+        log.info(
+            "exporting the best checkpoint, %s (%s %s)",
+            result.best_checkpoint,
+            trainer.args.metric_for_best_model,
+            trainer.state.best_metric,
+        )
+    if test is not None:
+        reporter.update(force=True, stage="evaluate")
+        result.tuned_test = testeval.score(trainer, spec, test[0], test[1], test[2])
+        log.info("test, tuned model: %s", _short(result.tuned_test))
     close_writers(trainer)
     return result
+
+
+def _step_of(checkpoint: str) -> int | None:
+    tail = Path(checkpoint).name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 def checkpoint_finished(path: Path) -> bool:

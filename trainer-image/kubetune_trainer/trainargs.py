@@ -8,11 +8,14 @@ from typing import Any
 from kubetune_api.v1alpha1 import (
     ConfigError,
     DataFormat,
+    Direction,
     FineTuneJobSpec,
+    Metric,
     Optimizer,
     Strategy,
     TaskType,
     default_learning_rate,
+    direction_of,
 )
 
 OPTIMIZERS = {
@@ -110,7 +113,27 @@ def training_kwargs(
         kw["metric_for_best_model"] = es.metric
         kw["greater_is_better"] = greater_is_better(es.metric, es.greater_is_better)
         kw["load_best_model_at_end"] = best_model_compatible(h)
+    kw.update(best_checkpoint_kwargs(spec, has_eval))
     return kw
+
+
+def best_checkpoint_kwargs(spec: FineTuneJobSpec, has_eval: bool) -> dict[str, Any]:
+    """evaluation.bestCheckpoint: evaluate and checkpoint at the end of every epoch (aligned, as
+    load_best_model_at_end needs) and load the best epoch's weights when training ends, so
+    the saved artifact is the best checkpoint's. Perplexity ranks as its loss does."""
+    best = spec.evaluation.best_checkpoint if spec.evaluation is not None else None
+    if best is None or not has_eval:
+        return {}
+    metric = str(best.metric)
+    direction = direction_of(metric, best.direction)
+    key = "loss" if metric in (Metric.LOSS, Metric.PERPLEXITY) else metric
+    return {
+        "eval_strategy": Strategy.EPOCH.value,
+        "save_strategy": Strategy.EPOCH.value,
+        "metric_for_best_model": f"eval_{key}",
+        "greater_is_better": direction == Direction.MAXIMIZE,
+        "load_best_model_at_end": True,
+    }
 
 
 def sft_kwargs(spec: FineTuneJobSpec, *, padding_free: bool = False) -> dict[str, Any]:

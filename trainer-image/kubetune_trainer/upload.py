@@ -57,6 +57,8 @@ def upload(
     datasets: dict[str, Any],
     metrics: dict[str, Any],
     speed: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     if not files:
@@ -92,6 +94,8 @@ def upload(
         speed=speed or {},
         versions=manifest_mod.library_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        evaluation=evaluation,
+        promotion=promotion,
     )
     data = json.dumps(doc, indent=2, sort_keys=False).encode()
     m = s3.put_bytes(join(cfg.run_prefix, MANIFEST), data)
