@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kubetune_api.v1alpha1 import ARTIFACT_KEYS, ConditionType
+from kubetune_api.v1alpha1 import ARTIFACT_KEYS, ConditionType, Promotion
+from pydantic import ValidationError
 
 from . import podset
 from .podset import Group
@@ -72,6 +73,41 @@ def metrics(result: dict[str, Any] | None) -> dict[str, float] | None:
         if not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
     }
     return out or None
+
+
+def evaluation(result: dict[str, Any] | None) -> dict[str, dict[str, float]] | None:
+    """The trainer's test metrics {metric: {base, tuned}} (finite numbers only; the pod's word,
+    shown as it said it), or None."""
+    raw = (result or {}).get("evaluation")
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for name, pair in list(raw.items())[:16]:
+        if not isinstance(pair, dict):
+            continue
+        kept = {
+            side: float(v)
+            for side in ("base", "tuned")
+            if not isinstance(v := pair.get(side), bool)
+            and isinstance(v, int | float)
+            and math.isfinite(v)
+        }
+        if kept:
+            out[str(name)[:64]] = kept
+    return out or None
+
+
+def promotion(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The promotion gate's decision (status.promotion), or None when the result has none or
+    one that does not parse."""
+    raw = (result or {}).get("promotion")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        parsed = Promotion.model_validate(raw)
+    except ValidationError:
+        return None
+    return parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 @dataclass(frozen=True)
@@ -383,6 +419,8 @@ class Recorded:
     completion_time: str | None = None
     job_name: str | None = None
     estimate: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, status: dict[str, Any]) -> Recorded:
@@ -395,4 +433,6 @@ class Recorded:
             status.get("completionTime"),
             status.get("jobName"),
             status.get("estimate"),
+            status.get("evaluation"),
+            status.get("promotion"),
         )

@@ -30,6 +30,8 @@ class RunState:
     metrics: dict[str, float] | None = None
     completion_time: str | None = None
     estimate: dict[str, Any] | None = None  # a dry run's (spec.dryRun)
+    evaluation: dict[str, Any] | None = None  # dataset.test: {metric: {base, tuned}}
+    promotion: dict[str, Any] | None = None  # output.promote: the gate's decision
 
     def __post_init__(self) -> None:
         # Plain strings in the status (a Reason is a str, but YAML/JSON dumpers differ).

@@ -28,8 +28,10 @@ from .observe import (
     MODEL_ARTIFACTS,
     Recorded,
     artifacts,
+    evaluation,
     metrics,
     observe,
+    promotion,
 )
 from .reasons import Source, clip, kube_reason, pod_failure, waiting
 from .runctx import (
@@ -183,6 +185,7 @@ def _no_artifacts(c: Ctx) -> RunState:
 
 
 def _succeeded(c: Ctx) -> RunState:
+    # A run that fails the promotion gate still Succeeded: the Promoted condition says False.
     result = c.result or {}
     return RunState(
         Phase.SUCCEEDED,
@@ -191,6 +194,8 @@ def _succeeded(c: Ctx) -> RunState:
         artifacts(result),
         metrics(result),
         c.finished_at,
+        evaluation=evaluation(result),
+        promotion=promotion(result),
     )
 
 
@@ -378,7 +383,15 @@ def _restore(c: Ctx) -> RunState:
     p = c.previous
     phase = str(p.phase)
     return RunState(
-        phase, p.reason or phase, p.message, p.artifacts, p.metrics, p.completion_time, p.estimate
+        phase,
+        p.reason or phase,
+        p.message,
+        p.artifacts,
+        p.metrics,
+        p.completion_time,
+        p.estimate,
+        p.evaluation,
+        p.promotion,
     )
 
 

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune_api.v1alpha1 import ConditionType, Phase, Progress, Reason, RunPolicy
+from kubetune_api.v1alpha1 import (
+    ConditionType,
+    Phase,
+    Progress,
+    Reason,
+    RunPolicy,
+    evaluation_summary,
+)
 from pydantic import ValidationError
 
 from . import queueing
@@ -116,11 +123,21 @@ def conditions(
         (ConditionType.RECONCILING, reconciling, rec_reason, rec_message if reconciling else ""),
         (ConditionType.STALLED, stalled, st_reason, st_message if stalled else ""),
     ]
+    promo = state.promotion if phase == Phase.SUCCEEDED.value else None
+    if promo:  # spec.output.promote: only on a Succeeded run, False with the numbers too
+        desired.append(
+            (
+                ConditionType.PROMOTED,
+                bool(promo.get("promoted")),
+                str(promo.get("reason") or Reason.NOT_PROMOTED.value),
+                str(promo.get("message") or ""),
+            )
+        )
     old = {c.get("type"): c for c in previous or []}
     out = []
     for ctype, true, creason, cmessage in desired:
         value = "True" if true else "False"
-        if not true and ctype != ConditionType.READY:
+        if not true and ctype not in (ConditionType.READY, ConditionType.PROMOTED):
             cmessage = ""
         before = old.get(ctype.value) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else None
@@ -165,6 +182,7 @@ def _history_record(status: dict[str, Any], superseded: bool, gpu_seconds: float
         ("completionTime", status.get("completionTime")),
         ("artifacts", status.get("artifacts")),
         ("metrics", status.get("metrics")),
+        ("promoted", status.get("promoted")),
         ("gpuSeconds", round(gpu_seconds, 1) if gpu_seconds else None),
     ):
         if value is not None:
@@ -193,6 +211,10 @@ def _new_run(
         "completionTime",
         "artifacts",
         "metrics",
+        "evaluation",
+        "evaluationSummary",
+        "promoted",
+        "promotion",
         "attempts",
         "queuedGeneration",
         "message",
@@ -311,11 +333,14 @@ def derive(
         ("metrics", state.metrics),
         ("completionTime", state.completion_time),
         ("estimate", state.estimate),
+        ("evaluation", state.evaluation),
+        ("promotion", state.promotion),
     ):
         if value:
             new[key] = value
         else:
             new.pop(key, None)
+    _evaluation_fields(new, state)
     new["observedGeneration"] = generation
     new["conditions"] = conditions(
         old.get("conditions"), state, generation, now_s, problem, waiting
@@ -335,6 +360,21 @@ def derive(
 
     # 4. The Events, from the two statuses.
     return Derived(status=new, events=diff(old, new, t), clear_progress=clear_progress)
+
+
+def _evaluation_fields(new: dict[str, Any], state: RunState) -> None:
+    """status.evaluationSummary (the Eval column) and status.promoted, from the run's test
+    metrics and the promotion gate's decision."""
+    promo = state.promotion or {}
+    summary = evaluation_summary(state.evaluation, promo.get("metric"))
+    if summary:
+        new["evaluationSummary"] = summary
+    else:
+        new.pop("evaluationSummary", None)
+    if promo and state.phase == Phase.SUCCEEDED.value:
+        new["promoted"] = bool(promo.get("promoted"))
+    else:
+        new.pop("promoted", None)
 
 
 def _account_gpu(

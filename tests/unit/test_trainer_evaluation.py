@@ -16,6 +16,7 @@ from kubetune_api.v1alpha1 import (
     FineTuneJobSpec,
     PromoteSpec,
     TrainerConfig,
+    evaluation_summary,
     run_prefix,
 )
 from kubetune_trainer import promotion, testeval
@@ -144,10 +145,10 @@ def test_metrics_read_off_the_evaluation_and_shown_side_by_side() -> None:
         "accuracy": {"base": 0.4},
         "f1": {"tuned": 0.7},
     }
-    assert testeval.summary(table, "loss") == "loss↓ 2 -> 1"
-    assert testeval.summary(table, None) == "loss↓ 2 -> 1"
-    assert testeval.summary(table, "f1") == "f1↑ ? -> 0.7"
-    assert testeval.summary({}, "loss") is None
+    assert evaluation_summary(table, "loss") == "loss↓ 2 -> 1"
+    assert evaluation_summary(table, None) == "loss↓ 2 -> 1"
+    assert evaluation_summary(table, "f1") == "f1↑ ? -> 0.7"
+    assert evaluation_summary({}, "loss") is None
 
 
 def test_generation_pairs_take_the_last_assistant_turn_as_reference() -> None:

@@ -19,7 +19,6 @@ from kubetune_api.v1alpha1 import (
     FineTuneJobSpec,
     Metric,
     default_metrics,
-    direction_of,
 )
 
 from .metrics import exact_match, perplexity
@@ -68,21 +67,6 @@ def side_by_side(base: dict[str, float], tuned: dict[str, float]) -> dict[str, d
         }
         out[name] = pair
     return out
-
-
-def summary(evaluation: dict[str, dict[str, float]], main: str | None) -> str | None:
-    """`metric base -> tuned` of the main metric (the gate's, else the first), for the Eval
-    column of kubectl get."""
-    if not evaluation:
-        return None
-    name = main if main in evaluation else next(iter(evaluation))
-    pair = evaluation[name]
-
-    def f(v: float | None) -> str:
-        return "?" if v is None else f"{v:.4g}"
-
-    arrow = "↑" if direction_of(name) == "maximize" else "↓"
-    return f"{name}{arrow} {f(pair.get('base'))} -> {f(pair.get('tuned'))}"
 
 
 def generation_pairs(rows: Any, fmt: str, tokenizer: Any, limit: int) -> list[tuple[str, str]]:

@@ -186,6 +186,7 @@ from .status import (
     QueueStatus,
     Reason,
     RunRecord,
+    evaluation_summary,
 )
 
 __all__ = [
@@ -345,6 +346,7 @@ __all__ = [
     "default_learning_rate",
     "default_metrics",
     "direction_of",
+    "evaluation_summary",
     "method_record",
     "methods_where",
     "pvc_mount_path",

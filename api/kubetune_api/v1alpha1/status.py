@@ -212,6 +212,9 @@ class RunRecord(Spec):
     completion_time: str | None = Field(default=None, description="When it ended.")
     artifacts: Artifacts | None = Field(default=None, description="What it wrote.")
     metrics: dict[str, float] | None = Field(default=None, description="Its final metrics.")
+    promoted: bool | None = Field(
+        default=None, description="Whether it passed spec.output.promote (runs with a gate)."
+    )
     gpu_seconds: float | None = Field(
         default=None, ge=0, description="GPU-seconds its pods used (part of status.gpuSeconds)."
     )
@@ -250,6 +253,23 @@ class MetricPair(Spec):
 
     base: float | None = Field(default=None, description="The base model's score.")
     tuned: float | None = Field(default=None, description="The tuned model's score.")
+
+
+def evaluation_summary(
+    evaluation: dict[str, dict[str, float]] | None, main: str | None
+) -> str | None:
+    """`status.evaluationSummary` (the Eval column): `metric base -> tuned` of the main metric
+    (the promotion gate's, else the first), with an arrow for which way is better."""
+    if not evaluation:
+        return None
+    name = main if main in evaluation else next(iter(evaluation))
+    pair = evaluation[name] or {}
+
+    def f(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, int | float) else "?"
+
+    arrow = "↓" if name in ("loss", "perplexity") else "↑"
+    return f"{name}{arrow} {f(pair.get('base'))} -> {f(pair.get('tuned'))}"
 
 
 class Promotion(Spec):
