@@ -13,6 +13,8 @@ a `spec.model.fromJob` resolves to):
   oom            allocate memory until the memory limit kills it
   rbac           probe its own API rights, print them as JSON on stdout, then succeed
   noresult       exit 0 without writing a termination message (a broken trainer)
+  promoted       as ok, with test metrics and a promotion gate that passed (spec.output.promote)
+  notpromoted    as ok, with a promotion gate that did not pass
 
 Progress is merge-patched into status.progress with the pod's own ServiceAccount token (the
 KUBECONFIG the node agent provides), exactly as the real trainer does.
@@ -103,6 +105,24 @@ def main() -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    if action in ("promoted", "notpromoted"):
+        passed = action == "promoted"
+        tuned = 1.0 if passed else 1.5
+        write_result({
+            "outcome": "Succeeded", "reason": "Completed", "message": f"trained {steps} steps",
+            "retryable": False,
+            "artifacts": {"mergedModelUri": prefix + "merged/",
+                          "manifestUri": prefix + "manifest.json", "manifestSha256": "0" * 64},
+            "metrics": {"train_loss": 0.5, "test_loss": tuned, "base_test_loss": 2.0},
+            "evaluation": {"loss": {"base": 2.0, "tuned": tuned},
+                           "perplexity": {"base": 7.389, "tuned": round(2.718 ** tuned, 3)}},
+            "promotion": {"promoted": passed, "reason": "Promoted" if passed else "NotPromoted",
+                          "metric": "loss", "rule": "beatPrevious", "direction": "minimize",
+                          "value": tuned, **({} if passed else {"previous": 1.0}),
+                          "message": "promoted: test loss 1, no promoted run before" if passed
+                          else "not promoted: test loss 1.5 vs 1 of the promoted run"},
+        })  # fmt: skip
+        return 0
     if action == "ok":
         # Proves the Secret values arrived (as env from secretKeyRef) without printing them.
         digests = {
