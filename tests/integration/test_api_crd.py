@@ -299,7 +299,9 @@ def test_printer_columns_category_short_name_and_field_selectors(
         "columns", "Running", "causal-lm", "qlora", "org/model", "12/100", "(12%)", "1.25",
     ], out  # fmt: skip
     wide = crd.kubectl("get", "ftj", "columns", "-o", "wide", namespace=namespace).stdout
-    assert wide.splitlines()[0].split()[-3:] == ["RUN", "EVAL-LOSS", "MESSAGE"], wide
+    assert wide.splitlines()[0].split()[-5:] == [
+        "RUN", "EVAL-LOSS", "EVAL", "PROMOTED", "MESSAGE",
+    ], wide  # fmt: skip
     assert "columns" in crd.kubectl("get", "kubetune", namespace=namespace).stdout
     selected = crd.kubectl(
         "get", "finetunejobs", "--field-selector", "spec.method.type=qlora", "-o", "name",
