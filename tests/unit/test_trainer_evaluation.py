@@ -352,3 +352,35 @@ def test_shared_pointer_name(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, 1, {"metric": "loss", "pointer": "nightly"})
     d = promotion.gate(LocalS3(tmp_path), cfg, {"loss": 1.0})
     assert d is not None and d.pointer_uri == "s3://bkt/out/ns/nightly/promoted/promoted.json"
+
+
+def test_exact_match_generates_from_the_prompt_with_the_tiny_llama() -> None:
+    """The generation edge on a real (tiny, random) model: a reference equal to what greedy
+    decoding gives matches, any other does not."""
+    from kubetune_trainer.testing.tiny import tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_llama()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    enc = tok("count: 1 2 3", return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+    greedy = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    pairs = [("count: 1 2 3", f"  {greedy} "), ("count: 1 2 3", greedy + " and more")]
+    assert testeval.generate_exact_match(model, tok, pairs, max_new_tokens=4) == 0.5
+    assert not model.training
+
+
+def test_a_full_result_keeps_the_evaluation_and_decision_within_4_kib() -> None:
+    from kubetune_trainer.result import encode
+
+    metrics = {f"some_metric_{i}": float(i) for i in range(200)}
+    evaluation = {m: {"base": 0.123456789, "tuned": 0.987654321} for m in ("accuracy", "f1",
+                  "precision", "recall", "loss")}  # fmt: skip
+    decision = promotion.decide(_gate(metric="f1"), 0.98, 0.97, "s3://bkt/" + "p/" * 100, uri="u")
+    full = build(outcome="Succeeded", reason="Completed", message="x" * 3000, retryable=False,
+                 metrics=metrics, evaluation=evaluation, promotion=decision.as_status())  # fmt: skip
+    text = encode(full)
+    assert len(text.encode()) <= 4096
+    back = json.loads(text)
+    assert back["evaluation"] == full["evaluation"] and back["promotion"] == full["promotion"]
