@@ -48,6 +48,13 @@ def test_lora_sft_learns_and_artifacts_load(
         trainer_s3,
         "lora",
         method={"lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
+        # dataset.test scored before and after (lifecycle.md, "Evaluation and promotion")
+        dataset={"test": {"splitFraction": 0.1}},
+        evaluation={
+            "metrics": ["perplexity", "exactMatch", "loss"],
+            "maxGenerationRows": 16,
+            "maxNewTokens": 16,
+        },
         hyperparameters={
             "maxSteps": 300,
             "batchSize": 16,
@@ -71,6 +78,10 @@ def test_lora_sft_learns_and_artifacts_load(
     )
     assert after < 0.15 * before, (before, after)
     assert m["eval_mean_token_accuracy"] > 0.9
+    ev = term["evaluation"]
+    print(f"[lora counting] test: {ev}")
+    assert ev["perplexity"]["tuned"] < 0.5 * ev["perplexity"]["base"]
+    assert ev["exactMatch"]["base"] == 0.0 and ev["exactMatch"]["tuned"] >= 0.5
     # one readable line per logging step
     assert len(run.lines("kubetune.train: step ")) >= 300 // 25
 
