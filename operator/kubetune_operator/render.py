@@ -299,6 +299,7 @@ def _pvc_claims(spec: FineTuneJobSpec) -> list[str]:
         spec.model.pvc,
         spec.dataset.pvc,
         spec.dataset.validation.pvc if spec.dataset.validation else None,
+        spec.dataset.test.pvc if spec.dataset.test else None,
     ):
         if source is not None and source.claim_name not in claims:
             claims.append(source.claim_name)

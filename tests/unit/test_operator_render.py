@@ -324,7 +324,11 @@ def test_service_account_override_needs_the_allow_list() -> None:
 def test_pvc_sources_are_mounted_read_only_where_the_trainer_looks() -> None:
     spec = make_spec(
         model={"pvc": {"claimName": "models", "path": "/llama"}},
-        dataset={"pvc": {"claimName": "data"}, "validation": {"pvc": {"claimName": "models"}}},
+        dataset={
+            "pvc": {"claimName": "data"},
+            "validation": {"pvc": {"claimName": "models"}},
+            "test": {"pvc": {"claimName": "held-out"}},
+        },
     )
     pod = render.pod_spec(spec, OWNER, RUN, settings())
     claims = {
@@ -332,7 +336,7 @@ def test_pvc_sources_are_mounted_read_only_where_the_trainer_looks() -> None:
         for v in pod["volumes"]
         if "persistentVolumeClaim" in v
     }
-    assert set(claims) == {"models", "data"}
+    assert set(claims) == {"models", "data", "held-out"}
     assert all(v["persistentVolumeClaim"]["readOnly"] for v in claims.values())
     mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert mounts[pvc_mount_path("models")]["readOnly"] is True

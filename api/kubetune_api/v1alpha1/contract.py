@@ -72,7 +72,7 @@ class TrainerConfig(Spec):
 
 
 # Where the operator mounts each PersistentVolumeClaim named by a `pvc` source (model.pvc,
-# dataset.pvc, dataset.validation.pvc), read-only: <PVC_MOUNT_ROOT>/<claimName>. The trainer
+# dataset.pvc, dataset.validation.pvc, dataset.test.pvc), read-only: <PVC_MOUNT_ROOT>/<claimName>. The trainer
 # reads `pvc.path` below that (KUBETUNE_PVC_ROOT overrides the root, for tests).
 PVC_MOUNT_ROOT = "/mnt/kubetune/pvc"
 

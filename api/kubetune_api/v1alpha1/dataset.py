@@ -225,7 +225,7 @@ class DatasetSpec(DataSource):
     token_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key holding a Hugging Face token for a gated or private Hub "
-        "dataset (hub, validation.hub); the model's token (model.tokenSecretRef) is separate.",
+        "dataset (hub, validation.hub, test.hub); the model's token (model.tokenSecretRef) is separate.",
     )
     validation: ValidationSpec | None = Field(
         default=None,
