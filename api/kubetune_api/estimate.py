@@ -275,9 +275,14 @@ def estimate(
     p95 = sorted(lengths)[min(len(lengths) - 1, int(0.95 * len(lengths)))]
     good_fraction = len(good) / max(1, len(good) + len(bad))
     rows = round(sample.total_rows * good_fraction)
-    val = spec.dataset.validation
-    if val is not None and val.split_fraction:
-        rows = round(rows * (1 - val.split_fraction))
+    # Rows split off for validation and test (fractions of all rows) do not train.
+    held_out = sum(
+        part.split_fraction or 0.0
+        for part in (spec.dataset.validation, spec.dataset.test)
+        if part is not None
+    )
+    if held_out:
+        rows = round(rows * (1 - held_out))
     h = spec.hyperparameters
     gpus = max(1, spec.resources.gpus) * max(1, spec.resources.nodes)
     per_step = h.batch_size * h.gradient_accumulation_steps * gpus

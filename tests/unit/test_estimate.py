@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from kubetune_api import estimate as est
-from kubetune_api.v1alpha1 import FineTuneJobSpec
+from kubetune_api.v1alpha1 import FineTuneJobSpec, HoldoutSpec, ValidationSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -145,6 +145,18 @@ def test_steps_tokens_and_bad_rows_from_a_sample() -> None:
     assert e.steps_per_epoch == math.ceil(38 / 8) and e.total_steps == 3 * e.steps_per_epoch
     assert e.memory.peak_gib > e.memory.weights_gib > 2.0
     assert e.gpu_hours == pytest.approx(e.wall_seconds / 3600)
+    # rows held out for validation and test do not train
+    held = spec.model_copy(
+        update={
+            "dataset": spec.dataset.model_copy(
+                update={
+                    "validation": ValidationSpec(split_fraction=0.25),
+                    "test": HoldoutSpec(split_fraction=0.25),
+                }
+            )
+        }
+    )
+    assert est.estimate(held, CONFIGS["1b"], None, sample).train_rows == 19
 
 
 def test_partial_sample_extrapolates_rows_by_bytes() -> None:
