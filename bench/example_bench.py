@@ -79,6 +79,16 @@ ROWS: dict[str, Row] = {
     "mistral-qlora": Row("mistral-7b-qlora-quotes", "mistral-7b", "quotes.jsonl", 4),
 }
 
+# Single-GPU examples without a row, and why (tests/unit/test_example_bench.py checks that every
+# example with `resources.gpus: 1` is in ROWS or here).
+NOT_BENCHED: dict[str, str] = {
+    "dpo-preference": "preference task (DPO): not in issue 13's list; needs a stock DPOTrainer "
+    "script and preference rows (next)",
+    "general": "prompt-completion LoRA on the same Llama-3.2-1B shape as the "
+    "prompt-completion row (which adds DoRA and packing)",
+    "domain": "general's merged model as its base (model.fromJob): the same workload as general",
+}
+
 # Published shapes (config.json of the Hub models); random weights. The tokenizer is the
 # trainer's test BPE/WordPiece tokenizer (~1k tokens): the vocabulary (embedding and LM head
 # size) is the published one, only the ids in use are fewer.
@@ -129,18 +139,27 @@ SHAPES: dict[str, dict[str, Any]] = {
     "mistral-7b": PRODUCT_SHAPES["mistral-7b"],
 }
 
-# --model tiny: the same architectures, a few hundred thousand weights (CPU wiring checks).
+# --model tiny: the same architectures, a few hundred thousand weights (CPU wiring checks);
+# vocab_size 0 = the tokenizer's (a 150k-word LM head on CPU is gigabytes of logits).
 TINY: dict[str, dict[str, Any]] = {
     "bert-base-uncased": {
         **SHAPES["bert-base-uncased"],
+        "vocab_size": 0,
         "hidden_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "intermediate_size": 128,
     },
-    "bloomz-560m": {"model_type": "bloom", "hidden_size": 64, "n_layer": 2, "n_head": 4},
+    "bloomz-560m": {
+        "model_type": "bloom",
+        "vocab_size": 0,
+        "hidden_size": 64,
+        "n_layer": 2,
+        "n_head": 4,
+    },
     "qwen2.5-0.5b": {
         **SHAPES["qwen2.5-0.5b"],
+        "vocab_size": 0,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
@@ -149,6 +168,7 @@ TINY: dict[str, dict[str, Any]] = {
     },
     "llama-3.2-1b": {
         **SHAPES["llama-3.2-1b"],
+        "vocab_size": 0,
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
@@ -234,10 +254,14 @@ def write_data(name: str, path: Path, n: int, seed: int = 0) -> None:
                 msgs.append({"role": "assistant", "content": _words(rng, 120, 5, 800)})
             rows.append({"messages": msgs})
         elif name == "instructions.parquet":
-            rows.append({"question": _words(rng, 25, 3, 200), "answer": _words(rng, 60, 3, 400)})
+            # the prompt ends on a token boundary (": "), the completion starts with a space
+            q, ans = _words(rng, 25, 3, 200), _words(rng, 60, 3, 400)
+            rows.append({"question": f"Question: {q}\nAnswer:", "answer": " " + ans})
         elif name == "complaints.jsonl":
             completion = " complaint" if label else " no complaint"
-            rows.append({"prompt": "Tweet: " + _words(rng, 25, 3, 80) + " Label:", "completion": completion})
+            rows.append(
+                {"prompt": "Tweet: " + _words(rng, 25, 3, 80) + " Label:", "completion": completion}
+            )
         else:
             raise ValueError(f"no generator for {name}")
     if path.suffix == ".parquet":
@@ -331,7 +355,9 @@ def child_stock(row: str, steps: int, root: Path, result: Path) -> int:
 
     r = ROWS[row]
     pvc = root / "pvc"
-    trainer = build(row, pvc / "models" / r.shape, pvc / "data" / r.data, steps, root / f"stock-{row}")
+    trainer = build(
+        row, pvc / "models" / r.shape, pvc / "data" / r.data, steps, root / f"stock-{row}"
+    )
     Recorder(result, steps, 0).attach(trainer).train()
     return 0
 
@@ -343,7 +369,9 @@ def child_stock(row: str, steps: int, root: Path, result: Path) -> int:
 LOG_WORDS = ("speed:", "distribution:", "trainable", "accumulation", "Error", "error")
 
 
-def run_side(side: str, row: str, steps: int, root: Path, cuda: bool, timeout: float) -> dict[str, Any]:
+def run_side(
+    side: str, row: str, steps: int, root: Path, cuda: bool, timeout: float
+) -> dict[str, Any]:
     result = root / f"result-{side}-{row}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", side, "--row", row, "--steps", str(steps)]
@@ -434,7 +462,11 @@ def run_row(row: str, a: argparse.Namespace, cuda: bool) -> dict[str, Any]:
         pairs = list(zip(o.get("losses", []), s.get("losses", []), strict=False))
         if pairs:
             diffs = [abs(x - y) for x, y in pairs]
-            line["loss_diff"] = {"step1": diffs[0], "max": max(diffs), "mean": sum(diffs) / len(diffs)}
+            line["loss_diff"] = {
+                "step1": diffs[0],
+                "max": max(diffs),
+                "mean": sum(diffs) / len(diffs),
+            }
     return line
 
 
@@ -477,13 +509,14 @@ def main() -> int:
         if a.out:
             with a.out.open("a") as f:
                 f.write(json.dumps(line) + "\n")
-        brief: dict[str, Any] = {"row": row, "ratios": line["ratios"], "loss_diff": line["loss_diff"]}
+        brief: dict[str, Any] = {
+            "row": row,
+            "ratios": line["ratios"],
+            "loss_diff": line["loss_diff"],
+        }
         for side in a.sides.split(","):
             v = line[side]
-            brief[side] = {
-                k: v.get(k)
-                for k in ("exit_code", "process_wall_s", *RATIO_KEYS)
-            }
+            brief[side] = {k: v.get(k) for k in ("exit_code", "process_wall_s", *RATIO_KEYS)}
         print(json.dumps(brief), flush=True)
     return 1 if failed else 0
 

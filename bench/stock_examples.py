@@ -214,7 +214,15 @@ def build_prompt_completion(model_dir: Path, data: Path, steps: int, output_dir:
         lora_dropout=0.05,
         use_dora=True,
         # the spec names no targets: kubetune's default for Llama-like models, every projection
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
     )
     return SFTTrainer(
         model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config
