@@ -4,8 +4,9 @@
 Each function is the example's spec written as a plain transformers / peft / trl script, the
 way a user writes it from the library docs: the spec's settings where the manifest writes
 them, kubetune's documented defaults where it leaves one out that changes the work a step does
-(LoRA dropout 0.05, kubetune's default LoRA targets for Llama-like models), and the libraries'
-own defaults for everything else (attention: sdpa; padding to the longest row of the batch;
+(LoRA dropout 0.05, kubetune's default LoRA targets for Llama-like models, no gradient
+checkpointing: trl's SFTConfig would checkpoint by default), and the libraries' own defaults for
+everything else (attention: sdpa; padding to the longest row of the batch;
 no accumulation folding). What a benchmark cannot do the same way on both sides is the same on
 both: model and data from local paths, `max_steps`, no evaluation, no checkpoints, no tracking.
 
@@ -203,6 +204,7 @@ def build_prompt_completion(model_dir: Path, data: Path, steps: int, output_dir:
         lr_scheduler_type="cosine",
         warmup_steps=50,
         max_length=1024,
+        gradient_checkpointing=False,  # the spec's (default) value; trl's own default is True
         packing=True,
         completion_only_loss=True,
         **_common(_cuda(), steps, output_dir),
@@ -243,6 +245,7 @@ def build_prompt_tuning(model_dir: Path, data: Path, steps: int, output_dir: Pat
         per_device_train_batch_size=8,
         learning_rate=0.03,
         max_length=256,
+        gradient_checkpointing=False,  # the spec's (default) value; trl's own default is True
         **_common(_cuda(), steps, output_dir),
     )
     peft_config = PromptTuningConfig(

@@ -59,9 +59,9 @@ def test_row_spec_is_the_examples_training_spec(row: str) -> None:
     assert spec["model"] == {"pvc": {"claimName": "models", "path": f"/{eb.ROWS[row].shape}"}}
 
 
-def _lora_targets(cfg: Any) -> Any:
+def _lora_targets(cfg: Any) -> list[str]:
     t = cfg.target_modules
-    return t if isinstance(t, str) else sorted(t)
+    return [t] if isinstance(t, str) else sorted(t)
 
 
 @pytest.mark.slow
@@ -94,6 +94,10 @@ def test_stock_script_trains_the_examples_settings(row: str, tmp_path: Path) -> 
         assert bool(args.assistant_only_loss) == d.get("assistantOnlyLoss", False)
         if d["format"] == "prompt-completion" and "completionOnlyLoss" in d:
             assert args.completion_only_loss == d["completionOnlyLoss"]
+    if m["type"] == "full":
+        assert not hasattr(trainer.model, "peft_config")
+        assert all(p.requires_grad for p in trainer.model.parameters())
+        return
     peft_cfg = trainer.model.peft_config["default"]
     if m["type"] in ("lora", "qlora", "dora"):
         lora = m["lora"]
@@ -101,15 +105,16 @@ def test_stock_script_trains_the_examples_settings(row: str, tmp_path: Path) -> 
         assert peft_cfg.lora_alpha == lora["alpha"]
         assert peft_cfg.lora_dropout == lora.get("dropout", 0.05)
         assert bool(peft_cfg.use_dora) == (m["type"] == "dora")
-        want = lora.get("targetModules")
-        if want == ["all-linear"]:
-            assert peft_cfg.target_modules == "all-linear"
-        elif want:
-            assert _lora_targets(peft_cfg) == sorted(want)
-        else:  # kubetune's default for Llama-like models
-            from kubetune_trainer.methods import DEFAULT_LORA_TARGETS
+        from kubetune_trainer.methods import DEFAULT_LORA_TARGETS
 
-            assert _lora_targets(peft_cfg) == sorted(DEFAULT_LORA_TARGETS["llama"])
+        want = lora.get("targetModules")
+        leaves = sorted({t.rsplit(".", 1)[-1] for t in _lora_targets(peft_cfg)})
+        if want == ["all-linear"]:  # peft expands it: every projection, not the LM head
+            assert leaves == sorted(DEFAULT_LORA_TARGETS["llama"])
+        elif want:
+            assert leaves == sorted(want)
+        else:  # kubetune's default for Llama-like models
+            assert leaves == sorted(DEFAULT_LORA_TARGETS["llama"])
         if lora.get("modulesToSave"):
             assert set(lora["modulesToSave"]) <= set(peft_cfg.modules_to_save)
     elif m["type"] == "prompt-tuning":
