@@ -3,7 +3,7 @@
 # pyarrow, triton), for bench/trainer_bench.py and bench/trainer_e2e.py. Writes .whl/ (ignored):
 #   .whl/*.whl       trl, peft, datasets, bitsandbytes (only its CUDA 13.0 library kept: the
 #                    full wheel is 125 MB unpacked), liger-kernel, dill, multiprocess
-#   .whl/e2e/*.whl   what kubetune-train needs on top: transformers 5.23 (the project's pin),
+#   .whl/e2e/*.whl   what kubetune-train needs on top: transformers 5.24 (the project's pin, trainer-image/constraints.txt),
 #                    tokenizers, safetensors, regex, pydantic
 # On the GPU machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -26,7 +26,7 @@ get "$tmp" bitsandbytes==0.50.2
   && sed -i '/libbitsandbytes_.*\.so/{/cuda130/!d}' bitsandbytes-*.dist-info/RECORD \
   && zip -q -r ../slim.zip .)
 mv "$tmp/slim.zip" .whl/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl
-get .whl/e2e transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 regex==2026.11.15 \
-  pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
+get .whl/e2e transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 regex==2026.11.19 \
+  pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 rm -rf "$tmp"
 du -sh .whl
