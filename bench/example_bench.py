@@ -87,6 +87,8 @@ NOT_BENCHED: dict[str, str] = {
     "general": "prompt-completion LoRA on the same Llama-3.2-1B shape as the "
     "prompt-completion row (which adds DoRA and packing)",
     "domain": "general's merged model as its base (model.fromJob): the same workload as general",
+    "evaluation-gate": "the BERT LoRA classifier's training plus test-set scoring and a "
+    "promotion gate: the training is the bert-lora row; the scoring is outside the step time",
 }
 
 # Published shapes (config.json of the Hub models); random weights. The tokenizer is the
