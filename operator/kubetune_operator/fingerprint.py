@@ -9,17 +9,62 @@ chart sets from `schedules.s3CredentialsSecret`, or a web identity), at the plat
 (KUBETUNE_S3_ENDPOINT) only: it never reads a Secret, and never sends its credentials to an
 endpoint a spec names. Errors become `DatasetUnreadable` with the S3 error code and the URI; no
 credential, header or signature is ever in the message.
+
+Because those credentials are the operator's, a schedule may watch only URIs under the prefixes
+the platform allows its namespace (chart value `schedules.watchPrefixes`, `uri_allowed`): else
+its author could learn whether data under any URI the operator can list changed (another team's
+bucket). A URI outside them is never read: the schedule gets `DatasetNotAllowed`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from typing import Any, Protocol
 
 
 class Unreadable(Exception):
     """The data could not be fingerprinted (message: safe for status and events)."""
+
+
+WATCH_PREFIXES_VALUE = "schedules.watchPrefixes"
+ANY_NAMESPACE = "*"
+NAMESPACE_PLACEHOLDER = "{namespace}"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def normalise_uri(uri: str) -> str | None:
+    """`s3://bucket/key` without a trailing `/` (`s3://bucket` for a whole bucket), so a prefix
+    check works on segment boundaries; None for no S3 URI, or one with `.`/`..` segments (S3
+    keeps them literally, HTTP stacks may not: refused rather than guessed)."""
+    if not uri.startswith("s3://"):
+        return None
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not _BUCKET.match(bucket) or any(seg in (".", "..") for seg in key.split("/")):
+        return None
+    key = key.rstrip("/")
+    return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+
+
+def watch_prefixes(allowed: dict[str, list[str]], namespace: str) -> list[str]:
+    """The prefixes `namespace` may watch: its own entry, else `*`'s (not both), with
+    `{namespace}` replaced by the namespace."""
+    entry = allowed.get(namespace, allowed.get(ANY_NAMESPACE, []))
+    return [p.replace(NAMESPACE_PLACEHOLDER, namespace) for p in entry]
+
+
+def uri_allowed(uri: str, prefixes: list[str]) -> bool:
+    """True if `uri` is one of `prefixes` or under one, segment by segment: `s3://data-b/x` is
+    not under `s3://data`, `s3://data/team-ab/` is not under `s3://data/team-a/`."""
+    target = normalise_uri(uri)
+    if target is None:
+        return False
+    for prefix in prefixes:
+        base = normalise_uri(prefix)
+        if base is not None and (target == base or target.startswith(base + "/")):
+            return True
+    return False
 
 
 class S3Client(Protocol):

@@ -21,7 +21,15 @@ from kubetune_api.v1alpha1 import (
 from pydantic import ValidationError
 
 from . import schedule as sched
-from .fingerprint import S3Client, Unreadable, fingerprint, s3_client
+from .fingerprint import (
+    WATCH_PREFIXES_VALUE,
+    S3Client,
+    Unreadable,
+    fingerprint,
+    s3_client,
+    uri_allowed,
+    watch_prefixes,
+)
 from .k8s import ApiError, Kube, path
 from .reconcile import COMPONENT
 from .settings import OperatorSettings
@@ -37,20 +45,38 @@ WARNING_REASONS = {
         ScheduleReason.INVALID_SCHEDULE,
         ScheduleReason.INVALID_TEMPLATE,
         ScheduleReason.DATASET_UNREADABLE,
+        ScheduleReason.DATASET_NOT_ALLOWED,
         ScheduleReason.RUN_NAME_TAKEN,
     )
 }
 
 
-def watched_uris(spec: FineTuneScheduleSpec) -> list[str]:
+def watched_uris(spec: FineTuneScheduleSpec) -> list[tuple[str, str]]:
+    """(field, URI) of each URI the datasetChange trigger fingerprints."""
     trig = spec.trigger.dataset_change if spec.trigger else None
     if trig is not None and trig.s3_uri:
-        return [trig.s3_uri]
+        return [("spec.trigger.datasetChange.s3Uri", trig.s3_uri)]
     dataset = spec.template.spec.dataset
-    uris = [dataset.s3_uri] if dataset.s3_uri else []
+    uris = [("spec.template.spec.dataset.s3Uri", dataset.s3_uri)] if dataset.s3_uri else []
     if dataset.validation is not None and dataset.validation.s3_uri:
-        uris.append(dataset.validation.s3_uri)
+        uris.append(("spec.template.spec.dataset.validation.s3Uri", dataset.validation.s3_uri))
     return uris
+
+
+def not_allowed(
+    watched: list[tuple[str, str]], allowed: dict[str, list[str]], namespace: str
+) -> str | None:
+    """Why a watched URI may not be read with the operator's credentials, or None."""
+    prefixes = watch_prefixes(allowed, namespace)
+    for field, uri in watched:
+        if not uri_allowed(uri, prefixes):
+            where = ", ".join(prefixes) if prefixes else "none"
+            return (
+                f"{field}: {uri} is outside the S3 prefixes schedules in namespace {namespace} "
+                f"may watch ({where}); watch data under one of them, or ask the platform team "
+                f"to add the prefix (chart value {WATCH_PREFIXES_VALUE})"
+            )
+    return None
 
 
 def _condition(old: list[JSON], type_: str, status: str, reason: str, message: str,
@@ -129,8 +155,13 @@ def handle_schedule(
 
     fp: str | None = None
     unreadable: str | None = None
+    unreadable_reason = ScheduleReason.DATASET_UNREADABLE
     checked = sched.dataset_check_due(spec, status, now)
-    if checked:
+    watched = watched_uris(spec) if spec.trigger and spec.trigger.dataset_change else []
+    refusal = not_allowed(watched, settings.schedule_watch_prefixes, namespace)
+    if refusal is not None:  # every pass, and never read: the credentials are not the author's
+        unreadable, unreadable_reason = refusal, ScheduleReason.DATASET_NOT_ALLOWED
+    elif checked:
         endpoint = spec.template.spec.output.endpoint
         if endpoint and endpoint.rstrip("/") != (settings.s3_endpoint or "").rstrip("/"):
             unreadable = (
@@ -140,7 +171,7 @@ def handle_schedule(
         else:
             try:
                 client = s3 or s3_client(settings.s3_endpoint, settings.s3_region)
-                fp = fingerprint(client, watched_uris(spec))
+                fp = fingerprint(client, [uri for _, uri in watched])
             except Unreadable as e:
                 unreadable = str(e)
             except Exception as e:  # no credentials, bad endpoint: the type only
@@ -242,13 +273,13 @@ def handle_schedule(
         )  # fmt: skip
         new_status["reason"], new_status["message"] = str(reason), message
     if unreadable is not None:
-        valid = ("False", ScheduleReason.DATASET_UNREADABLE, unreadable)
+        valid = ("False", unreadable_reason, unreadable)
         prev_valid = next(
             (c for c in old_conditions if c.get("type") == ScheduleConditionType.SCHEDULE_VALID),
             {},
         )
         if prev_valid.get("message") != unreadable:  # an Event when it starts or changes
-            events.append((str(ScheduleReason.DATASET_UNREADABLE), unreadable))
+            events.append((str(unreadable_reason), unreadable))
     else:
         valid = ("True", ScheduleReason.VALID, "the schedule can be evaluated")
     valid_cond = _condition(old_conditions, ScheduleConditionType.SCHEDULE_VALID, *valid,

@@ -116,6 +116,12 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="JSON: namespace (or *) to {gpus, nodes, activeDeadlineSeconds} maxima.",
     )
+    schedule_watch_prefixes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="JSON: namespace (or *) to the S3 URI prefixes a FineTuneSchedule there may "
+        "watch for datasetChange ({namespace} is replaced by the namespace). Empty: none; the "
+        "operator reads them with its own credentials.",
+    )
     allow_cross_namespace_model_refs: bool = Field(
         default=False,
         description="spec.model.fromJob may name a FineTuneJob in another namespace (whose "
@@ -172,9 +178,25 @@ class OperatorSettings(BaseSettings):
             value = json.loads(value) if value.strip() else []
         return value
 
-    @field_validator("default_node_selector", "namespace_limits", mode="before")
+    @field_validator(
+        "default_node_selector", "namespace_limits", "schedule_watch_prefixes", mode="before"
+    )
     @classmethod
     def _json_map(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("schedule_watch_prefixes")
+    @classmethod
+    def _watch_prefixes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from .fingerprint import NAMESPACE_PLACEHOLDER, normalise_uri
+
+        for ns, prefixes in value.items():
+            for p in prefixes:
+                if normalise_uri(p.replace(NAMESPACE_PLACEHOLDER, "ns")) is None:
+                    raise ValueError(
+                        f"{ns}: {p!r} is no s3://bucket[/prefix] without ./.. segments "
+                        "(KUBETUNE_SCHEDULE_WATCH_PREFIXES, chart value schedules.watchPrefixes)"
+                    )
         return value

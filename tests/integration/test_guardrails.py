@@ -2,6 +2,8 @@
 
 - the chart's ValidatingAdmissionPolicy, rendered by helm from guardrails values, refuses a
   violating FineTuneJob at `kubectl apply`, naming the field and the chart value, per namespace;
+  and a FineTuneSchedule whose template breaks the same rules, or which watches data outside
+  the namespace's schedules.watchPrefixes;
 - the operator refuses the same spec at reconcile (an object the policy did not see) with a
   Failed/Stalled status naming the field, and creates no Job.
 """
@@ -33,12 +35,16 @@ pytestmark = pytest.mark.integration
 CHART = Path(__file__).resolve().parents[2] / "helm" / "kubetune"
 
 
+WATCH = {"*": ["s3://kubetune/{namespace}/"]}
+
+
 def _policy(
     cluster: Cluster, release: str, guardrails: dict[str, Any], namespaces: list[str]
 ) -> str:
     return subprocess.run(
         [cluster.helm_path, "template", release, str(CHART),
          "--set-json", f"guardrails={json.dumps(guardrails)}",
+         "--set-json", f"schedules={json.dumps({'watchPrefixes': WATCH})}",
          "--set-json", f"watchNamespaces={json.dumps(namespaces)}",
          "--show-only", "templates/guardrails-policy.yaml"],
         capture_output=True, text=True, check=True, env=cluster.process_env(), timeout=120,
@@ -50,6 +56,8 @@ def teams_fixture(cluster: Cluster, namespace: str) -> Iterator[tuple[str, str]]
     """Two team namespaces under one policy: `namespace` gets the default limits, `big` its own
     (and may override the image)."""
     install_crd(cluster)
+    cluster.kubectl("apply", "-f", str(CHART / "crds" / "kubetune.io_finetuneschedules.yaml"))
+    cluster.wait_crd_established("finetuneschedules.kubetune.io")
     big = f"{namespace[:50]}-big"
     cluster.kubectl("create", "namespace", big)
     release = f"g{uuid.uuid4().hex[:6]}"
@@ -67,7 +75,12 @@ def teams_fixture(cluster: Cluster, namespace: str) -> Iterator[tuple[str, str]]
         [namespace, big],
     )
     kinds = [d["kind"] for d in yaml.safe_load_all(manifest) if d]
-    assert kinds == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds == [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     cluster.kubectl("apply", "-f", "-", input=manifest)
     try:
         yield namespace, big
@@ -120,6 +133,46 @@ def test_the_admission_policy_refuses_violations_at_apply_per_namespace(
     # The big team's own entry: 8 GPUs, 4 nodes, no deadline needed, its own image allowed.
     assert _apply(cluster, big, resources={"gpus": 8, "nodes": 4, "image": "ghcr.io/me/t:x"}).returncode == 0  # fmt: skip
     assert "at most 8 in namespace" in _apply(cluster, big, resources={"gpus": 9}).stderr
+
+
+def _apply_schedule(
+    cluster: Cluster, ns: str, watch: str | None = None, data: str | None = None, **spec: Any
+) -> subprocess.CompletedProcess[str]:
+    data = data or f"s3://kubetune/{ns}/d/"
+    template = {**stub_ftj("x", **spec)["spec"], "dataset": {"s3Uri": data}}
+    trigger = {"datasetChange": {"s3Uri": watch} if watch else {}}
+    obj = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSchedule",
+           "metadata": {"name": f"s-{uuid.uuid4().hex[:6]}"},
+           "spec": {"trigger": trigger, "template": {"spec": template}}}  # fmt: skip
+    return cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", namespace=ns, input=json.dumps(obj), check=False
+    )
+
+
+def test_the_admission_policy_refuses_a_schedule_template_or_watch_at_apply(
+    cluster: Cluster, teams: tuple[str, str]
+) -> None:
+    team, big = teams
+    deadline = time.monotonic() + 30
+    while _apply_schedule(cluster, team, resources={"gpus": 4}, **OK).returncode == 0:
+        assert time.monotonic() < deadline, "the schedule policy never took effect"
+        time.sleep(0.5)
+    assert _apply_schedule(cluster, team, **OK).returncode == 0, "a plain schedule must pass"
+    out = _apply_schedule(cluster, team, resources={"gpus": 4}, **OK)
+    assert "spec.template.spec.resources.gpus: at most 2" in out.stderr, out.stderr
+    out = _apply_schedule(cluster, team, runPolicy={"backoffLimit": 0})
+    assert "spec.template.spec.runPolicy.activeDeadlineSeconds: must be set" in out.stderr
+
+    # Watching: its own folder only ({namespace}), not the other team's, not by `..`.
+    assert _apply_schedule(cluster, team, f"s3://kubetune/{team}/m.json", **OK).returncode == 0
+    for uri in (f"s3://kubetune/{big}/m.json", f"s3://kubetune/{team}/../{big}/"):
+        out = _apply_schedule(cluster, team, uri, **OK)
+        assert out.returncode != 0, f"{uri} was accepted"
+        assert f"spec.trigger.datasetChange.s3Uri: {uri} is outside" in out.stderr, out.stderr
+        assert f"(s3://kubetune/{team})" in out.stderr and "schedules.watchPrefixes" in out.stderr
+    # Without trigger.datasetChange.s3Uri the template's dataset is what is watched.
+    out = _apply_schedule(cluster, big, data=f"s3://kubetune/{team}/d/")
+    assert f"spec.template.spec.dataset.s3Uri: s3://kubetune/{team}/d/ is outside" in out.stderr
 
 
 def test_the_operator_refuses_a_system_priority_class_without_creating_a_job(

@@ -70,8 +70,10 @@ def test_a_data_change_starts_exactly_one_run(
     bucket = cluster.s3_bucket
     key = f"schedule-tests/{namespace}/train"
     s3.put_object(Bucket=bucket, Key=f"{key}/a.jsonl", Body=b'{"text": "a"}\n')
+    watch = {"*": [f"s3://{bucket}/schedule-tests/{{namespace}}/"]}  # this namespace's only
     operators.new(env={"AWS_ACCESS_KEY_ID": cluster.aws_access_key_id,
-                       "AWS_SECRET_ACCESS_KEY": cluster.aws_secret_access_key})  # fmt: skip
+                       "AWS_SECRET_ACCESS_KEY": cluster.aws_secret_access_key,
+                       "KUBETUNE_SCHEDULE_WATCH_PREFIXES": json.dumps(watch)})  # fmt: skip
     cluster.apply(schedule_manifest(f"s3://{bucket}/{key}/"), namespace=namespace)
     sched = Schedule(cluster, namespace)
 

@@ -68,7 +68,13 @@ def schedule(**spec: Any) -> JSON:
     }  # fmt: skip
 
 
+# What the platform lets team-a's schedules watch, unless a test sets schedule_watch_prefixes.
+WATCH = {NS: ["s3://data/"]}
+
+
 def tick(kube: FakeKube, settings: OperatorSettings, s3: MemS3, now: datetime) -> float | None:
+    if not settings.schedule_watch_prefixes:
+        settings = settings.model_copy(update={"schedule_watch_prefixes": WATCH})
     return handle_schedule(kube, settings, NS, SCHED, now=now, s3=s3)
 
 

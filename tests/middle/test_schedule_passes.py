@@ -150,6 +150,40 @@ def test_unreadable_data_is_a_condition_without_credentials(
     assert runs(fake_kube) == []
 
 
+@pytest.mark.parametrize(
+    ("trigger", "field", "uri"),
+    [
+        ({"intervalSeconds": 10}, "spec.template.spec.dataset.s3Uri", "s3://data/train/"),
+        ({"s3Uri": "s3://data-b/team-b/"}, "spec.trigger.datasetChange.s3Uri",
+         "s3://data-b/team-b/"),
+    ],
+)  # fmt: skip
+def test_data_outside_the_watch_prefixes_is_never_read(
+    fake_kube: FakeKube,
+    operator_settings: OperatorSettings,
+    trigger: dict[str, Any],
+    field: str,
+    uri: str,
+) -> None:
+    fake_kube.put(schedule(trigger={"datasetChange": trigger}))
+    settings = operator_settings.model_copy(
+        update={"schedule_watch_prefixes": {"*": ["s3://data/{namespace}/"], "team-b": []}}
+    )
+    s3 = MemS3({"data/train/a.jsonl": '"a"', "data-b/team-b/a.jsonl": '"b"'})
+    tick(fake_kube, settings, s3, T0)
+    tick(fake_kube, settings, s3, T0 + 10 * S)
+    assert s3.calls == 0  # not a HEAD, not a listing
+    cond = _cond(fake_kube, "ScheduleValid")
+    assert (cond["status"], cond["reason"]) == ("False", "DatasetNotAllowed")
+    assert cond["message"].startswith(f"{field}: {uri} is outside the S3 prefixes")
+    assert "(s3://data/team-a/)" in cond["message"]
+    assert "schedules.watchPrefixes" in cond["message"]
+    assert "datasetFingerprint" not in status(fake_kube) or not status(fake_kube)[
+        "datasetFingerprint"]  # fmt: skip
+    events = [e for e in fake_kube.all("Event", NS) if e["reason"] == "DatasetNotAllowed"]
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+
+
 def test_a_name_taken_by_another_object_is_reported_not_adopted(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:

@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubetune_operator.fingerprint import Unreadable, fingerprint
+from kubetune_operator.fingerprint import (
+    Unreadable,
+    fingerprint,
+    normalise_uri,
+    uri_allowed,
+    watch_prefixes,
+)
+from kubetune_operator.settings import OperatorSettings
+from pydantic import ValidationError
 
 
 class ClientError(Exception):
@@ -79,3 +87,50 @@ def test_errors_name_the_code_and_uri_and_nothing_else() -> None:
     assert "AKIA" not in str(e.value) and "signature" not in str(e.value)
     with pytest.raises(Unreadable, match="nothing under s3://data/empty/"):
         fingerprint(FakeS3({}), ["s3://data/empty/"])
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed"),
+    [
+        ("s3://data/team-a/train/", True),
+        ("s3://data/team-a/train.jsonl", True),
+        ("s3://data/team-a", True),  # the prefix itself, read as a folder
+        ("s3://data/team-a/", True),
+        ("s3://data/team-ab/x.jsonl", False),  # a folder boundary, not a string prefix
+        ("s3://data-b/team-a/x", False),  # a bucket boundary
+        ("s3://data/team-a/../team-b/x", False),  # no dot segments
+        ("s3://data/team-a/./x", False),
+        ("s3://data/team-a/..", False),
+        ("s3://data", False),  # the whole bucket is wider than the prefix
+        ("https://data/team-a/x", False),
+    ],
+)
+def test_a_watched_uri_must_be_under_an_allowed_prefix(uri: str, allowed: bool) -> None:
+    assert uri_allowed(uri, ["s3://data/team-a/"]) is allowed
+    assert uri_allowed(uri, ["s3://data/team-a"]) is allowed  # trailing slash or not
+
+
+def test_a_bucket_prefix_allows_the_bucket_only() -> None:
+    assert uri_allowed("s3://data/x/y", ["s3://data"])
+    assert uri_allowed("s3://data", ["s3://data/"])
+    assert not uri_allowed("s3://data-b/x", ["s3://data"])
+    assert not uri_allowed("s3://data/x", [])
+    assert normalise_uri("s3://data/a//b/") == "s3://data/a//b"
+
+
+def test_a_namespace_gets_its_own_entry_else_the_wildcard_with_its_name() -> None:
+    allowed = {"*": ["s3://data/{namespace}/"], "team-b": ["s3://b/"], "locked": []}
+    assert watch_prefixes(allowed, "team-a") == ["s3://data/team-a/"]
+    assert watch_prefixes(allowed, "team-b") == ["s3://b/"]  # not the wildcard's too
+    assert watch_prefixes(allowed, "locked") == []
+    assert watch_prefixes({}, "team-a") == []  # the default: nothing
+
+
+def test_watch_prefixes_come_from_json_and_bad_ones_stop_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBETUNE_SCHEDULE_WATCH_PREFIXES", '{"*": ["s3://data/{namespace}/"]}')
+    assert OperatorSettings().schedule_watch_prefixes == {"*": ["s3://data/{namespace}/"]}
+    monkeypatch.setenv("KUBETUNE_SCHEDULE_WATCH_PREFIXES", '{"*": ["s3://data/../"]}')
+    with pytest.raises(ValidationError, match=r"schedules\.watchPrefixes"):
+        OperatorSettings()

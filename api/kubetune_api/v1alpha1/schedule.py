@@ -52,7 +52,7 @@ class ScheduleTrigger(StrEnum):
 
 class ScheduleReason(StrEnum):
     """Why the last check did or did not start a run: the reason of the `RunStarted`
-    condition and of the schedule's Events. `ScheduleValid` uses the last four."""
+    condition and of the schedule's Events. `ScheduleValid` uses the last five."""
 
     # a run was started
     SCHEDULED = "Scheduled"  # the cron schedule came due
@@ -70,6 +70,7 @@ class ScheduleReason(StrEnum):
     VALID = "Valid"
     INVALID_SCHEDULE = "InvalidSchedule"  # spec.schedule / spec.timeZone cannot be evaluated
     DATASET_UNREADABLE = "DatasetUnreadable"  # the fingerprint could not be taken
+    DATASET_NOT_ALLOWED = "DatasetNotAllowed"  # a watched URI is outside schedules.watchPrefixes
     INVALID_TEMPLATE = "InvalidTemplate"  # spec.template does not make a valid FineTuneJob
 
 
