@@ -27,6 +27,11 @@ get "$tmp" bitsandbytes==0.50.2
   && zip -q -r ../slim.zip .)
 mv "$tmp/slim.zip" .whl/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl
 get .whl/e2e transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 regex==2026.11.19 \
-  pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+  common-expression-language==0.10.0 typer==0.29.2 click==8.5.1 rich==15.0.0 \
+  markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0 prompt-toolkit==3.0.53 wcwidth==0.9.4 \
+  shellingham==1.5.4 annotated-doc==0.0.7
+# (the API evaluates its CEL rules in Python, _cel.py; `import cel` also imports its own CLI:
+# typer, rich, prompt-toolkit. tests/unit/test_bench_wheels.py keeps this list complete.)
 rm -rf "$tmp"
 du -sh .whl
