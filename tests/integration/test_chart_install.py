@@ -136,7 +136,7 @@ def installed(cluster: Cluster, release_ns: str, values: dict[str, Any]) -> Iter
 
 
 def test_helm_install_trains_quickstart(
-    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any
+    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any, tiny_fixtures: None
 ) -> None:
     install_and_train_quickstart(cluster, namespace, jobs_namespace, s3)
 
@@ -152,7 +152,8 @@ def install_and_train_quickstart(
 ) -> None:
     """The whole check; test_images_e2e.py runs it again with the locally built images
     (`extra_values`), inspecting the succeeded run's pods (`after_success`, given the
-    FineTuneJob) and running more jobs on the same install (`before_uninstall`)."""
+    FineTuneJob) and running more jobs on the same install (`before_uninstall`). The caller
+    takes the `tiny_fixtures` fixture: the quickstart reads the tiny model and data in MinIO."""
     health = _unit("test_chart_argocd_health")
 
     require((REPO / "examples" / "quickstart.yaml").exists(), "examples/quickstart.yaml is missing")
@@ -179,14 +180,6 @@ def install_and_train_quickstart(
         timeout=60,
         what="the FineTuneJob CRD to be Established",
     )
-
-    # The tiny model and data the quickstart reads, in MinIO.
-    up = subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        capture_output=True, text=True, env=cluster.process_env(), timeout=600,
-    )  # fmt: skip
-    assert up.returncode == 0, f"fixtures upload failed:\n{up.stdout}\n{up.stderr}"
 
     # The S3 credentials Secret, referenced by name only (chart value s3.credentialsSecret).
     cluster.kubectl(

@@ -23,7 +23,6 @@ from operator_harness import (  # noqa: F401 (fixtures)
     stub_ftj,
 )
 from test_operator_distributed import fail_with_logs, manifest, trainer_log
-from test_operator_e2e import fixtures_in_minio  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
 
@@ -384,7 +383,7 @@ def test_high_priority_preempts_a_run_which_resumes_from_its_checkpoint(
     operators: Operators,
     queues: Queues,
     gpu_node: str,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     """The real trainer (CPU). A low-priority run holds the ClusterQueue's only GPU; a
     high-priority one arrives: Kueue preempts the first (Suspended/Preempted, not a failure:
