@@ -1,13 +1,17 @@
 """The Helm chart rendered by the real helm (v3.22.0 from the tool cache: `hack/build-tools
-helm`), no cluster needed: what the chart tests in tests/unit read their objects from."""
+helm`), no cluster needed: what the chart tests in tests/unit read their objects from; and their
+contracts, for the integration tests that check them on a real API server."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -62,3 +66,16 @@ def one(objs: list[Obj], kind: str) -> Obj:
     found = find(objs, kind)
     assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
     return found[0]
+
+
+def chart_contract(name: str) -> ModuleType:
+    """A chart test module of tests/unit (e.g. test_chart_rbac: the RBAC contract), loaded by
+    path for an integration test that checks the same contract against the real API server."""
+    unit = str(REPO / "tests" / "unit")
+    if unit not in sys.path:  # its modules import each other by name, as pytest lets them
+        sys.path.insert(0, unit)
+    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -12,37 +12,23 @@ variant, and the RBAC it grants, asked of the API server's own authorizer.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import Cluster
+from helmlib import chart_contract
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
 
 
-def _unit(name: str) -> ModuleType:
-    """A module of tests/unit (the RBAC contract lives there), loaded by path."""
-    unit = str(REPO / "tests" / "unit")
-    if unit not in sys.path:  # its modules import each other by name, as pytest lets them
-        sys.path.insert(0, unit)
-    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rbac_contract = _unit("test_chart_rbac")
+rbac_contract = chart_contract("test_chart_rbac")
 
 
 def helm_template(

@@ -26,19 +26,18 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import Cluster
+from helmlib import chart_contract
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
@@ -48,17 +47,6 @@ TRAIN_TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "1200"))
 CLUSTER_WIDE = os.environ.get("KUBETUNE_CHART_E2E_MODE", "namespaced") == "cluster-wide"
 
 pytestmark = pytest.mark.slow
-
-
-def _unit(name: str) -> ModuleType:
-    unit = str(REPO / "tests" / "unit")
-    if unit not in sys.path:
-        sys.path.insert(0, unit)
-    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def free_port() -> int:
@@ -154,7 +142,7 @@ def install_and_train_quickstart(
     (`extra_values`), inspecting the succeeded run's pods (`after_success`, given the
     FineTuneJob) and running more jobs on the same install (`before_uninstall`). The caller
     takes the `tiny_fixtures` fixture: the quickstart reads the tiny model and data in MinIO."""
-    health = _unit("test_chart_argocd_health")
+    health = chart_contract("test_chart_argocd_health")
 
     require((REPO / "examples" / "quickstart.yaml").exists(), "examples/quickstart.yaml is missing")
     require(
