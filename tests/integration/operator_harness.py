@@ -330,8 +330,8 @@ def wait_gone(cluster: Cluster, fn: Any, what: str, timeout: float = 60) -> None
 
 
 # ---------------------------------------------------------------------------- fixtures
-# Test modules import the fixture functions (op_identity_fixture, operators_fixture); the
-# fixtures are named op_identity and operators.
+# Registered for every integration test in tests/integration/conftest.py; the fixtures are
+# named op_identity and operators.
 
 
 @pytest.fixture(scope="session", name="op_identity")

@@ -10,12 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-)
+from operator_harness import Ftj, Operators
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

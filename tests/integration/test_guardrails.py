@@ -19,13 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 from test_api_crd import install_crd
 
 pytestmark = pytest.mark.integration

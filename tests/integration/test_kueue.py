@@ -15,13 +15,7 @@ from typing import Any
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 from test_operator_distributed import fail_with_logs, manifest, trainer_log
 
 pytestmark = [pytest.mark.integration]

@@ -19,14 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    OPERATOR_NAMESPACE,
-    RBAC_KINDS,
-    Operators,
-    free_port,
-    op_identity_fixture,
-    operators_fixture,
-)
+from operator_harness import OPERATOR_NAMESPACE, RBAC_KINDS, Operators, free_port
 
 openai = pytest.importorskip("openai", minversion="1.50", reason="pip install 'openai>=1.50'")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,13 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    wait_gone,
-)
+from operator_harness import Ftj, Operators, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "recreated"

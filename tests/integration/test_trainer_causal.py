@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, merge, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, merge, unique
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "count from 17 :"
@@ -35,7 +35,7 @@ def _generate(model: Any, tok: Any, prompt: str, n: int = 6) -> str:
 
 @pytest.mark.slow
 def test_lora_sft_learns_and_artifacts_load(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -143,7 +143,7 @@ def test_lora_sft_learns_and_artifacts_load(
     assert _generate(merged, AutoTokenizer.from_pretrained(local / "merged"), PROMPT) == tuned_text
 
 
-def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """examples/quickstart.yaml as the demo runs it (text format, splitFraction, LoRA), with
     the S3 locations pointed at this session's prefix and fewer steps."""
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
@@ -162,7 +162,7 @@ def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """Chat rows with the tiny tokenizer's template ({% generation %} markers): the loss is on
     assistant turns only and falls."""
     spec = causal_spec(
@@ -192,7 +192,7 @@ def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> 
 
 
 def test_messages_template_without_generation_markers_is_a_config_error(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(
@@ -215,7 +215,7 @@ def test_messages_template_without_generation_markers_is_a_config_error(
 
 
 def test_early_stopping_stops_before_max_steps(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """threshold 100: no evaluation can count as an improvement, so with patience 1 training
@@ -238,7 +238,7 @@ def test_early_stopping_stops_before_max_steps(
 
 
 def test_packing_and_gradient_checkpointing(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """Text rows packed into 64-token sequences (trl bfd), activations recomputed."""
@@ -261,7 +261,7 @@ def test_packing_and_gradient_checkpointing(
 
 
 def test_parquet_shards_pvc_model_and_csv_validation(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """Training data as a prefix of parquet shards in S3, the model and a CSV validation file
@@ -311,7 +311,7 @@ def test_parquet_shards_pvc_model_and_csv_validation(
     assert manifest["baseModel"]["source"] == "pvc://models-claim/tiny-llama"
 
 
-def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """dataset.textTemplate builds each row's text from its columns (inline rows here)."""
     rows = [{"quote": f"the capital of {c} is {t} .", "author": "atlas"} for c, t in
             [("france", "paris"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]]  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import LABELS, TrainerS3, classification_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import LABELS, TrainerS3, classification_spec, unique
 
 CHANCE = 1 / len(LABELS)
 
@@ -24,7 +24,7 @@ def _predict(model: Any, tok: Any, texts: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_full_fine_tune_beats_chance(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -65,7 +65,7 @@ def test_full_fine_tune_beats_chance(
 
 @pytest.mark.slow
 def test_lora_with_modules_to_save_beats_chance(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -121,7 +121,7 @@ def test_lora_with_modules_to_save_beats_chance(
 
 
 def test_default_max_seq_length_above_bert_positions_is_clamped_not_a_crash(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """The default maxSeqLength (1024) on a BERT with 128 positions, rows longer than that:

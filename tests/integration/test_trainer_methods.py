@@ -9,14 +9,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import (  # noqa: F401
-    LABELS,
-    TrainerS3,
-    causal_spec,
-    classification_spec,
-    trainer_s3,
-    unique,
-)
+from trainer_fixtures import LABELS, TrainerS3, causal_spec, classification_spec, unique
 
 CAUSAL_METHODS: dict[str, dict[str, Any]] = {
     "lora": {},
@@ -97,7 +90,7 @@ def _check_artifacts(ts: TrainerS3, cfg: dict[str, Any], method: str, tmp: Path,
 @pytest.mark.parametrize("method", list(CAUSAL_METHODS))
 def test_causal_method_trains_and_artifacts_load(
     method: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(
@@ -119,7 +112,7 @@ def test_causal_method_trains_and_artifacts_load(
 
 @pytest.mark.slow
 def test_bitfit_classification_trains_and_artifacts_load(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """BitFit where it applies (BERT has biases); the new head trains too."""
@@ -132,7 +125,7 @@ def test_bitfit_classification_trains_and_artifacts_load(
 
 
 def test_bitfit_on_a_model_without_biases_is_a_config_error(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, "bitfit")

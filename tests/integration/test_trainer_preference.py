@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 def pairs(numbers: range) -> bytes:
@@ -51,7 +51,7 @@ def preference_spec(ts: TrainerS3, method: str, algorithm: str) -> dict[str, Any
 
 @pytest.mark.parametrize(("method", "algorithm"), [("lora", "dpo"), ("lora", "orpo")])
 def test_dpo_raises_the_chosen_vs_rejected_reward_margin(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     method: str,
     algorithm: str,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def test_trainer_patches_progress(
     cluster: Any,
     crd: None,
     namespace: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     name = unique("progress")
@@ -72,7 +72,7 @@ def test_progress_failures_do_not_stop_training(
     cluster: Any,
     crd: None,
     namespace: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, hyperparameters={"maxSteps": 4})
