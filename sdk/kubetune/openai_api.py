@@ -31,49 +31,7 @@ from fastapi.responses import JSONResponse
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.openai_backend import Backend, Caller
-from kubetune.openai_files import dpo_rows, file_object, validate_jsonl
-from kubetune.openai_mapping import (
-    ANN_LR_MULT,
-    ANN_MODEL,
-    ANN_SUFFIX,
-    ANN_TRAINING_FILE,
-    ANN_VALIDATION_FILE,
-    FILE_PREFIX,
-    JOB_PREFIX,
-    LABEL_OPENAI,
-    ApiError,
-    Settings,
-    job_events,
-    job_object,
-    job_spec,
-    paginate,
-)
-
-# The server is served from here; its edges (openai_backend) and pure halves (openai_mapping,
-# openai_files) are re-exported for callers that import them from this module.
-__all__ = [
-    "ANN_LR_MULT",
-    "ANN_MODEL",
-    "ANN_SUFFIX",
-    "ANN_TRAINING_FILE",
-    "ANN_VALIDATION_FILE",
-    "FILE_PREFIX",
-    "JOB_PREFIX",
-    "LABEL_OPENAI",
-    "ApiError",
-    "Backend",
-    "Caller",
-    "Settings",
-    "create_app",
-    "dpo_rows",
-    "file_object",
-    "job_events",
-    "job_object",
-    "job_spec",
-    "main",
-    "paginate",
-    "validate_jsonl",
-]
+from kubetune.openai_mapping import ApiError, Settings, job_object, paginate
 
 # ------------------------------------------------------------------------------ FastAPI
 
