@@ -71,31 +71,8 @@ def install_operator_identity(cluster: Cluster, workdir: Path) -> OperatorIdenti
         for rule in lease["rules"]:
             if rule.get("resourceNames"):
                 lease_name = rule["resourceNames"][0]
-    token = cluster.kubectl(
-        "create", "token", sa, "--duration=6h", namespace=OPERATOR_NAMESPACE
-    ).stdout.strip()
-    kubeconfig = workdir / "operator.kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "kubetune",
-                        "cluster": {
-                            "server": cluster.apiserver,
-                            "certificate-authority": cluster.ca_file,
-                        },
-                    }
-                ],
-                "users": [{"name": "operator", "user": {"token": token}}],
-                "contexts": [
-                    {"name": "operator", "context": {"cluster": "kubetune", "user": "operator"}}
-                ],
-                "current-context": "operator",
-            }
-        )
+    kubeconfig = cluster.token_kubeconfig(
+        sa, OPERATOR_NAMESPACE, workdir / "operator.kubeconfig", duration="6h"
     )
     return OperatorIdentity(kubeconfig, OPERATOR_NAMESPACE, lease_name)
 

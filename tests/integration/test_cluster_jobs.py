@@ -13,24 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clusterlib import Cluster
+from clusterlib import Cluster, one_container_pod
 
 PY = "python"  # resolved through the agent's PATH: the repo venv, like an image's python
-
-
-def _test_pod(name: str, command: list[str], grace: int, **spec: Any) -> dict[str, Any]:
-    """A pod of one container from the test image, never restarted."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": grace,
-            **spec,
-            "containers": [{"name": "main", "image": "kubetune.local/test", "command": command}],
-        },
-    }
 
 
 def _started_pid(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> int:
@@ -169,7 +154,9 @@ def test_pod_deletion_kills_process(cluster: Cluster, namespace: str) -> None:
         "print('pid', os.getpid(), flush=True)\n"
         "time.sleep(600)\n"
     )
-    pid = _started_pid(cluster, namespace, _test_pod("sleeper", [PY, "-c", script], grace=30))
+    pid = _started_pid(
+        cluster, namespace, one_container_pod("sleeper", [PY, "-c", script], grace=30)
+    )
     os.kill(pid, 0)  # it runs on this host
     running = cluster.wait_for(
         lambda: (lambda p: p if p["status"].get("phase") == "Running" else None)(
@@ -194,7 +181,9 @@ def test_pod_deletion_kills_process(cluster: Cluster, namespace: str) -> None:
 
 def test_deletion_sigkills_after_grace_period(cluster: Cluster, namespace: str) -> None:
     script = "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('pid', os.getpid(), flush=True)\ntime.sleep(600)\n"
-    pid = _started_pid(cluster, namespace, _test_pod("stubborn", [PY, "-c", script], grace=2))
+    pid = _started_pid(
+        cluster, namespace, one_container_pod("stubborn", [PY, "-c", script], grace=2)
+    )
     t0 = time.monotonic()
     cluster.kubectl(
         "delete", "pod", "stubborn", "--wait=true", "--timeout=60s", namespace=namespace
@@ -205,7 +194,7 @@ def test_deletion_sigkills_after_grace_period(cluster: Cluster, namespace: str) 
 
 
 def test_active_deadline_exceeded(cluster: Cluster, namespace: str) -> None:
-    pod = _test_pod("slow", ["sleep", "600"], grace=1, activeDeadlineSeconds=3)
+    pod = one_container_pod("slow", ["sleep", "600"], grace=1, activeDeadlineSeconds=3)
     cluster.apply(pod, namespace)
 
     def failed() -> dict[str, Any] | None:
