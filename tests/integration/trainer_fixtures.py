@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.s3 import S3, join
-from kubetune_trainer.testing import fixtures
+from kubetune_trainer.testing import fixtures, harness
 
 LABELS = ["sports", "weather", "finance", "cooking"]
 
@@ -137,3 +137,18 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def train(
+    spec: dict[str, Any],
+    name: str,
+    tmp: Path,
+    returncode: int = 0,
+    env: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], harness.TrainerRun]:
+    """Run kubetune-train on `spec` as job `unique(name)` (work and run dirs under `tmp`) and
+    check it exited `returncode`: the trainer config it ran, and the run."""
+    cfg = harness.trainer_config(spec, name=unique(name), work_dir=tmp / "w")
+    run = harness.run(cfg, tmp / "run", env=env)
+    assert run.returncode == returncode, run.output[-4000:]
+    return cfg, run
