@@ -283,6 +283,13 @@ def assert_lease(cluster: Cluster, user: str, ns: str) -> None:
 def escalation_check(cluster: Cluster, user: str, ns: str) -> None:
     """RBAC lets the operator create the trainer Role it renders (it holds those rights) and
     refuses a Role granting more than it holds (Secrets)."""
+
+    def create_as(user: str, obj: dict[str, Any]) -> Any:
+        return cluster.kubectl(
+            "create", "--dry-run=server", "--as", user, "-f", "-",
+            input=yaml.safe_dump(obj), check=False,
+        )  # fmt: skip
+
     trainer_role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -296,28 +303,10 @@ def escalation_check(cluster: Cluster, user: str, ns: str) -> None:
             }
         ],
     }
-    ok = cluster.kubectl(
-        "create",
-        "--dry-run=server",
-        "--as",
-        user,
-        "-f",
-        "-",
-        input=yaml.safe_dump(trainer_role),
-        check=False,
-    )
+    ok = create_as(user, trainer_role)
     assert ok.returncode == 0, ok.stderr
     greedy = dict(
         trainer_role, rules=[{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
     )
-    denied = cluster.kubectl(
-        "create",
-        "--dry-run=server",
-        "--as",
-        user,
-        "-f",
-        "-",
-        input=yaml.safe_dump(greedy),
-        check=False,
-    )
+    denied = create_as(user, greedy)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr

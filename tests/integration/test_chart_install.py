@@ -38,11 +38,11 @@ import pytest
 import yaml
 from clusterlib import Cluster
 from helmlib import chart_contract
+from operator_harness import S3_SECRET, create_s3_secret
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
 RELEASE = "kt-e2e"
-SECRET = "s3-credentials"
 TRAIN_TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "1200"))
 CLUSTER_WIDE = os.environ.get("KUBETUNE_CHART_E2E_MODE", "namespaced") == "cluster-wide"
 
@@ -170,12 +170,7 @@ def install_and_train_quickstart(
     )
 
     # The S3 credentials Secret, referenced by name only (chart value s3.credentialsSecret).
-    cluster.kubectl(
-        "create", "secret", "generic", SECRET,
-        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.aws_access_key_id}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.aws_secret_access_key}",
-        namespace=jobs_ns,
-    )  # fmt: skip
+    create_s3_secret(cluster, jobs_ns)
 
     metrics_port, health_port = free_port(), free_port()
     values: dict[str, Any] = {
@@ -186,7 +181,7 @@ def install_and_train_quickstart(
         "metrics": {"port": metrics_port},
         "health": {"port": health_port},
         "s3": {"endpoint": cluster.s3_endpoint, "region": cluster.aws_region,
-               "credentialsSecret": SECRET},
+               "credentialsSecret": S3_SECRET},
     }  # fmt: skip
     values.update(extra_values or {})
     with installed(cluster, release_ns, values) as install_out:
