@@ -259,6 +259,33 @@ class Ftj:
     def wait(self, fn: Any, what: str, timeout: float = 90) -> Any:
         return self.cluster.wait_for(fn, timeout=timeout, interval=0.5, what=what)
 
+    def wait_refused(
+        self, reason: str, timeout: float = 60
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A job the operator refuses: Failed, Stalled for `reason`. (status, Stalled condition)"""
+        st = self.wait_phase("Failed", "Succeeded", timeout=timeout)
+        assert st["phase"] == "Failed", st
+        cond = self.condition("Stalled")
+        assert cond["status"] == "True" and cond["reason"] == reason, cond
+        return st, cond
+
+    def wait_run(self, run: int, phase: str, timeout: float = 90) -> dict[str, Any]:
+        """The status once run `run` is in `phase` (read once a poll: run and phase agree)."""
+
+        def check() -> dict[str, Any] | None:
+            st = self.status()
+            return st if st.get("run") == run and st.get("phase") == phase else None
+
+        return dict(self.wait(check, f"run {run} {phase}", timeout=timeout))
+
+    def wait_step(self, step: int, what: str, timeout: float = 600) -> None:
+        """Until the current run has reported progress step `step` or a later one."""
+        self.wait(
+            lambda: (self.status().get("progress") or {}).get("step", 0) >= step or None,
+            what,
+            timeout=timeout,
+        )
+
     def jobs(self) -> list[dict[str, Any]]:
         items = self.cluster.kubectl_json(
             "get", "jobs", "-l", f"kubetune.io/job={self.name}", namespace=self.namespace

@@ -126,10 +126,7 @@ def test_the_operator_refuses_a_system_priority_class_without_creating_a_job(
         namespace=namespace,
     )
     ftj = Ftj(cluster, namespace, "greedy")
-    st = ftj.wait_phase("Failed", "Succeeded", timeout=60)
-    assert st["phase"] == "Failed", st
-    cond = ftj.condition("Stalled")
-    assert cond["status"] == "True" and cond["reason"] == "PriorityClassNotAllowed"
+    _, cond = ftj.wait_refused("PriorityClassNotAllowed")
     assert cond["message"].startswith("spec.resources.priorityClassName: 'system-node-critical'")
     assert ftj.jobs() == []
 

@@ -394,11 +394,7 @@ def test_high_priority_preempts_a_run_which_resumes_from_its_checkpoint(
     low["spec"].update(queueName=lq, workloadPriorityClass=low_class)
     cluster.apply(low, namespace=namespace)
     low_ftj = Ftj(cluster, namespace, "low")
-    low_ftj.wait(
-        lambda: (low_ftj.status().get("progress") or {}).get("step", 0) >= 12 or None,
-        "step 12 (after the checkpoint of step 10)",
-        timeout=600,
-    )
+    low_ftj.wait_step(12, "step 12 (after the checkpoint of step 10)")
 
     high = manifest("high", {"gpus": 1}, maxSteps=10, saveSteps=10, evalSteps=10)
     high["spec"].update(queueName=lq, workloadPriorityClass=high_class)

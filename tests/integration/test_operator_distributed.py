@@ -219,11 +219,7 @@ def test_a_killed_process_restarts_the_group_from_the_checkpoint(
         doc["spec"]["runPolicy"] = {"backoffLimit": 1}
         cluster.apply(doc, namespace=namespace)
         ftj = Ftj(cluster, namespace, "restart")
-        ftj.wait(
-            lambda: (ftj.status().get("progress") or {}).get("step", 0) >= 6 or None,
-            "step 6 (after the checkpoint of step 4)",
-            timeout=600,
-        )
+        ftj.wait_step(6, "step 6 (after the checkpoint of step 4)")
         (victim,) = [
             p
             for p in ftj.pods()

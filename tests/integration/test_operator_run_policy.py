@@ -113,15 +113,7 @@ def test_spec_change_queue(cluster: Cluster, namespace: str, operators: Operator
     assert [j["metadata"]["name"] for j in ftj.jobs()] == ["queue-run-1"]
     assert ftj.condition("Reconciling")["reason"] == "Queued"
     # Run 1 finishes, then run 2 starts by itself and finishes too.
-    st = ftj.wait(
-        lambda: (
-            ftj.status()
-            if ftj.status().get("run") == 2 and ftj.status().get("phase") == "Succeeded"
-            else None
-        ),
-        "run 2 Succeeded",
-        timeout=120,
-    )
+    st = ftj.wait_run(2, "Succeeded", timeout=120)
     (h,) = st["history"]
     assert h["outcome"] == "Succeeded" and h["run"] == 1
     uid8 = ftj.get()["metadata"]["uid"][:8]  # run prefixes carry the object's uid
