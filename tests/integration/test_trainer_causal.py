@@ -152,7 +152,7 @@ def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     spec["dataset"]["s3Uri"] = trainer_s3.uri("datasets/quickstart/train.jsonl")
     spec["output"]["uri"] = trainer_s3.uri("output")
     spec = merge(spec, {"hyperparameters": {"maxSteps": 10, "evalSteps": 5, "saveSteps": 5}})
-    _, run = train(spec, "quickstart", tmp_path)
+    _, run = train(spec, unique("quickstart"), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded"
     assert t["metrics"]["eval_loss"] < t["metrics"]["initial_eval_loss"]
@@ -181,7 +181,7 @@ def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> 
             "saveSteps": 100,
         },
     )
-    _, run = train(spec, "chat", tmp_path)
+    _, run = train(spec, unique("chat"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     print(f"\n[messages] eval_loss {m['initial_eval_loss']:.4f} -> {m['eval_loss']:.4f}")
     assert m["eval_loss"] < 0.5 * m["initial_eval_loss"]
@@ -202,7 +202,7 @@ def test_messages_template_without_generation_markers_is_a_config_error(
         },
         hyperparameters={"evalStrategy": "no", "evalSteps": None},
     )
-    _, run = train(spec, "chat-nomarkers", tmp_path, returncode=10)
+    _, run = train(spec, unique("chat-nomarkers"), tmp_path, returncode=10)
     t = run.termination
     assert t is not None and t["reason"] == "ConfigError" and t["retryable"] is False
     assert "{% generation %}" in t["message"] and "assistantOnlyLoss" in t["message"]
@@ -224,7 +224,7 @@ def test_early_stopping_stops_before_max_steps(
             "earlyStopping": {"patience": 1, "threshold": 100},
         },
     )
-    _, run = train(spec, "early", tmp_path)
+    _, run = train(spec, unique("early"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     assert m["train_steps"] == 4, m
 
@@ -245,7 +245,7 @@ def test_packing_and_gradient_checkpointing(
         },
         hyperparameters={"gradientCheckpointing": True, "maxSteps": 4, "evalSteps": 4},
     )
-    _, run = train(spec, "packing", tmp_path)
+    _, run = train(spec, unique("packing"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     assert m["train_steps"] == 4 and m["eval_loss"] > 0
 
@@ -286,7 +286,7 @@ def test_parquet_shards_pvc_model_and_csv_validation(
         },
         hyperparameters={"maxSteps": 2, "evalSteps": 2, "saveStrategy": "no"},
     )
-    _, run = train(spec, "shards", tmp_path, env={"KUBETUNE_PVC_ROOT": str(pvc_root)})
+    _, run = train(spec, unique("shards"), tmp_path, env={"KUBETUNE_PVC_ROOT": str(pvc_root)})
     assert run.lines("dataset: 3 shard(s) from")
     manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
     assert [f["name"] for f in manifest["datasets"]["train"]["files"]] == [
@@ -320,7 +320,7 @@ def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -
             "saveStrategy": "no",
         },
     )
-    _, run = train(spec, "template", tmp_path)
+    _, run = train(spec, unique("template"), tmp_path)
     manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
     assert manifest["datasets"]["train"]["source"] == "inline (dataset)"
     assert manifest["datasets"]["train"]["usedRows"] == 4

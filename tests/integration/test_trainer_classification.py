@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_fixtures import LABELS, TrainerS3, classification_spec, train
+from trainer_fixtures import LABELS, TrainerS3, classification_spec, train, unique
 
 CHANCE = 1 / len(LABELS)
 
@@ -40,7 +40,7 @@ def test_full_fine_tune_beats_chance(
             "saveSteps": 75,
         },
     )
-    cfg, run = train(spec, "bert-full", tmp_path)
+    cfg, run = train(spec, unique("bert-full"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     record_property("accuracy", m["eval_accuracy"])
     print(
@@ -84,7 +84,7 @@ def test_lora_with_modules_to_save_beats_chance(
             "saveSteps": 100,
         },
     )
-    cfg, run = train(spec, "bert-lora", tmp_path)
+    cfg, run = train(spec, unique("bert-lora"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     record_property("accuracy", m["eval_accuracy"])
     print(
@@ -134,7 +134,7 @@ def test_default_max_seq_length_above_bert_positions_is_clamped_not_a_crash(
         * 8,
         "format": "classification",
     }
-    cfg, run = train(spec, "bert-clamp", tmp_path)
+    cfg, run = train(spec, unique("bert-clamp"), tmp_path)
     message = run.termination["message"]  # type: ignore[index]
     assert "dataset.maxSeqLength 1024 is above the model's position limit 128" in message
     manifest = trainer_s3.json(cfg["runPrefix"] + "manifest.json")

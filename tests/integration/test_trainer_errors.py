@@ -82,7 +82,7 @@ def test_bad_rows_skipped_and_counted(trainer_s3: TrainerS3, tmp_path: Path) -> 
         dataset={"s3Uri": uri, "badRows": "skip"},
         hyperparameters={"maxSteps": 2, "evalSteps": 2, "saveStrategy": "no"},
     )
-    _, run = train(spec, "skip", tmp_path)
+    _, run = train(spec, unique("skip"), tmp_path)
     assert run.termination["metrics"]["bad_rows_skipped"] == 2  # type: ignore[index]
     assert run.lines("skipping row 20: field 'label': unknown label 'hail'")
 

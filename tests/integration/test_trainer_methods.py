@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_fixtures import LABELS, TrainerS3, causal_spec, classification_spec, train
+from trainer_fixtures import LABELS, TrainerS3, causal_spec, classification_spec, train, unique
 
 CAUSAL_METHODS: dict[str, dict[str, Any]] = {
     "lora": {},
@@ -99,7 +99,7 @@ def test_causal_method_trains_and_artifacts_load(
         # k-bit preparation with activation checkpointing, as the QLoRA recipe runs it
         hyperparameters={"gradientCheckpointing": method == "qlora"},
     )
-    cfg, run = train(spec, method, tmp_path)
+    cfg, run = train(spec, unique(method), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded"
     assert t["metrics"]["train_steps"] == 6
@@ -114,7 +114,7 @@ def test_bitfit_classification_trains_and_artifacts_load(
 ) -> None:
     """BitFit where it applies (BERT has biases); the new head trains too."""
     spec = classification_spec(trainer_s3, "bitfit")
-    cfg, run = train(spec, "cls-bitfit", tmp_path)
+    cfg, run = train(spec, unique("cls-bitfit"), tmp_path)
     print(f"\n[cls bitfit] {run.termination['message']} ({run.seconds:.1f}s)")  # type: ignore[index]
     _check_artifacts(trainer_s3, cfg, "bitfit", tmp_path, "sequence-classification")
 
@@ -124,7 +124,7 @@ def test_bitfit_on_a_model_without_biases_is_a_config_error(
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, "bitfit")
-    _, run = train(spec, "bitfit-llama", tmp_path, returncode=10)
+    _, run = train(spec, unique("bitfit-llama"), tmp_path, returncode=10)
     t = run.termination
     assert t is not None and t["reason"] == "ConfigError"
     assert "no bias parameters" in t["message"]

@@ -56,7 +56,7 @@ def test_dpo_raises_the_chosen_vs_rejected_reward_margin(
     algorithm: str,
 ) -> None:
     spec = preference_spec(trainer_s3, method, algorithm)
-    cfg, run = train(spec, algorithm, tmp_path)
+    cfg, run = train(spec, unique(algorithm), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded", t
     m = t["metrics"]

@@ -145,10 +145,12 @@ def train(
     tmp: Path,
     returncode: int = 0,
     env: dict[str, str] | None = None,
+    **config: Any,
 ) -> tuple[dict[str, Any], harness.TrainerRun]:
-    """Run kubetune-train on `spec` as job `unique(name)` (work and run dirs under `tmp`) and
-    check it exited `returncode`: the trainer config it ran, and the run."""
-    cfg = harness.trainer_config(spec, name=unique(name), work_dir=tmp / "w")
+    """Run kubetune-train on `spec` as job `name` (work and run dirs under `tmp`; `config`: more
+    harness.trainer_config arguments) and check it exited `returncode`: the config it ran, and
+    the run."""
+    cfg = harness.trainer_config(spec, name=name, work_dir=tmp / "w", **config)
     run = harness.run(cfg, tmp / "run", env=env)
     assert run.returncode == returncode, run.output[-4000:]
     return cfg, run
