@@ -5,7 +5,8 @@ credentials, as two secretKeyRefs and nothing else."""
 
 from __future__ import annotations
 
-from test_chart_render import CHART, container, render
+from helmlib import CHART, render
+from test_chart_render import container
 
 
 def test_both_crds_ship_with_the_chart() -> None:
