@@ -36,6 +36,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_NOT_FOUND, EXIT_VERIFY = 1, 2, 3
 
 NsOpt = typer.Option(None, "--namespace", "-n", help="Namespace (default: kubeconfig's).")
 CtxOpt = typer.Option(None, "--context", help="kubeconfig context.")
+TimeoutOpt = typer.Option(3600, help="Seconds to wait at most.")
 
 
 def _client(namespace: str | None, context: str | None) -> Client:
@@ -260,7 +261,7 @@ def watch(
     name: str,
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
-    timeout: int = typer.Option(3600, help="Seconds."),
+    timeout: float = TimeoutOpt,
 ) -> None:
     """A live progress bar: step/total, loss, tokens/s and ETA from status.progress.
     Exit 0 when Succeeded, 1 when Failed, 3 when the timeout passes first."""
@@ -302,7 +303,7 @@ def wait(
     name: str,
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
-    timeout: float = typer.Option(3600, help="Seconds."),
+    timeout: float = TimeoutOpt,
     condition: str = typer.Option(
         "Succeeded", "--for", help="kstatus condition to wait for (Succeeded, Ready, Suspended)."
     ),
