@@ -132,6 +132,31 @@ class Cluster:
         body = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
         self.kubectl("apply", "-f", "-", namespace=namespace, input=body)
 
+    def token_kubeconfig(
+        self, service_account: str, namespace: str, path: Path, duration: str = "1h"
+    ) -> Path:
+        """A kubeconfig at `path` that talks to this API server as `service_account` (a token from
+        `kubectl create token`): a process that uses it has exactly that account's RBAC."""
+        token = self.kubectl(
+            "create", "token", service_account, f"--duration={duration}", namespace=namespace
+        ).stdout.strip()
+        user = {"name": service_account, "user": {"token": token}}
+        server = {"server": self.apiserver, "certificate-authority": self.ca_file}
+        context = {"cluster": "kubetune", "user": service_account}
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "kubetune", "cluster": server}],
+                    "users": [user],
+                    "contexts": [{"name": "kubetune", "context": context}],
+                    "current-context": "kubetune",
+                }
+            )
+        )
+        return path
+
     @property
     def kubectl_path(self) -> str:
         return self._tool("kubectl")
@@ -268,6 +293,30 @@ class Cluster:
             "metadata": {"name": name},
             "spec": {"backoffLimit": backoff_limit, "template": {"spec": spec}},
         }
+
+
+def one_container_pod(
+    name: str,
+    command: list[str],
+    *,
+    grace: int = 1,
+    container: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A never-restarted pod whose one container `main` runs `command` in the node agent's test
+    image; `container` adds or overrides container fields (e.g. another image), `spec` pod fields."""
+    main = {"name": "main", "image": "kubetune.local/test", "command": command, **(container or {})}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": grace,
+            **spec,
+            "containers": [main],
+        },
+    }
 
 
 def cluster_is_up() -> bool:

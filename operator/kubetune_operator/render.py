@@ -9,7 +9,8 @@ Security properties that hold by construction (the CRD offers no field to change
   * no hostPath, hostNetwork, hostPID, hostIPC or privileged mode is ever rendered;
   * the pod's ServiceAccount is the per-job one (which may only get/patch its own
     `finetunejobs/status`), or a name from the operator's allow-list;
-  * credentials appear only as `secretKeyRef`s; the ConfigMap holds Secret *names* at most.
+  * credentials appear only as `secretKeyRef`s; the ConfigMap holds Secret *names* at most
+    (trainerenv.py).
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ import json
 from typing import Any
 
 from kubetune_api.v1alpha1 import (
-    API_GROUP,
-    MODEL_CACHE_ENV,
     MODEL_CACHE_ROOT,
     MODEL_CACHE_SUBPATH,
-    PLURAL,
     FineTuneJobSpec,
-    JobIdentity,
-    TrainerConfig,
     pvc_mount_path,
-    run_prefix,
 )
 
 from . import group, podoptions
 from .admission import check, check_secrets, parse_quantity, secret_refs, service_account
+from .identity import rbac, role, role_binding, service_account_object
 from .naming import (
     ANN_DRY_RUN,
     ANN_FINETUNEJOB,
@@ -64,9 +60,11 @@ from .naming import (
     trainer_sa_name,
 )
 from .settings import OperatorSettings
+from .trainerenv import config_map, env, trainer_config
 
 # The operator renders through this module; names, labels and checks live in naming.py and
-# admission.py and are re-exported here for its callers.
+# admission.py, the trainer's config and environment in trainerenv.py, the per-job identity in
+# identity.py. All are re-exported here for its callers.
 __all__ = [
     "ANN_DRY_RUN",
     "ANN_FINETUNEJOB",
@@ -128,151 +126,6 @@ def shm_size(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
         if mib >= 64:
             return f"{mib}Mi"
     return settings.default_shm_size
-
-
-def trainer_config(
-    spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
-) -> TrainerConfig:
-    spec = run.resolved(spec)
-    prefix = run_prefix(spec.output.uri, owner.namespace, owner.name, owner.uid, run.number)
-    return TrainerConfig(
-        job=JobIdentity(
-            namespace=owner.namespace,
-            name=owner.name,
-            uid=owner.uid,
-            generation=run.generation,
-            run=run.number,
-        ),
-        spec=spec,
-        run_prefix=prefix,
-        checkpoint_prefix=f"{prefix}checkpoints/" if spec.output.checkpoints else None,
-        progress_interval_seconds=settings.progress_interval_seconds,
-        report_progress=True,
-        work_dir=WORKSPACE,
-        s3_retry_seconds=settings.s3_retry_seconds,
-        base_adapter_uri=run.base.adapter_uri if run.base is not None else None,
-        lineage=run.base.lineage if run.base is not None else None,
-    )
-
-
-def config_map(
-    spec: FineTuneJobSpec, owner: Owner, run: Run, settings: OperatorSettings
-) -> dict[str, Any]:
-    cfg = trainer_config(spec, owner, run, settings)
-    text = json.dumps(cfg.wire(), indent=2, sort_keys=True)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": child_meta(
-            owner,
-            config_map_name(owner.name, run.number),
-            run.number,
-            **{ANN_SPEC_HASH: run.spec_hash, ANN_GENERATION: str(run.generation)},
-        ),
-        "immutable": True,
-        "data": {CONFIG_KEY: text},
-    }
-
-
-def service_account_object(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
-        "automountServiceAccountToken": True,
-    }
-
-
-def role(owner: Owner) -> dict[str, Any]:
-    """May get and patch the status of this FineTuneJob, and nothing else."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
-        "rules": [
-            {
-                "apiGroups": [API_GROUP],
-                "resources": [f"{PLURAL}/status"],
-                "resourceNames": [owner.name],
-                "verbs": ["get", "patch"],
-            }
-        ],
-    }
-
-
-def role_binding(owner: Owner, service_account_name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": child_meta(owner, trainer_sa_name(owner.name)),
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "Role",
-            "name": trainer_sa_name(owner.name),
-        },
-        "subjects": [
-            {"kind": "ServiceAccount", "name": service_account_name, "namespace": owner.namespace}
-        ],
-    }
-
-
-def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
-    ref: dict[str, Any] = {"name": secret, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
-
-
-def env(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The trainer's environment (docs/design.md): plain values and Secret references only."""
-    out: list[dict[str, Any]] = [
-        {"name": "KUBETUNE_CONFIG", "value": CONFIG_PATH},
-        {"name": "KUBETUNE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {
-            "name": "KUBETUNE_NAMESPACE",
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-        },
-        {"name": "HOME", "value": WORKSPACE},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},
-        {"name": "TMPDIR", "value": f"{WORKSPACE}/tmp"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
-    endpoint = spec.output.endpoint or settings.s3_endpoint
-    if endpoint:
-        out.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
-    region = spec.output.region or settings.s3_region
-    out += [
-        {"name": "AWS_DEFAULT_REGION", "value": region},
-        {"name": "AWS_REGION", "value": region},
-    ]
-    creds = (
-        spec.output.credentials_secret_ref.name
-        if spec.output.credentials_secret_ref
-        else settings.s3_credentials_secret
-    )
-    if creds:
-        out += [
-            _secret_env("AWS_ACCESS_KEY_ID", creds, "AWS_ACCESS_KEY_ID"),
-            _secret_env("AWS_SECRET_ACCESS_KEY", creds, "AWS_SECRET_ACCESS_KEY"),
-            _secret_env("AWS_SESSION_TOKEN", creds, "AWS_SESSION_TOKEN", optional=True),
-        ]
-    if spec.model.token_secret_ref:
-        ref = spec.model.token_secret_ref
-        out.append(_secret_env("HF_TOKEN", ref.name, ref.key))
-    if spec.model.cache_claim_name:
-        # S3 models: the trainer's model cache; Hub models: huggingface_hub's own cache.
-        out += [
-            {"name": MODEL_CACHE_ENV, "value": MODEL_CACHE_ROOT},
-            {"name": "HF_HUB_CACHE", "value": f"{MODEL_CACHE_ROOT}/hub"},
-        ]
-    tracking = spec.tracking
-    if tracking.wandb is not None:
-        ref = tracking.wandb.api_key_secret_ref
-        out.append(_secret_env("WANDB_API_KEY", ref.name, ref.key))
-    if tracking.mlflow is not None and tracking.mlflow.token_secret_ref is not None:
-        ref = tracking.mlflow.token_secret_ref
-        out.append(_secret_env("MLFLOW_TRACKING_TOKEN", ref.name, ref.key))
-    return out
 
 
 def gpu_resource(spec: FineTuneJobSpec, settings: OperatorSettings) -> str:
@@ -484,15 +337,6 @@ def job(
     rendered = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
     podoptions.apply(rendered, spec, settings)
     return rendered
-
-
-def rbac(spec: FineTuneJobSpec, owner: Owner, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The per-job identity: ServiceAccount, Role, RoleBinding (bound to the pod's account)."""
-    return [
-        service_account_object(owner),
-        role(owner),
-        role_binding(owner, service_account(spec, owner.name, settings)),
-    ]
 
 
 def dry_run_spec(spec: FineTuneJobSpec) -> FineTuneJobSpec:

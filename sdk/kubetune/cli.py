@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TIMEOUT, EXIT_NOT_FOUND, EXIT_VERIFY = 1, 2, 3
 
 NsOpt = typer.Option(None, "--namespace", "-n", help="Namespace (default: kubeconfig's).")
 CtxOpt = typer.Option(None, "--context", help="kubeconfig context.")
+TimeoutOpt = typer.Option(3600, help="Seconds to wait at most.")
 
 
 def _client(namespace: str | None, context: str | None) -> Client:
@@ -51,6 +54,18 @@ def _bad_input(e: ValidationError) -> None:
         loc = ".".join(str(p) for p in error["loc"])
         err.print(f"[red]error[/red]: {loc}: {error['msg']}")
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@contextmanager
+def _bad_input_exits(file: Path | None) -> Iterator[None]:
+    """Exit 2 on bad input: a field the models refuse (named), or a file that cannot be read."""
+    try:
+        yield
+    except ValidationError as e:
+        _bad_input(e)
+    except (OSError, yaml.YAMLError) as e:
+        err.print(f"[red]error[/red]: {file}: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from e
 
 
 def _api_error(e: ApiException) -> None:
@@ -148,45 +163,40 @@ def submit(
 ) -> None:
     """Create a FineTuneJob from -f job.yaml or from flags (--name --model --data --output)."""
     try:
-        if file is not None:
-            job = load_job(file)
-        else:
-            missing = [
-                f
-                for f, v in (
-                    ("--name", name),
-                    ("--model", model),
-                    ("--data", data),
-                    ("--output", output),
+        with _bad_input_exits(file):
+            if file is not None:
+                job = load_job(file)
+            else:
+                missing = [
+                    f
+                    for f, v in (
+                        ("--name", name),
+                        ("--model", model),
+                        ("--data", data),
+                        ("--output", output),
+                    )
+                    if not v
+                ]
+                if missing:
+                    err.print(f"[red]error[/red]: give -f job.yaml or {', '.join(missing)}")
+                    raise typer.Exit(EXIT_BAD_INPUT)
+                assert name and model and data and output
+                job = load_job(
+                    spec_from_flags(
+                        name=name,
+                        model=model,
+                        data=data,
+                        output=output,
+                        method=method,
+                        data_format=data_format,
+                        epochs=epochs,
+                        max_steps=max_steps,
+                        learning_rate=learning_rate,
+                        batch_size=batch_size,
+                        gpus=gpus,
+                    )
                 )
-                if not v
-            ]
-            if missing:
-                err.print(f"[red]error[/red]: give -f job.yaml or {', '.join(missing)}")
-                raise typer.Exit(EXIT_BAD_INPUT)
-            assert name and model and data and output
-            job = load_job(
-                spec_from_flags(
-                    name=name,
-                    model=model,
-                    data=data,
-                    output=output,
-                    method=method,
-                    data_format=data_format,
-                    epochs=epochs,
-                    max_steps=max_steps,
-                    learning_rate=learning_rate,
-                    batch_size=batch_size,
-                    gpus=gpus,
-                )
-            )
-        created = _client(namespace, context).create(job)
-    except ValidationError as e:
-        _bad_input(e)
-        return
-    except (OSError, yaml.YAMLError) as e:
-        err.print(f"[red]error[/red]: {file}: {e}")
-        raise typer.Exit(EXIT_BAD_INPUT) from e
+            created = _client(namespace, context).create(job)
     except ApiException as e:
         _api_error(e)
         return
@@ -251,7 +261,7 @@ def watch(
     name: str,
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
-    timeout: int = typer.Option(3600, help="Seconds."),
+    timeout: float = TimeoutOpt,
 ) -> None:
     """A live progress bar: step/total, loss, tokens/s and ETA from status.progress.
     Exit 0 when Succeeded, 1 when Failed, 3 when the timeout passes first."""
@@ -293,7 +303,7 @@ def wait(
     name: str,
     namespace: str | None = NsOpt,
     context: str | None = CtxOpt,
-    timeout: float = typer.Option(3600, help="Seconds."),
+    timeout: float = TimeoutOpt,
     condition: str = typer.Option(
         "Succeeded", "--for", help="kstatus condition to wait for (Succeeded, Ready, Suspended)."
     ),
@@ -401,14 +411,8 @@ def estimate(
 
     from kubetune_api.estimate import estimate_job
 
-    try:
+    with _bad_input_exits(file):
         job = load_job(file)
-    except ValidationError as e:
-        _bad_input(e)
-        return
-    except (OSError, yaml.YAMLError) as e:
-        err.print(f"[red]error[/red]: {file}: {e}")
-        raise typer.Exit(EXIT_BAD_INPUT) from e
     try:
         with tempfile.TemporaryDirectory(prefix="kubetune-estimate-") as tmp:
             result = estimate_job(job.spec, Path(tmp), s3_endpoint=s3_endpoint)

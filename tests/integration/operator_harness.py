@@ -71,31 +71,8 @@ def install_operator_identity(cluster: Cluster, workdir: Path) -> OperatorIdenti
         for rule in lease["rules"]:
             if rule.get("resourceNames"):
                 lease_name = rule["resourceNames"][0]
-    token = cluster.kubectl(
-        "create", "token", sa, "--duration=6h", namespace=OPERATOR_NAMESPACE
-    ).stdout.strip()
-    kubeconfig = workdir / "operator.kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "kubetune",
-                        "cluster": {
-                            "server": cluster.apiserver,
-                            "certificate-authority": cluster.ca_file,
-                        },
-                    }
-                ],
-                "users": [{"name": "operator", "user": {"token": token}}],
-                "contexts": [
-                    {"name": "operator", "context": {"cluster": "kubetune", "user": "operator"}}
-                ],
-                "current-context": "operator",
-            }
-        )
+    kubeconfig = cluster.token_kubeconfig(
+        sa, OPERATOR_NAMESPACE, workdir / "operator.kubeconfig", duration="6h"
     )
     return OperatorIdentity(kubeconfig, OPERATOR_NAMESPACE, lease_name)
 
@@ -282,6 +259,33 @@ class Ftj:
     def wait(self, fn: Any, what: str, timeout: float = 90) -> Any:
         return self.cluster.wait_for(fn, timeout=timeout, interval=0.5, what=what)
 
+    def wait_refused(
+        self, reason: str, timeout: float = 60
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A job the operator refuses: Failed, Stalled for `reason`. (status, Stalled condition)"""
+        st = self.wait_phase("Failed", "Succeeded", timeout=timeout)
+        assert st["phase"] == "Failed", st
+        cond = self.condition("Stalled")
+        assert cond["status"] == "True" and cond["reason"] == reason, cond
+        return st, cond
+
+    def wait_run(self, run: int, phase: str, timeout: float = 90) -> dict[str, Any]:
+        """The status once run `run` is in `phase` (read once a poll: run and phase agree)."""
+
+        def check() -> dict[str, Any] | None:
+            st = self.status()
+            return st if st.get("run") == run and st.get("phase") == phase else None
+
+        return dict(self.wait(check, f"run {run} {phase}", timeout=timeout))
+
+    def wait_step(self, step: int, what: str, timeout: float = 600) -> None:
+        """Until the current run has reported progress step `step` or a later one."""
+        self.wait(
+            lambda: (self.status().get("progress") or {}).get("step", 0) >= step or None,
+            what,
+            timeout=timeout,
+        )
+
     def jobs(self) -> list[dict[str, Any]]:
         items = self.cluster.kubectl_json(
             "get", "jobs", "-l", f"kubetune.io/job={self.name}", namespace=self.namespace
@@ -330,8 +334,8 @@ def wait_gone(cluster: Cluster, fn: Any, what: str, timeout: float = 60) -> None
 
 
 # ---------------------------------------------------------------------------- fixtures
-# Test modules import the fixture functions (op_identity_fixture, operators_fixture); the
-# fixtures are named op_identity and operators.
+# Registered for every integration test in tests/integration/conftest.py; the fixtures are
+# named op_identity and operators.
 
 
 @pytest.fixture(scope="session", name="op_identity")

@@ -12,37 +12,23 @@ variant, and the RBAC it grants, asked of the API server's own authorizer.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import Cluster
+from helmlib import chart_contract
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
 
 
-def _unit(name: str) -> ModuleType:
-    """A module of tests/unit (the RBAC contract lives there), loaded by path."""
-    unit = str(REPO / "tests" / "unit")
-    if unit not in sys.path:  # its modules import each other by name, as pytest lets them
-        sys.path.insert(0, unit)
-    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rbac_contract = _unit("test_chart_rbac")
+rbac_contract = chart_contract("test_chart_rbac")
 
 
 def helm_template(
@@ -297,6 +283,13 @@ def assert_lease(cluster: Cluster, user: str, ns: str) -> None:
 def escalation_check(cluster: Cluster, user: str, ns: str) -> None:
     """RBAC lets the operator create the trainer Role it renders (it holds those rights) and
     refuses a Role granting more than it holds (Secrets)."""
+
+    def create_as(user: str, obj: dict[str, Any]) -> Any:
+        return cluster.kubectl(
+            "create", "--dry-run=server", "--as", user, "-f", "-",
+            input=yaml.safe_dump(obj), check=False,
+        )  # fmt: skip
+
     trainer_role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -310,28 +303,10 @@ def escalation_check(cluster: Cluster, user: str, ns: str) -> None:
             }
         ],
     }
-    ok = cluster.kubectl(
-        "create",
-        "--dry-run=server",
-        "--as",
-        user,
-        "-f",
-        "-",
-        input=yaml.safe_dump(trainer_role),
-        check=False,
-    )
+    ok = create_as(user, trainer_role)
     assert ok.returncode == 0, ok.stderr
     greedy = dict(
         trainer_role, rules=[{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
     )
-    denied = cluster.kubectl(
-        "create",
-        "--dry-run=server",
-        "--as",
-        user,
-        "-f",
-        "-",
-        input=yaml.safe_dump(greedy),
-        check=False,
-    )
+    denied = create_as(user, greedy)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr

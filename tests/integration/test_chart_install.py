@@ -26,39 +26,27 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import Cluster
+from helmlib import chart_contract
+from operator_harness import S3_SECRET, create_s3_secret
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "kubetune"
 RELEASE = "kt-e2e"
-SECRET = "s3-credentials"
 TRAIN_TIMEOUT = float(os.environ.get("KUBETUNE_E2E_TIMEOUT", "1200"))
 CLUSTER_WIDE = os.environ.get("KUBETUNE_CHART_E2E_MODE", "namespaced") == "cluster-wide"
 
 pytestmark = pytest.mark.slow
-
-
-def _unit(name: str) -> ModuleType:
-    unit = str(REPO / "tests" / "unit")
-    if unit not in sys.path:
-        sys.path.insert(0, unit)
-    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def free_port() -> int:
@@ -136,7 +124,7 @@ def installed(cluster: Cluster, release_ns: str, values: dict[str, Any]) -> Iter
 
 
 def test_helm_install_trains_quickstart(
-    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any
+    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any, tiny_fixtures: None
 ) -> None:
     install_and_train_quickstart(cluster, namespace, jobs_namespace, s3)
 
@@ -152,8 +140,9 @@ def install_and_train_quickstart(
 ) -> None:
     """The whole check; test_images_e2e.py runs it again with the locally built images
     (`extra_values`), inspecting the succeeded run's pods (`after_success`, given the
-    FineTuneJob) and running more jobs on the same install (`before_uninstall`)."""
-    health = _unit("test_chart_argocd_health")
+    FineTuneJob) and running more jobs on the same install (`before_uninstall`). The caller
+    takes the `tiny_fixtures` fixture: the quickstart reads the tiny model and data in MinIO."""
+    health = chart_contract("test_chart_argocd_health")
 
     require((REPO / "examples" / "quickstart.yaml").exists(), "examples/quickstart.yaml is missing")
     require(
@@ -180,21 +169,8 @@ def install_and_train_quickstart(
         what="the FineTuneJob CRD to be Established",
     )
 
-    # The tiny model and data the quickstart reads, in MinIO.
-    up = subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        capture_output=True, text=True, env=cluster.process_env(), timeout=600,
-    )  # fmt: skip
-    assert up.returncode == 0, f"fixtures upload failed:\n{up.stdout}\n{up.stderr}"
-
     # The S3 credentials Secret, referenced by name only (chart value s3.credentialsSecret).
-    cluster.kubectl(
-        "create", "secret", "generic", SECRET,
-        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.aws_access_key_id}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.aws_secret_access_key}",
-        namespace=jobs_ns,
-    )  # fmt: skip
+    create_s3_secret(cluster, jobs_ns)
 
     metrics_port, health_port = free_port(), free_port()
     values: dict[str, Any] = {
@@ -205,7 +181,7 @@ def install_and_train_quickstart(
         "metrics": {"port": metrics_port},
         "health": {"port": health_port},
         "s3": {"endpoint": cluster.s3_endpoint, "region": cluster.aws_region,
-               "credentialsSecret": SECRET},
+               "credentialsSecret": S3_SECRET},
     }  # fmt: skip
     values.update(extra_values or {})
     with installed(cluster, release_ns, values) as install_out:

@@ -13,9 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clusterlib import Cluster
+from clusterlib import Cluster, one_container_pod
 
 PY = "python"  # resolved through the agent's PATH: the repo venv, like an image's python
+
+
+def _started_pid(cluster: Cluster, namespace: str, pod: dict[str, Any]) -> int:
+    """Apply a pod whose script prints `pid <n>` first; its host pid once printed."""
+    name = pod["metadata"]["name"]
+    cluster.apply(pod, namespace)
+    log = cluster.wait_for(
+        lambda: (lambda s: s if "pid" in s else None)(cluster.pod_log(namespace, name)),
+        timeout=60,
+        what=f"{name} to print its pid",
+    )
+    return int(log.split()[1])
 
 
 def _pod_of_job(cluster: Cluster, ns: str, job: str) -> dict[str, Any]:
@@ -142,25 +154,9 @@ def test_pod_deletion_kills_process(cluster: Cluster, namespace: str) -> None:
         "print('pid', os.getpid(), flush=True)\n"
         "time.sleep(600)\n"
     )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "sleeper"},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 30,
-            "containers": [
-                {"name": "main", "image": "kubetune.local/test", "command": [PY, "-c", script]}
-            ],
-        },
-    }
-    cluster.apply(pod, namespace)
-    log = cluster.wait_for(
-        lambda: (lambda s: s if "pid" in s else None)(cluster.pod_log(namespace, "sleeper")),
-        timeout=60,
-        what="sleeper to print its pid",
+    pid = _started_pid(
+        cluster, namespace, one_container_pod("sleeper", [PY, "-c", script], grace=30)
     )
-    pid = int(log.split()[1])
     os.kill(pid, 0)  # it runs on this host
     running = cluster.wait_for(
         lambda: (lambda p: p if p["status"].get("phase") == "Running" else None)(
@@ -185,24 +181,9 @@ def test_pod_deletion_kills_process(cluster: Cluster, namespace: str) -> None:
 
 def test_deletion_sigkills_after_grace_period(cluster: Cluster, namespace: str) -> None:
     script = "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('pid', os.getpid(), flush=True)\ntime.sleep(600)\n"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "stubborn"},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {"name": "main", "image": "kubetune.local/test", "command": [PY, "-c", script]}
-            ],
-        },
-    }
-    cluster.apply(pod, namespace)
-    log = cluster.wait_for(
-        lambda: (lambda s: s if "pid" in s else None)(cluster.pod_log(namespace, "stubborn")),
-        timeout=60,
+    pid = _started_pid(
+        cluster, namespace, one_container_pod("stubborn", [PY, "-c", script], grace=2)
     )
-    pid = int(log.split()[1])
     t0 = time.monotonic()
     cluster.kubectl(
         "delete", "pod", "stubborn", "--wait=true", "--timeout=60s", namespace=namespace
@@ -213,19 +194,7 @@ def test_deletion_sigkills_after_grace_period(cluster: Cluster, namespace: str) 
 
 
 def test_active_deadline_exceeded(cluster: Cluster, namespace: str) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "slow"},
-        "spec": {
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": 3,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {"name": "main", "image": "kubetune.local/test", "command": ["sleep", "600"]}
-            ],
-        },
-    }
+    pod = one_container_pod("slow", ["sleep", "600"], grace=1, activeDeadlineSeconds=3)
     cluster.apply(pod, namespace)
 
     def failed() -> dict[str, Any] | None:

@@ -6,24 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterlib import Cluster
+from clusterlib import Cluster, one_container_pod
 
 GPU_TAINT = "nvidia.com/gpu=present:NoSchedule"
 
 
 def _pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {"name": "main", "image": "kubetune.local/test", "command": command, **container}
-            ],
-        },
-    }
+    return one_container_pod(name, command, container=container)
 
 
 def _condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:

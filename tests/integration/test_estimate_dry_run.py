@@ -5,34 +5,18 @@ GPU, and nothing was written to the output prefix."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-)
+from operator_harness import Ftj, Operators
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def fixtures_in_minio(cluster: Cluster) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
-    )  # fmt: skip
-
-
 def test_dry_run_ends_succeeded_with_the_estimate_and_no_gpu_pod(
-    cluster: Cluster, namespace: str, operators: Operators, s3: Any, fixtures_in_minio: None
+    cluster: Cluster, namespace: str, operators: Operators, s3: Any, tiny_fixtures: None
 ) -> None:
     operators.new(stub=False)
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())

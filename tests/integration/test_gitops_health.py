@@ -10,31 +10,18 @@ statuses a real operator writes while it trains the quickstart job.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 from clusterlib import Cluster
+from helmlib import chart_contract
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = "2026-01-01T00:00:00Z"
 
 
-def _unit(name: str) -> ModuleType:
-    unit = str(REPO / "tests" / "unit")
-    if unit not in sys.path:
-        sys.path.insert(0, unit)
-    spec = importlib.util.spec_from_file_location(f"_kt_{name}", f"{unit}/{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-health = _unit("test_chart_argocd_health")
+health = chart_contract("test_chart_argocd_health")
 
 
 def quickstart(name: str) -> dict[str, Any]:

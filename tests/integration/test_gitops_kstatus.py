@@ -16,13 +16,7 @@ from typing import Any
 import pytest
 from clusterlib import REPO, Cluster
 from gitops_moments import BY_KEY
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 from test_gitops_health import health
 
 pytestmark = pytest.mark.integration

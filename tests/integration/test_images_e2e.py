@@ -37,7 +37,7 @@ def _split(ref: str) -> dict[str, str]:
 
 
 def test_quickstart_inside_the_images(
-    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any
+    cluster: Cluster, namespace: str, jobs_namespace: str, s3: Any, tiny_fixtures: None
 ) -> None:
     refs = built("operator", "trainer")
     values = {

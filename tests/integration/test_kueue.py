@@ -15,15 +15,8 @@ from typing import Any
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 from test_operator_distributed import fail_with_logs, manifest, trainer_log
-from test_operator_e2e import fixtures_in_minio  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration]
 
@@ -384,7 +377,7 @@ def test_high_priority_preempts_a_run_which_resumes_from_its_checkpoint(
     operators: Operators,
     queues: Queues,
     gpu_node: str,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     """The real trainer (CPU). A low-priority run holds the ClusterQueue's only GPU; a
     high-priority one arrives: Kueue preempts the first (Suspended/Preempted, not a failure:
@@ -401,11 +394,7 @@ def test_high_priority_preempts_a_run_which_resumes_from_its_checkpoint(
     low["spec"].update(queueName=lq, workloadPriorityClass=low_class)
     cluster.apply(low, namespace=namespace)
     low_ftj = Ftj(cluster, namespace, "low")
-    low_ftj.wait(
-        lambda: (low_ftj.status().get("progress") or {}).get("step", 0) >= 12 or None,
-        "step 12 (after the checkpoint of step 10)",
-        timeout=600,
-    )
+    low_ftj.wait_step(12, "step 12 (after the checkpoint of step 10)")
 
     high = manifest("high", {"gpus": 1}, maxSteps=10, saveSteps=10, evalSteps=10)
     high["spec"].update(queueName=lq, workloadPriorityClass=high_class)

@@ -11,7 +11,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from clusterlib import Cluster
+from clusterlib import Cluster, one_container_pod
 from imagelib import built
 
 pytestmark = pytest.mark.integration
@@ -63,45 +63,36 @@ def test_pod_runs_inside_its_image(cluster: Cluster, namespace: str) -> None:
         raise SystemExit(3)
         """
     )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "in-image"},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4444},
-            "volumes": [
-                {"name": "work", "emptyDir": {}},
-                {"name": "cfg", "configMap": {"name": "cfg"}},
+    pod = one_container_pod(
+        "in-image",
+        ["python", "-c", script],
+        securityContext={"runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4444},
+        volumes=[
+            {"name": "work", "emptyDir": {}},
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+        ],
+        container={
+            "image": image,
+            "workingDir": "/work",
+            "terminationMessagePath": "/work/term",
+            "env": [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "PLAIN", "value": "plain-$(POD_NAME)"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                {"name": "HOST_VENV", "value": sys.prefix},
             ],
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "command": ["python", "-c", script],
-                    "workingDir": "/work",
-                    "terminationMessagePath": "/work/term",
-                    "env": [
-                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        {"name": "PLAIN", "value": "plain-$(POD_NAME)"},
-                        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-                        {"name": "HOST_VENV", "value": sys.prefix},
-                    ],
-                    "volumeMounts": [
-                        {"name": "work", "mountPath": "/work"},
-                        {"name": "cfg", "mountPath": "/etc/kt", "readOnly": True},
-                    ],
-                    "securityContext": {
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                    "resources": {"limits": {"memory": "256Mi"}},
-                }
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/work"},
+                {"name": "cfg", "mountPath": "/etc/kt", "readOnly": True},
             ],
+            "securityContext": {
+                "readOnlyRootFilesystem": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "resources": {"limits": {"memory": "256Mi"}},
         },
-    }  # fmt: skip
+    )  # fmt: skip
     cluster.apply(pod, namespace)
     p = _finished(cluster, namespace, "in-image")
     cs = p["status"]["containerStatuses"][0]

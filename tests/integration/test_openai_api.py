@@ -19,14 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    OPERATOR_NAMESPACE,
-    RBAC_KINDS,
-    Operators,
-    free_port,
-    op_identity_fixture,
-    operators_fixture,
-)
+from operator_harness import OPERATOR_NAMESPACE, RBAC_KINDS, Operators, free_port
 
 openai = pytest.importorskip("openai", minversion="1.50", reason="pip install 'openai>=1.50'")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -93,31 +86,20 @@ def server_identity(
     ]
     cluster.apply(docs)
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = cluster.kubectl(
-        "create", "token", sa, "--duration=1h", namespace=OPERATOR_NAMESPACE
-    ).stdout.strip()
-    kubeconfig = tmp_path / "openai-api.kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "k",
-                        "cluster": {
-                            "server": cluster.apiserver,
-                            "certificate-authority": cluster.ca_file,
-                        },
-                    }
-                ],
-                "users": [{"name": "api", "user": {"token": token}}],
-                "contexts": [{"name": "api", "context": {"cluster": "k", "user": "api"}}],
-                "current-context": "api",
-            }
-        )
+    kubeconfig = cluster.token_kubeconfig(
+        sa, OPERATOR_NAMESPACE, tmp_path / "openai-api.kubeconfig"
     )
     return kubeconfig, docs
+
+
+def finished(client: Any, job_id: str, timeout: float = 600) -> Any:
+    """The job once succeeded, failed or cancelled (or as it stands after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(3)
 
 
 @pytest.fixture
@@ -284,12 +266,7 @@ def _run(cluster: Cluster, ns: str, base: str, token_a: str, token_b: str, tmp: 
         openai.OpenAI(api_key="not-a-token", base_url=base, max_retries=0).fine_tuning.jobs.list()
     assert [j.id for j in b.fine_tuning.jobs.list().data] == []
 
-    deadline = time.monotonic() + 600
-    while True:
-        job = a.fine_tuning.jobs.retrieve(job.id)
-        if job.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            break
-        time.sleep(3)
+    job = finished(a, job.id)
     assert job.status == "succeeded", (
         job,
         cluster.kubectl_json("get", "ftj", job.id, namespace=ns),
@@ -350,12 +327,7 @@ def test_openai_client_dpo_job_trains_as_a_preference_run(
     assert spec["task"] == "preference" and spec["dataset"]["format"] == "preference"
     assert spec["preference"] == {"algorithm": "dpo", "beta": 0.2}
     assert spec["dataset"]["s3Uri"].endswith(f"{f.id}.preference.jsonl")
-    deadline = time.monotonic() + 600
-    while True:
-        job = a.fine_tuning.jobs.retrieve(job.id)
-        if job.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            break
-        time.sleep(3)
+    job = finished(a, job.id)
     assert job.status == "succeeded", cluster.kubectl_json(
         "get", "ftj", job.id, namespace=namespace
     )

@@ -18,13 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-)
-from test_operator_e2e import fixtures_in_minio, keys  # noqa: F401
+from operator_harness import Ftj, Operators
+from test_operator_e2e import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 QUICKSTART = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
@@ -66,7 +61,7 @@ def test_two_gpus_run_two_processes_in_one_pod(
     namespace: str,
     operators: Operators,
     s3: Any,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     node = f"gpu2-{namespace[-5:]}"
     cluster.add_node(node, gpus=2)
@@ -98,7 +93,7 @@ def test_two_nodes_train_as_one_group(
     namespace: str,
     operators: Operators,
     s3: Any,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     """Two node agents with 2 fake GPUs each; `nodes: 2, gpus: 2` needs both (4 processes).
     Per-step losses match one process training on the same global batch."""
@@ -156,7 +151,7 @@ def test_group_that_cannot_be_fully_scheduled_fails_at_its_deadline(
     cluster: Cluster,
     namespace: str,
     operators: Operators,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     """One GPU node for a two-node run: index 1 stays Unschedulable, the status says so, and
     at runPolicy.schedulingTimeoutSeconds the run fails and the scheduled pod is stopped."""
@@ -210,7 +205,7 @@ def test_a_killed_process_restarts_the_group_from_the_checkpoint(
     cluster: Cluster,
     namespace: str,
     operators: Operators,
-    fixtures_in_minio: None,  # noqa: F811
+    tiny_fixtures: None,
 ) -> None:
     """SIGKILL one training process of index 1 mid-run: its pod fails, index 0's processes
     fail on the broken collective, the Job starts both pods again, and the new group resumes
@@ -224,11 +219,7 @@ def test_a_killed_process_restarts_the_group_from_the_checkpoint(
         doc["spec"]["runPolicy"] = {"backoffLimit": 1}
         cluster.apply(doc, namespace=namespace)
         ftj = Ftj(cluster, namespace, "restart")
-        ftj.wait(
-            lambda: (ftj.status().get("progress") or {}).get("step", 0) >= 6 or None,
-            "step 6 (after the checkpoint of step 4)",
-            timeout=600,
-        )
+        ftj.wait_step(6, "step 6 (after the checkpoint of step 4)")
         (victim,) = [
             p
             for p in ftj.pods()

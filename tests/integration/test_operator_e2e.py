@@ -6,34 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    wait_gone,
-)
+from operator_harness import Ftj, Operators, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
-
-
-@pytest.fixture(scope="module")
-def fixtures_in_minio(cluster: Cluster) -> None:
-    """The tiny model and datasets the examples read (the trainer's fixture uploader)."""
-    subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
-    )  # fmt: skip
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -48,7 +30,7 @@ def keys(s3: Any, uri: str) -> list[str]:
 
 
 def test_quickstart_end_to_end(
-    cluster: Cluster, namespace: str, operators: Operators, s3: Any, fixtures_in_minio: None
+    cluster: Cluster, namespace: str, operators: Operators, s3: Any, tiny_fixtures: None
 ) -> None:
     operators.new(stub=False)
     t0 = time.monotonic()
@@ -105,7 +87,7 @@ def test_quickstart_end_to_end(
 
 
 def test_missing_dataset_fails_with_dataset_error(
-    cluster: Cluster, namespace: str, operators: Operators, fixtures_in_minio: None
+    cluster: Cluster, namespace: str, operators: Operators, tiny_fixtures: None
 ) -> None:
     operators.new(stub=False)
     manifest = yaml.safe_load(QUICKSTART.read_text())

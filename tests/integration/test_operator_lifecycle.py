@@ -11,15 +11,7 @@ import time
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    VENV_BIN,
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-    wait_gone,
-)
+from operator_harness import VENV_BIN, Ftj, Operators, stub_ftj, wait_gone
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 
 pytestmark = pytest.mark.integration
 

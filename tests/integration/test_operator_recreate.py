@@ -7,32 +7,15 @@ load the old one's final checkpoint "without training" and delete its artifacts.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import yaml
 from clusterlib import REPO, Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    wait_gone,
-)
+from operator_harness import Ftj, Operators, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "recreated"
-
-
-@pytest.fixture(scope="module")
-def fixtures_in_minio(cluster: Cluster) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer.testing.fixtures", "upload",
-         "--bucket", cluster.s3_bucket],
-        check=True, env=cluster.process_env(), capture_output=True, timeout=600,
-    )  # fmt: skip
 
 
 def manifest(cluster: Cluster, lr: float) -> dict[str, Any]:
@@ -63,7 +46,7 @@ def run_to_success(cluster: Cluster, namespace: str, lr: float) -> tuple[Ftj, di
 
 
 def test_delete_and_recreate_keeps_the_old_artifacts_and_trains_anew(
-    cluster: Cluster, namespace: str, operators: Operators, s3: Any, fixtures_in_minio: None
+    cluster: Cluster, namespace: str, operators: Operators, s3: Any, tiny_fixtures: None
 ) -> None:
     operators.new(stub=False)
     bucket = cluster.s3_bucket

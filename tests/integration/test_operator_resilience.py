@@ -7,13 +7,7 @@ import time
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 
 pytestmark = pytest.mark.integration
 
@@ -71,14 +65,7 @@ def test_sigkill_during_a_restart_spec_change(
     time.sleep(delay)
     op.kill()
     op.start()
-    st = ftj.wait(
-        lambda: (
-            ftj.status()
-            if ftj.status().get("run") == 2 and ftj.status().get("phase") == "Running"
-            else None
-        ),
-        "run 2 running",
-    )
+    st = ftj.wait_run(2, "Running")
     ftj.wait(lambda: job_names(ftj) == ["change-run-2"], "exactly the run-2 Job")
     assert [h["run"] for h in st["history"]] == [1]
     assert st["runGeneration"] == 2
@@ -132,14 +119,7 @@ def test_two_active_replicas_still_create_one_job_per_run(
         assert len(ftj.pods()) == 1
     ftj = Ftj(cluster, namespace, names[0])
     ftj.patch_spec({"hyperparameters": {"maxSteps": 10}})
-    st = ftj.wait(
-        lambda: (
-            ftj.status()
-            if ftj.status().get("run") == 2 and ftj.status().get("phase") == "Succeeded"
-            else None
-        ),
-        "run 2 Succeeded",
-    )
+    st = ftj.wait_run(2, "Succeeded")
     assert [h["run"] for h in st["history"]] == [1]
     assert job_names(ftj) == [f"{names[0]}-run-1", f"{names[0]}-run-2"]
 

@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 from clusterlib import Cluster
-from operator_harness import (  # noqa: F401 (fixtures)
-    Ftj,
-    Operators,
-    op_identity_fixture,
-    operators_fixture,
-    stub_ftj,
-)
+from operator_harness import Ftj, Operators, stub_ftj
 
 pytestmark = pytest.mark.integration
 
@@ -119,15 +113,7 @@ def test_spec_change_queue(cluster: Cluster, namespace: str, operators: Operator
     assert [j["metadata"]["name"] for j in ftj.jobs()] == ["queue-run-1"]
     assert ftj.condition("Reconciling")["reason"] == "Queued"
     # Run 1 finishes, then run 2 starts by itself and finishes too.
-    st = ftj.wait(
-        lambda: (
-            ftj.status()
-            if ftj.status().get("run") == 2 and ftj.status().get("phase") == "Succeeded"
-            else None
-        ),
-        "run 2 Succeeded",
-        timeout=120,
-    )
+    st = ftj.wait_run(2, "Succeeded", timeout=120)
     (h,) = st["history"]
     assert h["outcome"] == "Succeeded" and h["run"] == 1
     uid8 = ftj.get()["metadata"]["uid"][:8]  # run prefixes carry the object's uid

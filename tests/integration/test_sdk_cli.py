@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import op_identity_fixture, operators_fixture  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 

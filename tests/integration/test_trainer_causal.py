@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, merge, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, merge, train, unique
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "count from 17 :"
@@ -35,7 +35,7 @@ def _generate(model: Any, tok: Any, prompt: str, n: int = 6) -> str:
 
 @pytest.mark.slow
 def test_lora_sft_learns_and_artifacts_load(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -143,7 +143,7 @@ def test_lora_sft_learns_and_artifacts_load(
     assert _generate(merged, AutoTokenizer.from_pretrained(local / "merged"), PROMPT) == tuned_text
 
 
-def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """examples/quickstart.yaml as the demo runs it (text format, splitFraction, LoRA), with
     the S3 locations pointed at this session's prefix and fewer steps."""
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
@@ -152,9 +152,7 @@ def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     spec["dataset"]["s3Uri"] = trainer_s3.uri("datasets/quickstart/train.jsonl")
     spec["output"]["uri"] = trainer_s3.uri("output")
     spec = merge(spec, {"hyperparameters": {"maxSteps": 10, "evalSteps": 5, "saveSteps": 5}})
-    cfg = harness.trainer_config(spec, name=unique("quickstart"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("quickstart"), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded"
     assert t["metrics"]["eval_loss"] < t["metrics"]["initial_eval_loss"]
@@ -162,7 +160,7 @@ def test_quickstart_example_runs(trainer_s3: TrainerS3, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """Chat rows with the tiny tokenizer's template ({% generation %} markers): the loss is on
     assistant turns only and falls."""
     spec = causal_spec(
@@ -183,16 +181,14 @@ def test_messages_assistant_only_loss(trainer_s3: TrainerS3, tmp_path: Path) -> 
             "saveSteps": 100,
         },
     )
-    cfg = harness.trainer_config(spec, name=unique("chat"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("chat"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     print(f"\n[messages] eval_loss {m['initial_eval_loss']:.4f} -> {m['eval_loss']:.4f}")
     assert m["eval_loss"] < 0.5 * m["initial_eval_loss"]
 
 
 def test_messages_template_without_generation_markers_is_a_config_error(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(
@@ -206,16 +202,14 @@ def test_messages_template_without_generation_markers_is_a_config_error(
         },
         hyperparameters={"evalStrategy": "no", "evalSteps": None},
     )
-    cfg = harness.trainer_config(spec, name=unique("chat-nomarkers"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 10, run.output[-3000:]
+    _, run = train(spec, unique("chat-nomarkers"), tmp_path, returncode=10)
     t = run.termination
     assert t is not None and t["reason"] == "ConfigError" and t["retryable"] is False
     assert "{% generation %}" in t["message"] and "assistantOnlyLoss" in t["message"]
 
 
 def test_early_stopping_stops_before_max_steps(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """threshold 100: no evaluation can count as an improvement, so with patience 1 training
@@ -230,15 +224,13 @@ def test_early_stopping_stops_before_max_steps(
             "earlyStopping": {"patience": 1, "threshold": 100},
         },
     )
-    cfg = harness.trainer_config(spec, name=unique("early"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("early"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     assert m["train_steps"] == 4, m
 
 
 def test_packing_and_gradient_checkpointing(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """Text rows packed into 64-token sequences (trl bfd), activations recomputed."""
@@ -253,15 +245,13 @@ def test_packing_and_gradient_checkpointing(
         },
         hyperparameters={"gradientCheckpointing": True, "maxSteps": 4, "evalSteps": 4},
     )
-    cfg = harness.trainer_config(spec, name=unique("packing"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("packing"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     assert m["train_steps"] == 4 and m["eval_loss"] > 0
 
 
 def test_parquet_shards_pvc_model_and_csv_validation(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """Training data as a prefix of parquet shards in S3, the model and a CSV validation file
@@ -296,9 +286,7 @@ def test_parquet_shards_pvc_model_and_csv_validation(
         },
         hyperparameters={"maxSteps": 2, "evalSteps": 2, "saveStrategy": "no"},
     )
-    cfg = harness.trainer_config(spec, name=unique("shards"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run", env={"KUBETUNE_PVC_ROOT": str(pvc_root)})
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("shards"), tmp_path, env={"KUBETUNE_PVC_ROOT": str(pvc_root)})
     assert run.lines("dataset: 3 shard(s) from")
     manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
     assert [f["name"] for f in manifest["datasets"]["train"]["files"]] == [
@@ -311,7 +299,7 @@ def test_parquet_shards_pvc_model_and_csv_validation(
     assert manifest["baseModel"]["source"] == "pvc://models-claim/tiny-llama"
 
 
-def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """dataset.textTemplate builds each row's text from its columns (inline rows here)."""
     rows = [{"quote": f"the capital of {c} is {t} .", "author": "atlas"} for c, t in
             [("france", "paris"), ("italy", "rome"), ("spain", "madrid"), ("peru", "lima")]]  # fmt: skip
@@ -332,9 +320,7 @@ def test_inline_rows_with_text_template(trainer_s3: TrainerS3, tmp_path: Path) -
             "saveStrategy": "no",
         },
     )
-    cfg = harness.trainer_config(spec, name=unique("template"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    _, run = train(spec, unique("template"), tmp_path)
     manifest = trainer_s3.json(run.termination["artifacts"]["manifestUri"])  # type: ignore[index]
     assert manifest["datasets"]["train"]["source"] == "inline (dataset)"
     assert manifest["datasets"]["train"]["usedRows"] == 4

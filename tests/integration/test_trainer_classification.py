@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.testing import harness
-from trainer_fixtures import LABELS, TrainerS3, classification_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import LABELS, TrainerS3, classification_spec, train, unique
 
 CHANCE = 1 / len(LABELS)
 
@@ -24,7 +23,7 @@ def _predict(model: Any, tok: Any, texts: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_full_fine_tune_beats_chance(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -41,9 +40,7 @@ def test_full_fine_tune_beats_chance(
             "saveSteps": 75,
         },
     )
-    cfg = harness.trainer_config(spec, name=unique("bert-full"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique("bert-full"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     record_property("accuracy", m["eval_accuracy"])
     print(
@@ -65,7 +62,7 @@ def test_full_fine_tune_beats_chance(
 
 @pytest.mark.slow
 def test_lora_with_modules_to_save_beats_chance(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -87,9 +84,7 @@ def test_lora_with_modules_to_save_beats_chance(
             "saveSteps": 100,
         },
     )
-    cfg = harness.trainer_config(spec, name=unique("bert-lora"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique("bert-lora"), tmp_path)
     m = run.termination["metrics"]  # type: ignore[index]
     record_property("accuracy", m["eval_accuracy"])
     print(
@@ -121,7 +116,7 @@ def test_lora_with_modules_to_save_beats_chance(
 
 
 def test_default_max_seq_length_above_bert_positions_is_clamped_not_a_crash(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """The default maxSeqLength (1024) on a BERT with 128 positions, rows longer than that:
@@ -139,9 +134,7 @@ def test_default_max_seq_length_above_bert_positions_is_clamped_not_a_crash(
         * 8,
         "format": "classification",
     }
-    cfg = harness.trainer_config(spec, name=unique("bert-clamp"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique("bert-clamp"), tmp_path)
     message = run.termination["message"]  # type: ignore[index]
     assert "dataset.maxSeqLength 1024 is above the model's position limit 128" in message
     manifest = trainer_s3.json(cfg["runPrefix"] + "manifest.json")

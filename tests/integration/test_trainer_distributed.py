@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 @pytest.mark.slow
 def test_two_processes_train_one_set_of_artifacts(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(
@@ -84,7 +84,7 @@ def _losses(out: str) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_launcher_runs_two_processes_and_keeps_the_global_batch(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """What the pod runs for `gpus: 2` (`kubetune-train --config C --nproc-per-node 2`), on
@@ -116,7 +116,7 @@ def test_launcher_runs_two_processes_and_keeps_the_global_batch(
 
 @pytest.mark.slow
 def test_launcher_keeps_non_retryable_exit_codes(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """torchrun exits 1 whatever its processes exit with; the launcher gives the pod the

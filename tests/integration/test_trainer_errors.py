@@ -9,13 +9,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import (  # noqa: F401
-    TrainerS3,
-    causal_spec,
-    classification_spec,
-    trainer_s3,
-    unique,
-)
+from trainer_fixtures import TrainerS3, causal_spec, classification_spec, train, unique
 
 
 def _fails(
@@ -34,7 +28,7 @@ def _fails(
     return t
 
 
-def test_corrupt_jsonl(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_corrupt_jsonl(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     uri = trainer_s3.uri(f"bad/{unique('corrupt')}/train.jsonl")
     trainer_s3.put(uri, b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": \n')
     t = _fails(
@@ -47,7 +41,7 @@ def test_corrupt_jsonl(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: 
     assert uri in t["message"] and "line 2: invalid JSON" in t["message"]
 
 
-def test_missing_dataset(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_missing_dataset(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     uri = trainer_s3.uri("datasets/does-not-exist.jsonl")
     t = _fails(
         trainer_s3, causal_spec(trainer_s3, dataset={"s3Uri": uri}), tmp_path, 11, "DatasetError"
@@ -55,14 +49,14 @@ def test_missing_dataset(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa
     assert uri in t["message"] and "not found" in t["message"]
 
 
-def test_unknown_column(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_unknown_column(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     spec = classification_spec(trainer_s3, dataset={"fields": {"text": "body"}})
     t = _fails(trainer_s3, spec, tmp_path, 11, "DatasetError")
     assert "column 'body' (from dataset.fields.text) not found" in t["message"]
     assert "text, label" in t["message"]
 
 
-def test_label_out_of_range(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_label_out_of_range(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     uri = trainer_s3.uri(f"bad/{unique('labels')}/train.jsonl")
     rows = [{"text": "goal match", "label": 0}] * 3 + [{"text": "rain", "label": 7}]
     trainer_s3.put(uri, "".join(json.dumps(r) + "\n" for r in rows).encode())
@@ -76,7 +70,7 @@ def test_label_out_of_range(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # n
     assert "label 7 out of range: expected 0..3" in t["message"]
 
 
-def test_bad_rows_skipped_and_counted(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_rows_skipped_and_counted(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     uri = trainer_s3.uri(f"bad/{unique('skip')}/train.jsonl")
     rows = [{"text": "goal match team", "label": "sports"}] * 20 + [
         {"text": "rain", "label": "hail"},
@@ -88,14 +82,12 @@ def test_bad_rows_skipped_and_counted(trainer_s3: TrainerS3, tmp_path: Path) -> 
         dataset={"s3Uri": uri, "badRows": "skip"},
         hyperparameters={"maxSteps": 2, "evalSteps": 2, "saveStrategy": "no"},
     )
-    cfg = harness.trainer_config(spec, name=unique("skip"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-3000:]
+    _, run = train(spec, unique("skip"), tmp_path)
     assert run.termination["metrics"]["bad_rows_skipped"] == 2  # type: ignore[index]
     assert run.lines("skipping row 20: field 'label': unknown label 'hail'")
 
 
-def test_model_without_weights(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_model_without_weights(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     prefix = trainer_s3.uri(f"bad/{unique('noweights')}/model")
     src = trainer_s3.uri("models/tiny-llama")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
@@ -106,14 +98,14 @@ def test_model_without_weights(trainer_s3: TrainerS3, tmp_path: Path) -> None:  
     assert "config.json, tokenizer.json, tokenizer_config.json" in t["message"]
 
 
-def test_empty_model_prefix(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_empty_model_prefix(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     spec = causal_spec(trainer_s3, model={"s3Uri": trainer_s3.uri("models/nothing-here") + "/"})
     t = _fails(trainer_s3, spec, tmp_path, 12, "ModelError")
     assert "no objects under that prefix" in t["message"]
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_13(trainer_s3: TrainerS3, tmp_path: Path) -> None:  # noqa: F811
+def test_non_finite_loss_stops_with_13(trainer_s3: TrainerS3, tmp_path: Path) -> None:
     """A base model with an infinite weight: the first training step's loss is not finite."""
     from safetensors.torch import load_file, save_file
 

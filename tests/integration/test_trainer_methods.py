@@ -8,15 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.testing import harness
-from trainer_fixtures import (  # noqa: F401
-    LABELS,
-    TrainerS3,
-    causal_spec,
-    classification_spec,
-    trainer_s3,
-    unique,
-)
+from trainer_fixtures import LABELS, TrainerS3, causal_spec, classification_spec, train, unique
 
 CAUSAL_METHODS: dict[str, dict[str, Any]] = {
     "lora": {},
@@ -97,7 +89,7 @@ def _check_artifacts(ts: TrainerS3, cfg: dict[str, Any], method: str, tmp: Path,
 @pytest.mark.parametrize("method", list(CAUSAL_METHODS))
 def test_causal_method_trains_and_artifacts_load(
     method: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(
@@ -107,9 +99,7 @@ def test_causal_method_trains_and_artifacts_load(
         # k-bit preparation with activation checkpointing, as the QLoRA recipe runs it
         hyperparameters={"gradientCheckpointing": method == "qlora"},
     )
-    cfg = harness.trainer_config(spec, name=unique(method), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique(method), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded"
     assert t["metrics"]["train_steps"] == 6
@@ -119,26 +109,22 @@ def test_causal_method_trains_and_artifacts_load(
 
 @pytest.mark.slow
 def test_bitfit_classification_trains_and_artifacts_load(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """BitFit where it applies (BERT has biases); the new head trains too."""
     spec = classification_spec(trainer_s3, "bitfit")
-    cfg = harness.trainer_config(spec, name=unique("cls-bitfit"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique("cls-bitfit"), tmp_path)
     print(f"\n[cls bitfit] {run.termination['message']} ({run.seconds:.1f}s)")  # type: ignore[index]
     _check_artifacts(trainer_s3, cfg, "bitfit", tmp_path, "sequence-classification")
 
 
 def test_bitfit_on_a_model_without_biases_is_a_config_error(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, "bitfit")
-    cfg = harness.trainer_config(spec, name=unique("bitfit-llama"), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 10, run.output[-3000:]
+    _, run = train(spec, unique("bitfit-llama"), tmp_path, returncode=10)
     t = run.termination
     assert t is not None and t["reason"] == "ConfigError"
     assert "no bias parameters" in t["message"]

@@ -14,7 +14,7 @@ import pytest
 from kubetune_trainer.s3 import split_s3_uri
 from kubetune_trainer.testing import harness
 from s3proxy import S3Proxy
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def model_reads(proxy: S3Proxy, bucket: str, key_prefix: str) -> list[tuple[str,
 
 
 def test_the_next_pod_takes_the_model_from_the_cache_without_reading_it_from_s3(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     proxy: S3Proxy,
     tmp_path: Path,
 ) -> None:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, train, unique
 
 
 def pairs(numbers: range) -> bytes:
@@ -51,15 +50,13 @@ def preference_spec(ts: TrainerS3, method: str, algorithm: str) -> dict[str, Any
 
 @pytest.mark.parametrize(("method", "algorithm"), [("lora", "dpo"), ("lora", "orpo")])
 def test_dpo_raises_the_chosen_vs_rejected_reward_margin(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     method: str,
     algorithm: str,
 ) -> None:
     spec = preference_spec(trainer_s3, method, algorithm)
-    cfg = harness.trainer_config(spec, name=unique(algorithm), work_dir=tmp_path / "w")
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    cfg, run = train(spec, unique(algorithm), tmp_path)
     t = run.termination
     assert t is not None and t["outcome"] == "Succeeded", t
     m = t["metrics"]

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, train, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +22,7 @@ def test_trainer_patches_progress(
     cluster: Any,
     crd: None,
     namespace: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     name = unique("progress")
@@ -40,16 +39,10 @@ def test_trainer_patches_progress(
     }
     api = cluster.custom()
     api.create_namespaced_custom_object("kubetune.io", "v1alpha1", namespace, "finetunejobs", obj)
-    cfg = harness.trainer_config(
-        spec,
-        name=name,
-        namespace=namespace,
-        work_dir=tmp_path / "w",
-        report_progress=True,
+    _, run = train(
+        spec, name, tmp_path, namespace=namespace, report_progress=True,
         progress_interval_seconds=0.5,
-    )
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    )  # fmt: skip
     assert "could not report progress" not in run.output
     got = api.get_namespaced_custom_object(
         "kubetune.io", "v1alpha1", namespace, "finetunejobs", name
@@ -72,18 +65,12 @@ def test_progress_failures_do_not_stop_training(
     cluster: Any,
     crd: None,
     namespace: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, hyperparameters={"maxSteps": 4})
-    cfg = harness.trainer_config(
-        spec,
-        name=unique("no-such-job"),
-        namespace=namespace,
-        work_dir=tmp_path / "w",
-        report_progress=True,
+    _, run = train(
+        spec, unique("no-such-job"), tmp_path, namespace=namespace, report_progress=True,
         progress_interval_seconds=0,
-    )
-    run = harness.run(cfg, tmp_path / "run")
-    assert run.returncode == 0, run.output[-4000:]
+    )  # fmt: skip
     assert run.lines("could not report progress") and run.lines("(HTTP 404)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kubetune_trainer.checkpoints import steps_in_listing
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 MAX_STEPS = 240
 SAVE_STEPS = 20
@@ -26,7 +26,7 @@ def _complete_steps(ts: TrainerS3, prefix: str) -> set[int]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_from_latest_complete_checkpoint(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(

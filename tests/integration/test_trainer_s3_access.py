@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 def test_wrong_secret_key_is_access_denied_naming_the_uri(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, "lora")

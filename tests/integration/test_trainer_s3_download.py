@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.s3 import S3, ChecksumMismatch, split_s3_uri
-from trainer_fixtures import TrainerS3, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, unique
 
 
 def test_concurrent_downloads_of_one_object_to_one_path(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     data = os.urandom(3 * 2**20 + 17)
@@ -44,7 +44,7 @@ def test_concurrent_downloads_of_one_object_to_one_path(
 
 
 def test_a_complete_file_is_not_downloaded_again(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     uri = trainer_s3.uri(unique("skip"), "train.jsonl")
@@ -63,7 +63,7 @@ def test_a_complete_file_is_not_downloaded_again(
 
 
 def test_a_corrupt_object_is_detected_on_download(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     """An object whose bytes no longer match the sha256 it records (bit rot, a bad copy) fails
@@ -82,7 +82,7 @@ def test_a_corrupt_object_is_detected_on_download(
 
 
 def test_multipart_round_trip_hashes_while_streaming(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

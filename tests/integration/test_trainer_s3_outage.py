@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubetune_trainer.testing import harness
 from s3proxy import S3Proxy
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def manifest_covers_only_complete_files(ts: TrainerS3, prefix: str) -> bool | No
 
 
 def test_short_outage_costs_no_retry_and_a_long_one_is_storage_unavailable(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     proxy: S3Proxy,
     tmp_path: Path,
 ) -> None:
@@ -92,7 +92,7 @@ def test_short_outage_costs_no_retry_and_a_long_one_is_storage_unavailable(
 
 @pytest.mark.slow
 def test_four_minute_outage_during_upload_ends_succeeded(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     proxy: S3Proxy,
     tmp_path: Path,
 ) -> None:
@@ -130,7 +130,7 @@ def test_four_minute_outage_during_upload_ends_succeeded(
 
 
 def test_upload_that_outlasts_the_window_is_finished_by_the_next_attempt_without_training(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     proxy: S3Proxy,
     tmp_path: Path,
 ) -> None:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 def snapshot(ts: TrainerS3, uri: str) -> dict[str, bytes]:
@@ -40,7 +40,7 @@ def spec_for(ts: TrainerS3, lr: float) -> dict:
 
 
 def test_recreated_object_trains_from_zero_and_keeps_the_old_artifacts(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     name = unique("recreate")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_trainer_logs_params_metrics_and_run_to_mlflow(
     mlflow_server: str,
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     from mlflow.tracking import MlflowClient
@@ -110,7 +110,7 @@ def test_trainer_logs_params_metrics_and_run_to_mlflow(
 
 
 def test_trainer_writes_a_wandb_run_offline(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     name = unique("wandb")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from kubetune_trainer.testing import harness
-from trainer_fixtures import TrainerS3, causal_spec, trainer_s3, unique  # noqa: F401
+from trainer_fixtures import TrainerS3, causal_spec, unique
 
 
 def test_run_b_continues_run_as_adapter(
-    trainer_s3: TrainerS3,  # noqa: F811
+    trainer_s3: TrainerS3,
     tmp_path: Path,
 ) -> None:
     spec = causal_spec(trainer_s3, "lora")

@@ -2,8 +2,8 @@
 
 Tiny models and synthetic datasets are built locally (cached under ~/.cache/kubetune/models)
 and uploaded to the cluster's real MinIO under a per-session prefix; the trainer runs as a
-subprocess (`kubetune-train --config ...`) against it. Import the fixtures into a test module
-with `from trainer_fixtures import trainer_s3  # noqa: F401`.
+subprocess (`kubetune-train --config ...`) against it. The `trainer_s3` fixture is registered in
+tests/integration/conftest.py; import the builders from here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from kubetune_trainer.s3 import S3, join
-from kubetune_trainer.testing import fixtures
+from kubetune_trainer.testing import fixtures, harness
 
 LABELS = ["sports", "weather", "finance", "cooking"]
 
@@ -56,31 +56,51 @@ def trainer_s3(cluster: Any) -> Iterator[TrainerS3]:
         ts.s3.delete_prefix(ts.base)
 
 
-def causal_spec(ts: TrainerS3, method_type: str = "lora", **overrides: Any) -> dict[str, Any]:
-    """The counting task (prompt-completion) on the tiny Llama."""
-    spec: dict[str, Any] = {
-        "task": "causal-lm",
-        "model": {"s3Uri": ts.uri("models/tiny-llama") + "/"},
+# Six optimizer steps, an eval and a log every few: long enough to checkpoint twice, short enough
+# for a CPU.
+SHORT_RUN: dict[str, Any] = {
+    "maxSteps": 6,
+    "learningRate": 0.003,
+    "lrScheduler": "constant",
+    "loggingSteps": 2,
+    "evalStrategy": "steps",
+    "evalSteps": 6,
+    "saveStrategy": "steps",
+    "saveSteps": 3,
+}
+
+
+def _tiny_spec(
+    ts: TrainerS3,
+    model: str,
+    dataset: str,
+    data_format: str,
+    max_seq_length: int,
+    batch_size: int,
+    method_type: str,
+    **top: Any,
+) -> dict[str, Any]:
+    """A SHORT_RUN spec on one of the fixtures' tiny models and datasets (train + validation)."""
+    return {
+        **top,
+        "model": {"s3Uri": ts.uri("models", model) + "/"},
         "dataset": {
-            "s3Uri": ts.uri("datasets/counting/train.jsonl"),
-            "format": "prompt-completion",
-            "maxSeqLength": 64,
-            "validation": {"s3Uri": ts.uri("datasets/counting/validation.jsonl")},
+            "s3Uri": ts.uri("datasets", dataset, "train.jsonl"),
+            "format": data_format,
+            "maxSeqLength": max_seq_length,
+            "validation": {"s3Uri": ts.uri("datasets", dataset, "validation.jsonl")},
         },
         "method": {"type": method_type},
-        "hyperparameters": {
-            "maxSteps": 6,
-            "batchSize": 8,
-            "learningRate": 0.003,
-            "lrScheduler": "constant",
-            "loggingSteps": 2,
-            "evalStrategy": "steps",
-            "evalSteps": 6,
-            "saveStrategy": "steps",
-            "saveSteps": 3,
-        },
+        "hyperparameters": {**SHORT_RUN, "batchSize": batch_size},
         "output": {"uri": ts.uri("output"), "mergedDtype": "float32"},
     }
+
+
+def causal_spec(ts: TrainerS3, method_type: str = "lora", **overrides: Any) -> dict[str, Any]:
+    """The counting task (prompt-completion) on the tiny Llama."""
+    spec = _tiny_spec(
+        ts, "tiny-llama", "counting", "prompt-completion", 64, 8, method_type, task="causal-lm"
+    )
     return merge(spec, overrides)
 
 
@@ -88,30 +108,17 @@ def classification_spec(
     ts: TrainerS3, method_type: str = "full", **overrides: Any
 ) -> dict[str, Any]:
     """The topics task (keywords decide the class) on the tiny BERT."""
-    spec: dict[str, Any] = {
-        "task": "sequence-classification",
-        "classification": {"labelNames": LABELS},
-        "model": {"s3Uri": ts.uri("models/tiny-bert") + "/"},
-        "dataset": {
-            "s3Uri": ts.uri("datasets/topics/train.jsonl"),
-            "format": "classification",
-            "maxSeqLength": 32,
-            "validation": {"s3Uri": ts.uri("datasets/topics/validation.jsonl")},
-        },
-        "method": {"type": method_type},
-        "hyperparameters": {
-            "maxSteps": 6,
-            "batchSize": 16,
-            "learningRate": 0.003,
-            "lrScheduler": "constant",
-            "loggingSteps": 2,
-            "evalStrategy": "steps",
-            "evalSteps": 6,
-            "saveStrategy": "steps",
-            "saveSteps": 3,
-        },
-        "output": {"uri": ts.uri("output"), "mergedDtype": "float32"},
-    }
+    spec = _tiny_spec(
+        ts,
+        "tiny-bert",
+        "topics",
+        "classification",
+        32,
+        16,
+        method_type,
+        task="sequence-classification",
+        classification={"labelNames": LABELS},
+    )
     return merge(spec, overrides)
 
 
@@ -130,3 +137,20 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def train(
+    spec: dict[str, Any],
+    name: str,
+    tmp: Path,
+    returncode: int = 0,
+    env: dict[str, str] | None = None,
+    **config: Any,
+) -> tuple[dict[str, Any], harness.TrainerRun]:
+    """Run kubetune-train on `spec` as job `name` (work and run dirs under `tmp`; `config`: more
+    harness.trainer_config arguments) and check it exited `returncode`: the config it ran, and
+    the run."""
+    cfg = harness.trainer_config(spec, name=name, work_dir=tmp / "w", **config)
+    run = harness.run(cfg, tmp / "run", env=env)
+    assert run.returncode == returncode, run.output[-4000:]
+    return cfg, run

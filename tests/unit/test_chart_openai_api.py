@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from test_chart_render import CHART, RELEASE_NS, find, helm, render
+from helmlib import CHART, RELEASE_NS, find, helm, render
 
 ON = {
     "openaiApi": {

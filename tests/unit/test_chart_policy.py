@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_chart_render import RELEASE_NS, REPO, helm, set_args
+from helmlib import RELEASE_NS, REPO, helm, set_args
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},

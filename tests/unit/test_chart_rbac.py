@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from test_chart_render import CHART, RELEASE_NS, REPO, find, render
+from helmlib import CHART, RELEASE_NS, REPO, find, render
 
 Rule = tuple[str, str, frozenset[str]]  # (apiGroup, resource, verbs)
 

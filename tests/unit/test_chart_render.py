@@ -8,65 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import tomllib
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "kubetune"
-RELEASE_NS = "kubetune-system"
-
-Obj = dict[str, Any]
-
-
-@cache
-def helm_bin() -> str:
-    if os.environ.get("KUBETUNE_HELM"):
-        return os.environ["KUBETUNE_HELM"]
-    out = subprocess.run(
-        [str(REPO / "hack" / "build-tools"), "paths"], capture_output=True, text=True, check=True
-    ).stdout
-    paths = dict(line.split("=", 1) for line in out.split())
-    helm = Path(paths["KUBETUNE_HELM_BIN"]) / "helm"
-    assert helm.exists(), f"helm is not built: run `hack/build-tools helm` (expected {helm})"
-    return str(helm)
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([helm_bin(), *args], capture_output=True, text=True, timeout=120)
-    if check and res.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def set_args(values: dict[str, Any] | None) -> list[str]:
-    """Values as one --set-json per top-level key (exact types, no --set string guessing)."""
-    out: list[str] = []
-    for k, v in (values or {}).items():
-        out += ["--set-json", f"{k}={json.dumps(v)}"]
-    return out
-
-
-def render(values: dict[str, Any] | None = None, release: str = "kt") -> list[Obj]:
-    res = helm("template", release, str(CHART), "--namespace", RELEASE_NS, *set_args(values))
-    return [d for d in yaml.safe_load_all(res.stdout) if d]
-
-
-def find(objs: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
-    return [
-        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
-    ]
-
-
-def one(objs: list[Obj], kind: str) -> Obj:
-    found = find(objs, kind)
-    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
-    return found[0]
+from helmlib import CHART, RELEASE_NS, REPO, Obj, find, helm, one, render, set_args
 
 
 def container(objs: list[Obj]) -> Obj:

@@ -39,11 +39,11 @@ def measured_rows() -> list[dict[str, Any]]:
 
 
 def bench_lengths(n: int = 20000) -> list[int]:
-    """Row lengths from the bench's own law (bench/trainer_bench.py: lognormal, mean 300,
+    """Row lengths from the bench's own law (bench/trainer_bench_cases.py: lognormal, mean 300,
     sigma 0.9, clipped to [16, seq_len]): what the estimator gets from a dataset sample."""
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        import trainer_bench as tb
+        import trainer_bench_cases as tb
     finally:
         sys.path.pop(0)
     rng = random.Random(0)

@@ -14,22 +14,10 @@ import yaml
 from gitops_moments import MOMENTS, Moment
 from kubetune_api.v1alpha1 import Phase, Reason
 from kubetune_operator import status
-from test_chart_argocd_health import REPO, argocd_health, kstatus
+from test_chart_argocd_health import REPO, argocd_health, ftj, kstatus
 
 NOW = "2026-01-01T00:00:00Z"
 PROBLEM = (Reason.SERVICE_ACCOUNT_NOT_ALLOWED.value, "spec.resources.serviceAccountName: no")
-
-
-def ftj(st: dict[str, Any] | None, generation: int) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "m", "namespace": "ml", "generation": generation},
-        "spec": {},
-    }
-    if st is not None:
-        obj["status"] = st
-    return obj
 
 
 def derived(m: Moment, generation: int) -> dict[str, Any]:

@@ -10,17 +10,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("fastapi")
-from kubetune.openai_api import (
-    ApiError,
-    Backend,
-    Settings,
-    dpo_rows,
-    job_events,
-    job_object,
-    job_spec,
-    paginate,
-    validate_jsonl,
-)
+from kubetune.openai_backend import Backend, Caller
+from kubetune.openai_files import dpo_rows, validate_jsonl
+from kubetune.openai_mapping import ApiError, Settings, job_events, job_object, job_spec, paginate
 
 SETTINGS = Settings(
     files_uri="s3://files/p",
@@ -258,7 +250,6 @@ class _FakeS3:
 
 
 def test_a_dpo_job_trains_on_the_converted_file_beside_the_upload() -> None:
-    from kubetune.openai_api import Caller
 
     b = Backend.__new__(Backend)
     b.settings = Settings(files_uri="s3://files/p", output_uri="s3://out/p",

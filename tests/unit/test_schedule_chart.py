@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helmlib import CHART, render
 from kubetune_operator.settings import OperatorSettings
-from test_chart_render import CHART, container, render
+from test_chart_render import container
 
 
 def test_both_crds_ship_with_the_chart() -> None:

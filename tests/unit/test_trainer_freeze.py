@@ -20,27 +20,17 @@ def bert() -> Any:
     return transformers.BertForSequenceClassification(cfg), "bert.encoder.layer."
 
 
-def llama() -> Any:
-    cfg = transformers.LlamaConfig(
-        **SMALL, intermediate_size=32, num_hidden_layers=3, num_key_value_heads=1,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(cfg), "model.layers."
+def decoder(family: str) -> Any:
+    """A builder of a 3-layer `family` decoder (Llama, Mistral and Qwen2 share the shape)."""
 
+    def build() -> Any:
+        cfg = getattr(transformers, f"{family}Config")(
+            **SMALL, intermediate_size=32, num_hidden_layers=3, num_key_value_heads=1,
+            tie_word_embeddings=False,
+        )  # fmt: skip
+        return getattr(transformers, f"{family}ForCausalLM")(cfg), "model.layers."
 
-def mistral() -> Any:
-    cfg = transformers.MistralConfig(
-        **SMALL, intermediate_size=32, num_hidden_layers=3, num_key_value_heads=1
-    )
-    return transformers.MistralForCausalLM(cfg), "model.layers."
-
-
-def qwen2() -> Any:
-    cfg = transformers.Qwen2Config(
-        **SMALL, intermediate_size=32, num_hidden_layers=3, num_key_value_heads=1,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    return transformers.Qwen2ForCausalLM(cfg), "model.layers."
+    return build
 
 
 def bloom() -> Any:
@@ -54,7 +44,11 @@ def layer_index(name: str, prefix: str) -> int | None:
     return int(name[len(prefix) :].split(".")[0])
 
 
-@pytest.mark.parametrize("build", [bert, llama, mistral, qwen2, bloom])
+@pytest.mark.parametrize(
+    "build",
+    [bert, decoder("Llama"), decoder("Mistral"), decoder("Qwen2"), bloom],
+    ids=["bert", "llama", "mistral", "qwen2", "bloom"],
+)
 def test_freeze_layers_freezes_the_embedding_stage_and_the_lowest_layers(build: Any) -> None:
     from kubetune_trainer.methods import freeze_layers
 
