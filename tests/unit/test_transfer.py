@@ -180,3 +180,122 @@ def test_expect_reads_our_metadata_and_s3s_checksums() -> None:
     e = transfer.expect_from_head(comp, lambda: None, lambda: tag)
     assert (e.sha256, e.composite) == (tag, None)
     assert transfer.expect_from_head(comp, lambda: None, lambda: "junk").composite == "abc=-3"
+
+
+class SlowFirstRange(Store):
+    """The first range answers last, and one later range breaks off half way once: the ranges
+    ahead are hashed by reading them back, the broken one resumes where it stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broke = False
+        self.ranges: list[str] = []
+
+    def get_object(self, Bucket: str, Key: str, Range: str, **kw: Any) -> Any:
+        self.ranges.append(Range)
+        a, b = (int(x) for x in Range.removeprefix("bytes=").split("-"))
+        if a == 0:
+            time.sleep(0.2)
+        data = self.objects[Key][a : b + 1]
+        if a == 3 * 8192 and not self.broke:
+            self.broke = True
+            return {"Body": Broken(data[:5000])}
+        return {"Body": io.BytesIO(data)}
+
+
+class Broken(io.BytesIO):
+    def readinto(self, b: Any) -> int:
+        n = super().readinto(b)
+        if not n:
+            raise ConnectionResetError("connection reset by peer")
+        return n
+
+
+def retry_once(fn: Any, what: str) -> Any:
+    try:
+        return fn()
+    except ConnectionError:
+        return fn()
+
+
+@pytest.mark.parametrize("composite", [False, True])
+def test_ranges_landing_out_of_order_and_a_resumed_range_hash_to_the_files_sha256(
+    tmp_path: Path, composite: bool
+) -> None:
+    data = os.urandom(10 * 8192 + 17)
+    store = SlowFirstRange()
+    store.objects["k"] = data
+    plan = transfer.parts(len(data), 8192)
+    parts = [hashlib.sha256(data[o : o + n]).digest() for o, n in plan]
+    expect = (
+        Expect(size=len(data), composite=transfer.composite(parts), part_size=8192)
+        if composite
+        else Expect(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    )
+    with ThreadPoolExecutor(4) as pool:
+        got = transfer.download(
+            store, pool, retry_once, "b", "k", tmp_path / "o", expect, part_size=8192
+        )
+    assert got == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "o").read_bytes() == data
+    # the broken range was asked for again from the byte where it stopped, not from its start
+    assert f"bytes={3 * 8192 + 5000}-{4 * 8192 - 1}" in store.ranges
+
+
+def test_a_worker_error_fails_the_download_without_hanging(tmp_path: Path) -> None:
+    data = os.urandom(6 * 8192)
+    store = SlowFirstRange()
+    store.objects["k"] = data
+    with ThreadPoolExecutor(4) as pool, pytest.raises(ConnectionError):
+        transfer.download(
+            store,
+            pool,
+            retry,  # no retry: the broken range fails the download
+            "b",
+            "k",
+            tmp_path / "o",
+            Expect(size=len(data), sha256=hashlib.sha256(data).hexdigest()),
+            part_size=8192,
+        )
+
+
+class FakeHTTPClientResponse(io.BytesIO):
+    def isclosed(self) -> bool:
+        return self.tell() == len(self.getvalue())
+
+
+class FakeUrllib3:
+    def __init__(self, data: bytes) -> None:
+        self._fp = FakeHTTPClientResponse(data)
+        self.headers: dict[str, str] = {}
+        self.released = self.closed = False
+
+    def release_conn(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeStreamingBody:
+    def __init__(self, data: bytes) -> None:
+        self._raw_stream = FakeUrllib3(data)
+
+    def read(self, n: int = -1) -> bytes:
+        raise AssertionError("the body is read into the buffer, not through read()")
+
+
+def test_body_reads_into_the_buffer_and_returns_the_connection_only_when_read_to_its_end() -> None:
+    whole = FakeStreamingBody(b"x" * 10)
+    body = transfer._Body(whole)
+    buf = memoryview(bytearray(4))
+    got = b""
+    while n := body.readinto(buf):
+        got += bytes(buf[:n])
+    body.done(True)
+    assert got == b"x" * 10 and whole._raw_stream.released and not whole._raw_stream.closed
+    cut = FakeStreamingBody(b"y" * 10)
+    body = transfer._Body(cut)
+    body.readinto(buf)
+    body.done(False)
+    assert cut._raw_stream.closed and not cut._raw_stream.released

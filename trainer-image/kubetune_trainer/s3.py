@@ -100,8 +100,8 @@ class Uploaded:
 
 
 # Measured with bench/transfer_bench.py (docs/benchmarks.md); KUBETUNE_S3_CONCURRENCY,
-# KUBETUNE_S3_FILES and KUBETUNE_S3_PART_MIB override them.
-TRANSFER_DEFAULTS = {"concurrency": 16, "files": 8, "part_mib": 32}
+# KUBETUNE_S3_FILES, KUBETUNE_S3_PART_MIB and KUBETUNE_S3_GET_MIB override them.
+TRANSFER_DEFAULTS = {"concurrency": 16, "files": 8, "part_mib": 32, "get_mib": 8}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -161,6 +161,11 @@ class S3:
         )
         self.part_size = (
             max(5, _env_int("KUBETUNE_S3_PART_MIB", TRANSFER_DEFAULTS["part_mib"])) * MiB
+        )
+        # Ranges of a download: small, so the in-order hash follows close behind the ranges
+        # in flight (transfer.download).
+        self.download_part_size = (
+            max(1, _env_int("KUBETUNE_S3_GET_MIB", TRANSFER_DEFAULTS["get_mib"])) * MiB
         )
         self._parts: ThreadPoolExecutor | None = None
         self._tagging_off = False
@@ -324,7 +329,7 @@ class S3:
                         key,
                         tmp,
                         expect,
-                        part_size=self.part_size,
+                        part_size=self.download_part_size,
                     )
                     break
                 except ChecksumMismatch as e:

@@ -8,8 +8,9 @@ pre-pass over the file, no re-read for the verification: the composite checksum 
 compared with the one computed from the part digests.
 
 Download of a file: ranged GETs (aligned to the object's parts when it has a composite
-checksum) by the same pool, each written in place with pwrite and fed, in order, into the
-file's SHA-256; then the digest is checked against what the object records: our `sha256`
+checksum) by the same pool, each read from the socket straight into a reused buffer
+(`read_into`, `Buffers`), written in place with pwrite and fed, in order, into the file's
+SHA-256; then the digest is checked against what the object records: our `sha256`
 metadata, S3's full-object SHA-256, or (multipart) the composite of the per-part digests. A
 mismatch is `ChecksumMismatch`.
 
@@ -22,6 +23,7 @@ Pure helpers (part plans, the composite checksum, the ordered chain) are unit-te
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import os
@@ -102,12 +104,64 @@ def _pread(fd: int, length: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _pwrite(fd: int, data: bytes, offset: int) -> None:
+def _pwrite(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+CHUNK = 1 * MiB  # socket -> file -> hash granularity: a buffer that stays in the CPU cache
+
+
+class _Body:
+    """One GET's body, read in chunks into a caller's buffer (no bytes object per read).
+
+    boto3's body is a botocore StreamingBody over a urllib3 response over an http.client
+    response. urllib3's `readinto` reads into a temporary bytes object and copies it, so when
+    the body has no content encoding the chunks are read with http.client's `readinto`, which
+    fills the buffer from the socket. Read to its end, the connection goes back to urllib3's
+    pool; otherwise it is closed. Any other body (a test's file-like) is read with its own
+    `readinto`, or `read`."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.raw: Any = getattr(body, "_raw_stream", None)
+        fp: Any = getattr(self.raw, "_fp", None)
+        headers = getattr(self.raw, "headers", None) or {}
+        self.fp: Any = (
+            fp if hasattr(fp, "readinto") and not headers.get("content-encoding") else None
+        )
+        self._readinto = (
+            self.fp.readinto if self.fp is not None else getattr(body, "readinto", None)
+        )
+
+    def readinto(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            return int(self._readinto(view))
+        data = self.body.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def done(self, complete: bool) -> None:
+        if self.fp is None:
+            return
+        if complete and self.fp.isclosed():
+            self.raw.release_conn()
+        else:
+            self.raw.close()
+
+
+_local = threading.local()
+
+
+def _chunk_buffer() -> memoryview:
+    """This thread's chunk buffer (one per worker thread, reused by every part it moves)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(CHUNK))
+    return buf
 
 
 def _run_parts(pool: ThreadPoolExecutor, chain: Chain, fns: list[Callable[[], Any]]) -> list[Any]:
@@ -258,6 +312,79 @@ def expect_from_head(
     return Expect(size=size, etag=etag, sha256=sha, composite=comp, part_size=part_size)
 
 
+class _Hasher:
+    """A file's sha256, fed in file order by whoever holds the bytes at the frontier.
+
+    A worker that has just written the chunk starting exactly where the digest stands hashes it
+    from its buffer (the common case for a range read front to back: every chunk of the range
+    at the frontier); bytes that landed ahead of the frontier are read back from the file (the
+    page cache) by `catch_up`, in the calling thread, as soon as they are contiguous. One
+    holder at a time (`_busy`), so every byte is hashed once and in order."""
+
+    def __init__(self, fd: int, plan: list[tuple[int, int]]) -> None:
+        self.fd = fd
+        self.plan = plan
+        self.digest = hashlib.sha256()
+        self.hashed = 0  # bytes [0, hashed) are in the digest
+        self.written = [off for off, _ in plan]  # range i's bytes [off, written[i]) are on disk
+        self.failed = False
+        self._busy = False
+        self._cv = threading.Condition()
+
+    def wrote(self, i: int, start: int, chunk: memoryview) -> None:
+        """Range i's bytes [start, start + len(chunk)) are written (from `chunk`)."""
+        end = start + len(chunk)
+        with self._cv:
+            mine = not self._busy and self.hashed == start
+            if mine:
+                self._busy = True
+            else:
+                self.written[i] = end
+                self._cv.notify_all()
+                return
+        try:
+            self.digest.update(chunk)  # outside the lock: hashlib releases the GIL
+        finally:
+            with self._cv:
+                self.hashed, self.written[i], self._busy = end, end, False
+                self._cv.notify_all()
+
+    def fail(self) -> None:
+        with self._cv:
+            self.failed = True
+            self._cv.notify_all()
+
+    def catch_up(self, size: int, check: Callable[[], None]) -> None:
+        """Hash the file to its end, reading back what the workers did not hash; `check()`
+        raises a worker's error (called while waiting)."""
+        buf = memoryview(bytearray(min(CHUNK, max(1, size))))
+        starts = [off for off, _ in self.plan]
+        while True:
+            with self._cv:
+                while True:
+                    if self.failed:
+                        check()
+                        raise RuntimeError("transfer aborted")
+                    if self.hashed >= size:
+                        return
+                    i = bisect.bisect_right(starts, self.hashed) - 1
+                    if not self._busy and self.written[i] > self.hashed:
+                        break
+                    self._cv.wait(0.5)
+                    check()
+                start, n = self.hashed, min(len(buf), self.written[i] - self.hashed)
+                self._busy = True
+            try:
+                got = os.preadv(self.fd, [buf[:n]], start)
+                if got != n:
+                    raise OSError(f"read {got} of {n} bytes back from the file")
+                self.digest.update(buf[:n])
+            finally:
+                with self._cv:
+                    self.hashed, self._busy = start + n, False
+                    self._cv.notify_all()
+
+
 def download(
     client: Any,
     pool: ThreadPoolExecutor,
@@ -270,58 +397,93 @@ def download(
     part_size: int,
 ) -> str:
     """Download one object into `dest` (a new file), hashing while streaming; returns the hex
-    sha256. ChecksumMismatch when it differs from what the object records."""
+    sha256. ChecksumMismatch when it differs from what the object records.
+
+    The part workers GET ranges of `part_size` (of the object's own part size when only its
+    composite checksum can be checked) and move each, front to back, through a small buffer
+    into the file (pwrite). The file's sha256 is fed in order (`_Hasher`): by the worker whose
+    chunk is next, from its buffer, and otherwise by the calling thread reading back, from the
+    page cache, what landed ahead, while the later ranges are still downloading. For a
+    composite checksum each worker also hashes its range (the part's digest)."""
     uri = f"s3://{bucket}/{key}"
-    step = expect.part_size or part_size
+    step = expect.part_size if expect.composite and expect.part_size else part_size
     plan = parts(expect.size, step)
     cond = {"IfMatch": expect.etag} if expect.etag else {}
-    chain = Chain()
-    part_digests: list[bytes | None] = [None] * len(plan)
+    part_digests: list[bytes] = [b""] * len(plan)
 
-    def get(off: int, length: int) -> bytes:
-        def once() -> bytes:
-            if length == 0:
-                return b""
-            rng = f"bytes={off}-{off + length - 1}"
-            body = client.get_object(Bucket=bucket, Key=key, Range=rng, **cond)["Body"]
-            data = bytes(body.read())
-            if len(data) != length:
-                raise ConnectionError(f"short read: {len(data)} of {length} bytes")
-            return data
-
-        return bytes(retry(once, uri))
-
-    with open(dest, "wb") as f:
+    with open(dest, "w+b") as f:
         fd = f.fileno()
         if expect.size:
             os.ftruncate(fd, expect.size)
+        hasher = _Hasher(fd, plan)
 
         def fetch(i: int, off: int, length: int) -> None:
-            data = get(off, length)
-            _pwrite(fd, data, off)
-            if expect.composite:
-                part_digests[i] = hashlib.sha256(data).digest()
-            chain.feed(i, data)
+            done = 0  # bytes of this range written and passed to the hasher
 
-        if len(plan) == 1:
+            def once() -> None:
+                nonlocal done
+                if done >= length:
+                    return
+                rng = f"bytes={off + done}-{off + length - 1}"
+                body = _Body(client.get_object(Bucket=bucket, Key=key, Range=rng, **cond)["Body"])
+                buf = _chunk_buffer()
+                try:
+                    while done < length:
+                        n = body.readinto(buf[: min(CHUNK, length - done)])
+                        if not n:
+                            raise ConnectionError(f"short read: {done} of {length} bytes")
+                        _pwrite(fd, buf[:n], off + done)
+                        if part is not None:
+                            part.update(buf[:n])
+                        hasher.wrote(i, off + done, buf[:n])
+                        done += n
+                except BaseException:
+                    body.done(False)
+                    raise
+                body.done(True)
+
+            part = hashlib.sha256() if expect.composite else None
             try:
-                fetch(0, *plan[0])
+                retry(once, uri)  # a retry resumes the range where it broke off
             except BaseException:
-                chain.fail()
+                hasher.fail()
                 raise
-        else:
-            _run_parts(pool, chain, [partial(fetch, i, o, n) for i, (o, n) in enumerate(plan)])
-    digest = chain.hash.hexdigest()
-    if expect.sha256 and digest != expect.sha256:
+            if part is not None:
+                part_digests[i] = part.digest()
+
+        futures: list[Future[None]] = [
+            pool.submit(fetch, i, o, n) for i, (o, n) in enumerate(plan[1:], start=1)
+        ]
+
+        def check() -> None:
+            for fut in futures:
+                if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+
+        try:
+            fetch(0, *plan[0])  # the first range in this thread: its bytes are hashed as read
+            hasher.catch_up(expect.size, check)
+            for fut in futures:
+                fut.result()
+        except BaseException:
+            hasher.fail()
+            for fut in futures:
+                fut.cancel()
+            for fut in futures:
+                if not fut.cancelled():
+                    fut.exception()  # wait: no worker may still write after we return
+            raise
+    hexdigest = hasher.digest.hexdigest()
+    if expect.sha256 and hexdigest != expect.sha256:
         raise ChecksumMismatch(
-            f"{uri}: the downloaded bytes have sha256 {digest}, the object records "
+            f"{uri}: the downloaded bytes have sha256 {hexdigest}, the object records "
             f"{expect.sha256}: the object is corrupt"
         )
     if expect.composite:
-        got = composite([d for d in part_digests if d is not None])
+        got = composite(part_digests)
         if got != expect.composite:
             raise ChecksumMismatch(
                 f"{uri}: the downloaded parts' SHA-256 checksum {got} differs from S3's "
                 f"{expect.composite}: the object is corrupt"
             )
-    return digest
+    return hexdigest
