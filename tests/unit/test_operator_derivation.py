@@ -13,8 +13,8 @@ import pytest
 from kubetune_api.v1alpha1 import OnSpecChange, Reason
 from kubetune_operator import events, observe, reasons, render, runs, runstate, status
 from kubetune_operator.runs import Decision
+from statusbuilders import GOOD, NOW, apply, derive, ftj, job, pod
 from test_operator_podset import UNSCHEDULABLE, gjob, member
-from test_operator_status import GOOD, NOW, apply, derive, ftj, job, pod
 
 REASONS = {r.value for r in Reason}
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from kubetune_operator import podset, status
-from test_operator_status import GOOD, NOW, job, pod
+from statusbuilders import GOOD, NOW, job, pod
 
 GROUP_JOB = {"completionMode": "Indexed", "completions": 2, "parallelism": 2, "backoffLimit": 4}
 

@@ -3,114 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fakekube import merge
-from kubetune_api.v1alpha1 import FineTuneJobStatus
-from kubetune_operator import render, status
+from kubetune_operator import status
 from kubetune_operator.runs import Decision
-
-NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-T0 = "2026-11-23T11:00:00Z"
-UID = "uid-1"
-GPU = {"nvidia.com/gpu"}
-GOOD = {
-    "outcome": "Succeeded",
-    "reason": "Completed",
-    "message": "trained 30 steps",
-    "retryable": False,
-    "artifacts": {
-        "adapterUri": "s3://b/o/ns/j/run-1/adapter/",
-        "mergedModelUri": "s3://b/o/ns/j/run-1/merged/",
-        "manifestUri": "s3://b/o/ns/j/run-1/manifest.json",
-        "manifestSha256": "ab" * 32,
-    },
-    "metrics": {"eval_loss": 1.25, "train_loss": 1.5, "bad": "x"},
-}
-
-
-def ftj(st: dict[str, Any] | None = None, generation: int = 1, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubetune.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "j", "namespace": "ns", "uid": UID, "generation": generation},
-        "spec": spec,
-        "status": st or {},
-    }
-
-
-def job(run: int = 1, *, cond: tuple[str, str] | None = None, suspend: bool = False,
-        failed: int = 0, succeeded: int = 0, active: int = 0, **spec: Any) -> dict[str, Any]:  # fmt: skip
-    js: dict[str, Any] = {"failed": failed, "succeeded": succeeded, "active": active}
-    if cond:
-        js["conditions"] = [
-            {"type": cond[0], "status": "True", "reason": cond[1], "lastTransitionTime": T0}
-        ]
-        if cond[0] == "Complete":
-            js["completionTime"] = T0
-    return {
-        "metadata": {
-            "name": f"j-run-{run}",
-            "uid": f"job-uid-{run}",
-            "creationTimestamp": "2026-11-23T10:00:00Z",
-            "labels": {render.LABEL_RUN: str(run)},
-            "annotations": {render.ANN_SPEC_HASH: f"hash{run}", render.ANN_GENERATION: str(run)},
-        },
-        "spec": {"suspend": suspend, "backoffLimit": 2, **spec},
-        "status": js,
-    }
-
-
-def pod(name: str = "j-run-1-abcde", phase: str = "Running", *, gpus: int = 0,
-        terminated: dict[str, Any] | None = None, waiting: dict[str, Any] | None = None,
-        scheduled: dict[str, Any] | None = None, started: str = T0) -> dict[str, Any]:  # fmt: skip
-    state: dict[str, Any] = {}
-    if terminated is not None:
-        state["terminated"] = {
-            "startedAt": started,
-            "finishedAt": "2026-11-23T11:10:00Z",
-            **terminated,
-        }
-    elif waiting is not None:
-        state["waiting"] = waiting
-    elif phase == "Running":
-        state["running"] = {"startedAt": started}
-    conditions = [scheduled] if scheduled else [{"type": "PodScheduled", "status": "True"}]
-    limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
-    return {
-        "metadata": {"name": name, "creationTimestamp": T0},
-        "spec": {"nodeName": None if scheduled else "node-0",
-                 "containers": [{"name": "trainer", "resources": {"limits": limits}}]},
-        "status": {"phase": phase, "conditions": conditions,
-                   "containerStatuses": [{"name": "trainer", "state": state}]},
-    }  # fmt: skip
-
-
-def derive(f: dict[str, Any], d: Decision, j: dict[str, Any] | None, pods: list[dict[str, Any]],
-           **kw: Any) -> status.Derived:  # fmt: skip
-    out = status.derive(f, d, j, pods, now=kw.pop("now", NOW), gpu_resources=GPU, **kw)
-    FineTuneJobStatus.model_validate(out.status)  # always a valid status for the CRD
-    return out
-
-
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in st["conditions"] if c["type"] == type_)
-
-
-def apply(f: dict[str, Any], derived: status.Derived) -> dict[str, Any]:
-    """The FineTuneJob after the status patch (merge patch semantics)."""
-    patch = status.status_patch(f, derived)
-    new = json.loads(json.dumps(f))
-    if patch:
-        merged = _merge(new.get("status") or {}, patch["status"])
-        new["status"] = merged
-    return new
-
-
-_merge = merge  # RFC 7386, as the API server applies a merge patch
-
+from statusbuilders import GOOD, NOW, T0, apply, cond, derive, ftj, job, pod
 
 # --------------------------------------------------------------------------- the first run
 
@@ -446,7 +346,7 @@ def test_merge_patch() -> None:
     new = {"a": 1, "b": {"x": 1, "z": 3}, "c": [2]}
     patch = status.merge_patch(old, new)
     assert patch == {"b": {"y": None, "z": 3}, "c": [2], "d": None}
-    assert _merge(old, patch) == new
+    assert merge(old, patch) == new
     assert status.merge_patch(new, new) is None
 
 
@@ -463,101 +363,3 @@ def test_created_suspended() -> None:
     out = derive(f, Decision(current_run=1, start=1), job(suspend=True), [])
     assert out.status["phase"] == "Suspended"
     assert cond(out.status, "Suspended")["reason"] == "Suspended"
-
-
-# ------------------------------------------------------------------ evaluation and promotion
-
-
-def _gated(promotion: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **GOOD,
-        "evaluation": {
-            "loss": {"base": 2.5, "tuned": 1.25},
-            "perplexity": {"base": 12.2, "tuned": float("nan")},
-            "junk": "x",
-        },
-        "promotion": promotion,
-    }
-
-
-def _finished(result: dict[str, Any]) -> status.Derived:
-    prev = {"run": 1, "jobName": "j-run-1", "phase": "Running"}
-    done = pod(phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed",
-                                              "message": json.dumps(result)})  # fmt: skip
-    return derive(
-        ftj(prev), Decision(current_run=1), job(cond=("Complete", ""), succeeded=1), [done]
-    )
-
-
-def test_a_promoted_run_shows_base_and_tuned_and_promoted_true() -> None:
-    st = _finished(
-        _gated(
-            {
-                "promoted": True,
-                "reason": "Promoted",
-                "metric": "loss",
-                "rule": "beatPrevious",
-                "value": 1.25,
-                "previous": 1.5,
-                "message": "promoted: test loss 1.25 vs 1.5",
-                "pointerUri": "s3://b/o/ns/j/promoted/promoted.json",
-            }
-        )
-    ).status
-    assert st["phase"] == "Succeeded"
-    # NaN cannot travel in JSON; what is not a number is left out
-    assert st["evaluation"] == {"loss": {"base": 2.5, "tuned": 1.25}, "perplexity": {"base": 12.2}}
-    assert st["evaluationSummary"] == "loss↓ 2.5 -> 1.25"
-    assert st["promoted"] is True and st["promotion"]["previous"] == 1.5
-    c = cond(st, "Promoted")
-    assert (c["status"], c["reason"]) == ("True", "Promoted") and "1.25 vs 1.5" in c["message"]
-    assert cond(st, "Ready")["status"] == "True"
-
-
-def test_a_run_that_fails_the_gate_succeeds_with_promoted_false_and_the_numbers() -> None:
-    st = _finished(
-        _gated(
-            {
-                "promoted": False,
-                "reason": "NotPromoted",
-                "metric": "loss",
-                "rule": "beatPrevious",
-                "value": 1.25,
-                "previous": 1.0,
-                "message": "not promoted: test loss 1.25 vs 1 of the promoted run",
-            }
-        )
-    ).status
-    assert st["phase"] == "Succeeded" and st["promoted"] is False
-    assert cond(st, "Succeeded")["status"] == "True" and cond(st, "Ready")["status"] == "True"
-    c = cond(st, "Promoted")
-    assert (c["status"], c["reason"]) == ("False", "NotPromoted")
-    assert "1.25 vs 1 of the promoted run" in c["message"]  # the numbers stay on False
-
-
-def test_no_gate_no_promoted_condition_and_a_new_run_clears_it() -> None:
-    st = _finished(GOOD).status
-    assert "promoted" not in st and "evaluation" not in st
-    assert all(c["type"] != "Promoted" for c in st["conditions"])
-    gated = _finished(
-        _gated(
-            {
-                "promoted": True,
-                "reason": "Promoted",
-                "metric": "loss",
-                "rule": "threshold",
-                "message": "promoted",
-            }
-        )
-    ).status
-    f = ftj({**gated, "runGeneration": 1, "specHash": "hash1", "startTime": T0}, generation=2)
-    out = derive(f, Decision(current_run=2, start=2), job(2), [])
-    st2 = out.status
-    assert not {"promoted", "promotion", "evaluation", "evaluationSummary"} & set(st2)
-    assert all(c["type"] != "Promoted" for c in st2["conditions"])
-    assert st2["history"][-1]["promoted"] is True
-
-
-def test_a_promotion_that_does_not_parse_is_ignored() -> None:
-    st = _finished(_gated({"promoted": "yes please"})).status
-    assert st["phase"] == "Succeeded" and "promoted" not in st
