@@ -224,7 +224,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
-    from . import methods, modelload, speed, train
+    from . import batchplan, evalstage, methods, modelload, speed, train
     from .save import merge_stage, release, save_stage
 
     cuda = torch.cuda.is_available()
@@ -246,8 +246,10 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
     )
     ctx.speed = plan.as_dict()
     log.info("speed: %s", "; ".join(plan.reasons))
-    dist, batch = _distribution(spec, resolved.path, local_rank if cuda else None)
-    batch = _fold(ctx, spec, plan, resolved.path, batch, (local_rank or 0) if cuda else None)
+    dist, batch = batchplan.distribution(spec, resolved.path, local_rank if cuda else None)
+    batch = batchplan.fold(
+        ctx.speed, spec, plan, resolved.path, batch, (local_rank or 0) if cuda else None
+    )
     ctx.speed["distribution"] = {**dist.as_dict(), "batch": batch}
     quant = spec.method.resolved().quantization
     ctx.report(stage="load")
@@ -313,23 +315,14 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             from .checkpoints import CheckpointStore
 
             store = CheckpointStore(ctx.s3, ckpt_prefix, spec.hyperparameters.save_total_limit)
-        test_data = None
-        if prepared.test is not None:
-            test_data = (
-                train.test_ready(trainer, spec, prepared, tokenizer),
-                prepared.test,
-                tokenizer,
-            )
+        test_data = evalstage.test_data(trainer, spec, prepared, tokenizer)
         outcome = train.run(
             trainer, spec, ctx.reporter, store, ctx.work, prepared.eval is not None, test_data
         )
         ctx.metrics.update(outcome.metrics)
         ctx.warnings.extend(outcome.warnings)
-        base_test, tuned_test = outcome.base_test, outcome.tuned_test
-        for name, value in tuned_test.items():
-            ctx.metrics[f"test_{name}"] = value
-        for name, value in base_test.items():
-            ctx.metrics[f"base_test_{name}"] = value
+        scores = evalstage.Scores(outcome.base_test, outcome.tuned_test)
+        scores.record(ctx.metrics)
         ctx.metrics["bad_rows_skipped"] = prepared.bad_rows_skipped
         # FSDP: every rank takes part in gathering the whole weights; rank 0 keeps them.
         trained, state = _gathered(trainer) if dist.strategy == "fsdp" else (trainer.model, None)
@@ -346,10 +339,7 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
         release()
         merge_stage(ctx, tokenizer)
         metrics = {k: v for k, v in ctx.metrics.items() if v is not None}
-        from . import promotion, testeval
-
-        evaluation = testeval.side_by_side(base_test, tuned_test) if test_data else {}
-        decision = promotion.gate(ctx.s3, cfg, tuned_test) if test_data else None
+        verdict = scores.judge(ctx.s3, cfg, scored=test_data is not None)
         (ctx.artifacts / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
         ctx.report(stage="upload")
         from .upload import upload
@@ -363,24 +353,16 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             datasets=ctx.datasets,
             speed={**ctx.speed, "startup": {k: v for k, v in STARTUP.items() if k != "t0"}},
             metrics=_jsonable(metrics),
-            evaluation=evaluation or None,
-            promotion=decision.as_status() if decision is not None else None,
+            evaluation=verdict.evaluation or None,
+            promotion=verdict.promotion_status(),
         )
-        if decision is not None and decision.promoted:
-            # After the artifacts and the manifest: the pointer moves in one PUT.
-            promotion.write_pointer(ctx.s3, cfg, decision, uris, tuned_test)
+        verdict.promote(ctx.s3, cfg, uris)
         if store is not None:
             uris["checkpointUri"] = store.prefix
         ctx.artifact_uris = uris
         tracked.record_artifacts(uris)
         ctx.report(stage="done")
-        summary = ", ".join(
-            f"{k} {metrics[k]:.4g}"
-            for k in ("eval_loss", "perplexity", "eval_accuracy", "eval_f1", "train_loss")
-            if isinstance(metrics.get(k), float)
-        )
-        if decision is not None:
-            summary = f"{summary}; {decision.message}" if summary else decision.message
+        summary = verdict.summary(metrics)
         return result_mod.build(
             outcome="Succeeded",
             reason="Completed",
@@ -390,8 +372,8 @@ def _run(ctx: Context, local_rank: int | None, multi: bool) -> dict[str, Any]:
             retryable=False,
             artifacts=uris,
             metrics=metrics,
-            evaluation=evaluation,
-            promotion=decision.as_status() if decision is not None else None,
+            evaluation=verdict.evaluation,
+            promotion=verdict.promotion_status(),
         )
 
 
@@ -409,96 +391,6 @@ def _clamp_seq_len(ctx: Context, spec: FineTuneJobSpec, model_dir: Path) -> Fine
     ctx.warnings.append(warning)
     dataset = spec.dataset.model_copy(update={"max_seq_length": seq.effective})
     return spec.model_copy(update={"dataset": dataset})
-
-
-def _distribution(
-    spec: Any, model_path: Path, device: int | None
-) -> tuple[distribute.Plan, dict[str, Any]]:
-    """The strategy for this run (distribute.choose, from the model's shapes and the GPU's
-    memory) and the per-process split of the global batch; both logged by rank 0."""
-    res = spec.resources
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    gpu_mem = None
-    if device is not None:
-        import torch
-
-        gpu_mem = int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        shapes = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError):
-        shapes = {}
-    dist = distribute.choose(
-        res.distribution.strategy,
-        MethodType(spec.method.type),
-        world,
-        distribute.parameter_count(shapes),
-        gpu_mem,
-    )
-    h = spec.hyperparameters
-    batch = distribute.split_batch(h.batch_size, h.gradient_accumulation_steps, world)
-    log.info(
-        "distribution: %s over %d process(es) (%s); global batch %d = %d per device x %d "
-        "processes x %d accumulation",
-        dist.strategy,
-        world,
-        dist.reason,
-        batch["globalBatchSize"],
-        batch["perDeviceBatchSize"],
-        batch["processes"],
-        batch["gradientAccumulationSteps"],
-    )
-    if not batch["kept"]:
-        log.warning(
-            "global batch %d, not the %d asked (batchSize x gradientAccumulationSteps): %d "
-            "processes cannot share it exactly; make batchSize x gradientAccumulationSteps a "
-            "multiple of the process count to keep it",
-            batch["globalBatchSize"],
-            batch["askedGlobalBatchSize"],
-            world,
-        )
-    return dist, batch
-
-
-def _fold(
-    ctx: Context,
-    spec: Any,
-    plan: Any,
-    model_path: Path,
-    batch: dict[str, Any],
-    device: int | None,
-) -> dict[str, Any]:
-    """Accumulation folding (accumulation.fold_accumulation) on this process's share of the batch;
-    logged, and kept in the manifest's speed section."""
-    from .accumulation import fold_accumulation
-
-    gpu_mem = None
-    if device is not None:
-        import torch
-
-        gpu_mem = int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        shape = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError):
-        shape = {}
-    fold = fold_accumulation(
-        batch_size=batch["perDeviceBatchSize"],
-        grad_accum=batch["gradientAccumulationSteps"],
-        padding_free=plan.padding_free,
-        max_seq_length=spec.dataset.max_seq_length,
-        shape=shape,
-        parameters=distribute.parameter_count(shape),
-        method=str(spec.method.type),
-        checkpointing=spec.hyperparameters.gradient_checkpointing,
-        gpu_memory=gpu_mem,
-    )
-    ctx.speed["accumulation"] = fold.as_dict()
-    if fold.factor > 1:
-        log.info("speed: %s", fold.reason)
-    return {
-        **batch,
-        "perDeviceBatchSize": fold.micro_batch,
-        "gradientAccumulationSteps": fold.accumulation,
-    }
 
 
 def _gathered(trainer: Any) -> tuple[Any, dict[str, Any] | None]:
