@@ -65,6 +65,14 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 # --model tiny: the same architectures, a few hundred thousand weights (CPU wiring checks);
 # vocab_size 0 = the tokenizer's (a 150k-word LM head on CPU is gigabytes of logits).
+_TINY_DECODER = {  # Qwen and Llama: grouped-query attention kept (4 heads, 2 key/value)
+    "vocab_size": 0,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 TINY: dict[str, dict[str, Any]] = {
     "bert-base-uncased": {
         **SHAPES["bert-base-uncased"],
@@ -81,25 +89,8 @@ TINY: dict[str, dict[str, Any]] = {
         "n_layer": 2,
         "n_head": 4,
     },
-    "qwen2.5-0.5b": {
-        **SHAPES["qwen2.5-0.5b"],
-        "vocab_size": 0,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-    },
-    "llama-3.2-1b": {
-        **SHAPES["llama-3.2-1b"],
-        "vocab_size": 0,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-    },
+    "qwen2.5-0.5b": {**SHAPES["qwen2.5-0.5b"], **_TINY_DECODER},
+    "llama-3.2-1b": {**SHAPES["llama-3.2-1b"], **_TINY_DECODER, "head_dim": 16},
     "mistral-7b": PRODUCT_SHAPES["tiny"],
 }
 

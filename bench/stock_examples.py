@@ -46,17 +46,9 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def build_bert_full(model_dir: Path, data: Path, steps: int, output_dir: Path) -> Any:
-    """examples/bert-sentiment-full.yaml: the classic Hugging Face text-classification recipe."""
-    from datasets import load_dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+def _bert_classifier(model_dir: Path) -> tuple[Any, Any]:
+    """The sentiment classifier both BERT examples start from: two labels, named."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     set_seed(SEED)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -66,13 +58,41 @@ def build_bert_full(model_dir: Path, data: Path, steps: int, output_dir: Path) -
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
     )
+    return model, tok
+
+
+def _tokenized(tok: Any, data: Path, column: str, max_length: int) -> Any:
+    """The JSON lines' text column, tokenized and truncated (padding is the collator's)."""
+    from datasets import load_dataset
+
     ds = load_dataset("json", data_files=str(data))["train"]
-    ds = ds.map(
-        lambda b: tok(b["text"], truncation=True, max_length=512),
+    return ds.map(
+        lambda b: tok(b[column], truncation=True, max_length=max_length),
         batched=True,
-        remove_columns=["text"],
+        remove_columns=[column],
     )
-    args = TrainingArguments(
+
+
+def _classifier_trainer(model: Any, tok: Any, ds: Any, **args: Any) -> Any:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=ds,
+        processing_class=tok,
+        data_collator=DataCollatorWithPadding(tok),
+    )
+
+
+def build_bert_full(model_dir: Path, data: Path, steps: int, output_dir: Path) -> Any:
+    """examples/bert-sentiment-full.yaml: the classic Hugging Face text-classification recipe."""
+    model, tok = _bert_classifier(model_dir)
+    ds = _tokenized(tok, data, "text", 512)
+    return _classifier_trainer(
+        model,
+        tok,
+        ds,
         num_train_epochs=3,
         per_device_train_batch_size=16,
         learning_rate=2e-5,
@@ -81,36 +101,13 @@ def build_bert_full(model_dir: Path, data: Path, steps: int, output_dir: Path) -
         weight_decay=0.01,
         **_common(_cuda(), steps, output_dir),
     )
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        data_collator=DataCollatorWithPadding(tok),
-    )
 
 
 def build_bert_lora(model_dir: Path, data: Path, steps: int, output_dir: Path) -> Any:
     """examples/bert-lora-classifier.yaml: PEFT's sequence-classification LoRA recipe."""
-    from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
 
-    set_seed(SEED)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir),
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
+    model, tok = _bert_classifier(model_dir)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -123,24 +120,15 @@ def build_bert_lora(model_dir: Path, data: Path, steps: int, output_dir: Path) -
             modules_to_save=["classifier"],
         ),
     )
-    ds = load_dataset("json", data_files=str(data))["train"]
-    ds = ds.map(
-        lambda b: tok(b["sentence"], truncation=True, max_length=128),
-        batched=True,
-        remove_columns=["sentence"],
-    )
-    args = TrainingArguments(
+    ds = _tokenized(tok, data, "sentence", 128)
+    return _classifier_trainer(
+        model,
+        tok,
+        ds,
         num_train_epochs=3,
         per_device_train_batch_size=32,
         learning_rate=5e-4,
         **_common(_cuda(), steps, output_dir),
-    )
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        data_collator=DataCollatorWithPadding(tok),
     )
 
 

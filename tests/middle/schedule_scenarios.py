@@ -78,6 +78,16 @@ def tick(kube: FakeKube, settings: OperatorSettings, s3: MemS3, now: datetime) -
     return handle_schedule(kube, settings, NS, SCHED, now=now, s3=s3)
 
 
+def changed_after_baseline(kube: FakeKube, settings: OperatorSettings, **spec: Any) -> MemS3:
+    """A schedule watching data/train/, its first pass done (the baseline fingerprint), and the
+    data changed since: the next check starts a run."""
+    s3 = MemS3({"data/train/a.jsonl": '"a"'})
+    kube.put(schedule(**spec))
+    tick(kube, settings, s3, T0)
+    s3.objects["data/train/a.jsonl"] = '"a2"'
+    return s3
+
+
 def status(kube: FakeKube) -> JSON:
     obj = kube.find("FineTuneSchedule", NS, SCHED)
     assert obj is not None

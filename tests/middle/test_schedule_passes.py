@@ -12,7 +12,18 @@ import pytest
 from fakekube import Crash, FakeKube
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.workqueue import WorkQueue
-from schedule_scenarios import NS, SCHED, T0, MemS3, finish, runs, schedule, status, tick
+from schedule_scenarios import (
+    NS,
+    SCHED,
+    T0,
+    MemS3,
+    changed_after_baseline,
+    finish,
+    runs,
+    schedule,
+    status,
+    tick,
+)
 
 S = timedelta(seconds=1)
 
@@ -66,10 +77,7 @@ def test_a_data_change_starts_exactly_one_run_with_lineage(
 def test_a_crash_between_create_and_status_creates_nothing_twice(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:
-    s3 = MemS3({"data/train/a.jsonl": '"a"'})
-    fake_kube.put(schedule(concurrencyPolicy="Replace"))
-    tick(fake_kube, operator_settings, s3, T0)
-    s3.objects["data/train/a.jsonl"] = '"a2"'
+    s3 = changed_after_baseline(fake_kube, operator_settings, concurrencyPolicy="Replace")
     fake_kube.crash_on("patch", "finetuneschedules/status")
     with pytest.raises(Crash):
         tick(fake_kube, operator_settings, s3, T0 + 10 * S)
@@ -83,10 +91,7 @@ def test_a_crash_between_create_and_status_creates_nothing_twice(
 def test_forbid_holds_while_a_run_is_active(
     fake_kube: FakeKube, operator_settings: OperatorSettings
 ) -> None:
-    s3 = MemS3({"data/train/a.jsonl": '"a"'})
-    fake_kube.put(schedule())
-    tick(fake_kube, operator_settings, s3, T0)
-    s3.objects["data/train/a.jsonl"] = '"a2"'
+    s3 = changed_after_baseline(fake_kube, operator_settings)
     tick(fake_kube, operator_settings, s3, T0 + 10 * S)
     [first] = runs(fake_kube)
     s3.objects["data/train/a.jsonl"] = '"a3"'
@@ -253,10 +258,7 @@ def test_a_run_the_api_server_refuses_is_reported_once_and_retried(
 ) -> None:
     from kubetune_operator.k8s import ApiError
 
-    s3 = MemS3({"data/train/a.jsonl": '"a"'})
-    fake_kube.put(schedule())
-    tick(fake_kube, operator_settings, s3, T0)
-    s3.objects["data/train/a.jsonl"] = '"a2"'
+    s3 = changed_after_baseline(fake_kube, operator_settings)
 
     def refuse(call: Any) -> None:
         if (call.verb, call.resource) == ("create", "finetunejobs"):

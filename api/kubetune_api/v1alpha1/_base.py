@@ -49,6 +49,15 @@ INT32_MAX = 2**31 - 1
 MAX_NAME_LENGTH = 52
 
 
+def check_name_length(metadata: dict[str, Any], limit: int, why: str) -> None:
+    """metadata.name at most `limit` characters: the objects the operator names after it need
+    room for their suffix (`why` says which). The CRD says the same with `maxLength` on
+    metadata.name (kubetune_api.build.crd)."""
+    name = metadata.get("name")
+    if isinstance(name, str) and len(name) > limit:
+        raise ValueError(f"metadata.name: metadata.name must be at most {limit} characters ({why})")
+
+
 def _wire_int(value: Any) -> Any:
     """JSON integers only: not 8.0, "8" or true (pydantic's lax mode would take all three).
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from ._base import MAX_NAME_LENGTH, Spec
+from ._base import MAX_NAME_LENGTH, Spec, check_name_length
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
 
@@ -37,10 +37,5 @@ class FineTuneJob(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> FineTuneJob:
-        name = self.metadata.get("name")
-        if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
-            raise ValueError(
-                f"metadata.name: metadata.name must be at most {MAX_NAME_LENGTH} characters "
-                "(the run's Job is named <name>-run-<n>)"
-            )
+        check_name_length(self.metadata, MAX_NAME_LENGTH, "the run's Job is named <name>-run-<n>")
         return self

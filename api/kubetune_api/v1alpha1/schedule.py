@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from ._base import S3Uri, Spec, WireBool, WireInt, cel, validations
+from ._base import S3Uri, Spec, WireBool, WireInt, cel, check_name_length, validations
 from .spec import FineTuneJobSpec
 from .status import Condition
 
@@ -272,10 +272,9 @@ class FineTuneSchedule(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> FineTuneSchedule:
-        name = self.metadata.get("name")
-        if isinstance(name, str) and len(name) > MAX_SCHEDULE_NAME_LENGTH:
-            raise ValueError(
-                f"metadata.name: metadata.name must be at most {MAX_SCHEDULE_NAME_LENGTH} "
-                "characters (each run is a FineTuneJob named <schedule>-<suffix>)"
-            )
+        check_name_length(
+            self.metadata,
+            MAX_SCHEDULE_NAME_LENGTH,
+            "each run is a FineTuneJob named <schedule>-<suffix>",
+        )
         return self
