@@ -15,7 +15,7 @@ those line numbers, with `skip` they are left out and counted with the other bad
 
 from __future__ import annotations
 
-import json
+import gzip
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -40,6 +40,7 @@ from kubetune_api.v1alpha1.rows import (  # noqa: F401 (the row contract; re-exp
     template_fields,
 )
 
+from . import jsonfiles
 from .sources import ResolvedData
 
 log = logging.getLogger(__name__)
@@ -98,80 +99,7 @@ def _placeholder(fmt: DataFormat) -> dict[str, Any]:
 # -------------------------------------------------------------------------------- loading
 
 
-def _first_bad_json_line(path: Path) -> str | None:
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            if path.name.lower().endswith((".json", ".json.gz")):
-                head = f.read(1)
-                if head == "[" or head == "{":
-                    f.seek(0)
-                    try:
-                        json.load(f)
-                        return None
-                    except ValueError as e:
-                        return f"invalid JSON ({e})"
-                f.seek(0)
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    return f"line {n}: invalid JSON ({e})"
-                if not isinstance(obj, dict):
-                    return f"line {n}: expected a JSON object per line, got {type(obj).__name__}"
-    except UnicodeDecodeError as e:
-        return f"not UTF-8 text ({e.reason} at byte {e.start})"
-    except OSError as e:
-        return f"cannot read ({e})"
-    return None
-
-
-def _is_json_document(path: Path) -> bool:
-    """A .json file that is one JSON document (an array or an object), not JSON Lines."""
-    if not path.name.lower().endswith(".json"):
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read(1) not in ("[", "{"):
-                return False
-            f.seek(0)
-            json.load(f)
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-def scan_json_lines(path: Path) -> tuple[list[str], list[tuple[int, str]]]:
-    """(the good lines, [(line number from 1, problem)] of malformed ones) of a JSON Lines
-    file; blank lines are neither."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    good: list[str] = []
-    bad: list[tuple[int, str]] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                bad.append((n, f"invalid JSON ({e})"))
-                continue
-            if not isinstance(obj, dict):
-                bad.append((n, f"a JSON {type(obj).__name__}, not an object"))
-                continue
-            good.append(line if line.endswith("\n") else line + "\n")
-    return good, bad
-
-
 def _is_empty(path: Path, builder: str | None) -> bool:
-    import gzip
-
     if path.stat().st_size == 0:
         return True
     if builder not in ("json", "csv", "text"):
@@ -210,11 +138,11 @@ def check_files(
     files: list[Path] = []
     found: list[tuple[Path, list[tuple[int, str]]]] = []
     for p in resolved.files:
-        if _is_json_document(p):
+        if jsonfiles.is_json_document(p):
             files.append(p)
             continue
         try:
-            good, bad = scan_json_lines(p)
+            good, bad = jsonfiles.scan(p)
         except UnicodeDecodeError as e:
             raise DatasetError(
                 f"{where}: {name(p)}: not UTF-8 text ({e.reason} at byte {e.start})"
@@ -302,7 +230,7 @@ def load_rows(resolved: ResolvedData, cache_dir: Path, what: str) -> Any:
         detail = None
         if resolved.builder == "json":
             for p in resolved.files:
-                bad = _first_bad_json_line(p)
+                bad = jsonfiles.first_problem(p)
                 if bad:
                     name = p.name if len(resolved.files) == 1 else str(p)
                     detail = f"{name}: {bad}"
