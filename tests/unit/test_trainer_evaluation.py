@@ -30,7 +30,7 @@ from kubetune_trainer.metrics import (
     macro_recall,
 )
 from kubetune_trainer.result import build
-from kubetune_trainer.trainargs import training_kwargs
+from test_trainer_builders import targs
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -189,15 +189,7 @@ def test_best_checkpoint_aligns_eval_and_save_per_epoch(
             "hyperparameters": {"saveStrategy": "steps", "saveSteps": 7},
         }
     )
-    kw = training_kwargs(
-        spec,
-        output_dir="/tmp/x",
-        precision="fp32",
-        cuda=False,
-        has_eval=True,
-        run_name="r",
-        report_to=[],
-    )
+    kw = targs(spec, has_eval=True)
     assert kw["eval_strategy"] == kw["save_strategy"] == "epoch"
     assert kw["load_best_model_at_end"] is True
     assert kw["metric_for_best_model"] == metric
@@ -211,15 +203,7 @@ def test_best_checkpoint_for_classification_by_f1() -> None:
         evaluation={"bestCheckpoint": {"metric": "f1"}},
         **{"dataset.format": "classification", "dataset.validation": {"splitFraction": 0.1}},
     )
-    kw = training_kwargs(
-        spec,
-        output_dir="/tmp/x",
-        precision="fp32",
-        cuda=False,
-        has_eval=True,
-        run_name="r",
-        report_to=[],
-    )
+    kw = targs(spec, has_eval=True)
     assert (kw["metric_for_best_model"], kw["greater_is_better"]) == ("eval_f1", True)
 
 
