@@ -16,19 +16,14 @@ import copy
 import json
 from typing import Any
 
+from .observe import json_object
+
 ANN_RECORD = "kubetune.io/status-record"
 
 
 def recorded(ftj: dict[str, Any]) -> dict[str, Any] | None:
     """The status the operator last wrote, or None when it has written none yet."""
-    raw = (ftj["metadata"].get("annotations") or {}).get(ANN_RECORD)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return json_object((ftj["metadata"].get("annotations") or {}).get(ANN_RECORD))
 
 
 def trusted_view(ftj: dict[str, Any]) -> dict[str, Any]:

@@ -40,15 +40,22 @@ def parse_time(s: str | None) -> datetime | None:
         return None
 
 
-def parse_result(message: str | None) -> dict[str, Any] | None:
-    """The trainer's termination message (one JSON object), or None if it is not one."""
-    if not message:
+def json_object(raw: str | None) -> dict[str, Any] | None:
+    """One JSON object (an annotation's value, a termination message), or None if `raw` is
+    empty or not one: what another writer left there is read, never trusted to parse."""
+    if not raw:
         return None
     try:
-        obj = json.loads(message)
+        obj = json.loads(raw)
     except ValueError:
         return None
-    return obj if isinstance(obj, dict) and "outcome" in obj else None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_result(message: str | None) -> dict[str, Any] | None:
+    """The trainer's termination message (one JSON object), or None if it is not one."""
+    obj = json_object(message)
+    return obj if obj is not None and "outcome" in obj else None
 
 
 # A success must name at least one of these.

@@ -19,7 +19,6 @@ does to it is clear it when a new run starts (`Derived.clear_progress`).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ from .events import Event, Transition, diff, waiting_message
 from .observe import (
     GPU_ACCOUNTING_STEP,
     Observation,
+    json_object,
     observe,
     parse_result,
     parse_time,
@@ -222,7 +222,7 @@ def _new_run(
     ):
         new.pop(key, None)
     ann = job["metadata"].get("annotations") or {}
-    lineage = _lineage(ann.get(ANN_LINEAGE))
+    lineage = json_object(ann.get(ANN_LINEAGE))  # written at the Job creation
     if lineage is not None:
         new["lineage"] = lineage
     gen = ann.get(ANN_GENERATION)
@@ -413,17 +413,6 @@ def _progress(ftj: dict[str, Any], new: dict[str, Any], started: bool, current: 
     else:
         new.pop("progressSummary", None)
     return clear
-
-
-def _lineage(raw: str | None) -> dict[str, Any] | None:
-    """status.lineage from the run's Job annotation (written by the operator at creation)."""
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # ------------------------------------------------------------------------------ patching
