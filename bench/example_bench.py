@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ for _p in ("api", "trainer-image", "bench"):
     sys.path.insert(0, str(REPO / _p))
 
 from example_synth import SHAPES, TINY, build_model_dir, write_data  # noqa: E402
-from product_bench import Recorder, ratio, sample_memory, summarize  # noqa: E402
+from product_bench import Recorder, ratio, run_child  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The rows
@@ -186,39 +184,9 @@ def run_side(
         [str(REPO / p) for p in ("api", "trainer-image", "bench")]
         + list(filter(None, [env.get("PYTHONPATH")]))
     )
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    peaks: dict[str, int] = {}
-    stop = threading.Event()
-    sampler = threading.Thread(target=sample_memory, args=(proc.pid, peaks, stop), daemon=True)
-    if cuda:
-        sampler.start()
-    timed_out = False
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        timed_out = True
-    stop.set()
-    data = json.loads(result.read_text()) if result.exists() else {}
-    rec: dict[str, Any] = {
-        "exit_code": proc.returncode,
-        "timed_out": timed_out,
-        "process_wall_s": time.perf_counter() - t0,
-        "nvidia_smi_process_peak_mib": peaks.get("process_mib"),
-        "nvidia_smi_gpu_peak_mib": peaks.get("gpu_mib"),
-        "max_memory_reserved_gib": data.get("max_memory_reserved_gib"),
-        "max_memory_allocated_gib": data.get("max_memory_allocated_gib"),
-        **summarize(data.get("steps", [])),
-        "log": [ln for ln in output.splitlines() if any(w in ln for w in LOG_WORDS)][-12:],
-    }
+    rec, data = run_child(cmd, env, result, cuda, LOG_WORDS, timeout)
     if side == "ours":
         rec["termination"] = data.get("termination")
-    if proc.returncode != 0 or not data:
-        rec["log_tail"] = output[-4000:]
     return rec
 
 

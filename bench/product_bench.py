@@ -275,6 +275,55 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+LOG_WORDS = ("speed:", "distribution:", "trainable", "Error", "error")
+
+
+def run_child(
+    cmd: list[str],
+    env: dict[str, str],
+    result: Path,
+    cuda: bool,
+    log_words: tuple[str, ...],
+    timeout: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One bench child, its GPU memory sampled by nvidia-smi (on CUDA): (the record of the run,
+    the result JSON the child wrote). With a timeout the child is killed when it runs past it
+    (recorded as timed_out)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_memory, args=(proc.pid, peaks, stop), daemon=True)
+    if cuda:
+        sampler.start()
+    timed_out = False
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        timed_out = True
+    stop.set()
+    data = json.loads(result.read_text()) if result.exists() else {}
+    rec: dict[str, Any] = {
+        "exit_code": proc.returncode,
+        "process_wall_s": time.perf_counter() - t0,
+        "nvidia_smi_process_peak_mib": peaks.get("process_mib"),
+        "nvidia_smi_gpu_peak_mib": peaks.get("gpu_mib"),
+        "max_memory_reserved_gib": data.get("max_memory_reserved_gib"),
+        "max_memory_allocated_gib": data.get("max_memory_allocated_gib"),
+        **summarize(data.get("steps", [])),
+        "log": [ln for ln in output.splitlines() if any(w in ln for w in log_words)][-12:],
+    }
+    if timeout is not None:
+        rec["timed_out"] = timed_out
+    if proc.returncode != 0 or not data:
+        rec["log_tail"] = output[-4000:]
+    return rec, data
+
+
 def run_side(
     side: str, case: str, steps: int, root: Path, cuda: bool, profile: int = 0
 ) -> dict[str, Any]:
@@ -287,37 +336,10 @@ def run_side(
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "trainer-image"), str(REPO / "bench"), *filter(None, [env.get("PYTHONPATH")])]
     )
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    peaks: dict[str, int] = {}
-    stop = threading.Event()
-    sampler = threading.Thread(target=sample_memory, args=(proc.pid, peaks, stop), daemon=True)
-    if cuda:
-        sampler.start()
-    output, _ = proc.communicate()
-    stop.set()
-    data = json.loads(result.read_text()) if result.exists() else {}
-    rec: dict[str, Any] = {
-        "exit_code": proc.returncode,
-        "process_wall_s": time.perf_counter() - t0,
-        "nvidia_smi_process_peak_mib": peaks.get("process_mib"),
-        "nvidia_smi_gpu_peak_mib": peaks.get("gpu_mib"),
-        "max_memory_reserved_gib": data.get("max_memory_reserved_gib"),
-        "max_memory_allocated_gib": data.get("max_memory_allocated_gib"),
-        **summarize(data.get("steps", [])),
-        "profiles": data.get("profiles", []),
-        "log": [
-            ln
-            for ln in output.splitlines()
-            if any(w in ln for w in ("speed:", "distribution:", "trainable", "Error", "error"))
-        ][-12:],
-    }
+    rec, data = run_child(cmd, env, result, cuda, LOG_WORDS)
+    rec["profiles"] = data.get("profiles", [])
     if kind == "ours":
         rec["termination"] = data.get("termination")
-    if proc.returncode != 0 or not data:
-        rec["log_tail"] = output[-4000:]
     return rec
 
 

@@ -7,7 +7,9 @@ label names go into the model config (id2label/label2id), so every saved model c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,15 +104,21 @@ def read_model_type(path: Path) -> str | None:
 # ------------------------------------------------------------------------------------ tokenizer
 
 
+@contextlib.contextmanager
+def _model_error(source: str, what: str) -> Iterator[None]:
+    """Any failure inside, as a ModelError naming the model and what could not be done
+    (transformers raises many kinds for a broken or foreign checkpoint)."""
+    try:
+        yield
+    except Exception as e:
+        raise ModelError(f"model {source}: {what} ({type(e).__name__}: {e})") from e
+
+
 def load_tokenizer(path: Path, dataset: DatasetSpec, trust_remote_code: bool, source: str) -> Any:
     from transformers import AutoTokenizer
 
-    try:
+    with _model_error(source, "cannot load the tokenizer"):
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise ModelError(
-            f"model {source}: cannot load the tokenizer ({type(e).__name__}: {e})"
-        ) from e
     if tok.pad_token is None:
         fallback = tok.eos_token or tok.unk_token
         if fallback is None:
@@ -208,12 +216,8 @@ def load_model(
     import torch
     from transformers import AutoConfig
 
-    try:
+    with _model_error(source, "cannot read config.json"):
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise ModelError(
-            f"model {source}: cannot read config.json ({type(e).__name__}: {e})"
-        ) from e
     model_type = str(getattr(config, "model_type", "") or "")
     kwargs: dict[str, Any] = {
         "trust_remote_code": trust_remote_code,

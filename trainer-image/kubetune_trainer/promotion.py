@@ -91,6 +91,15 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _reason(promoted: bool) -> str:
+    return (Reason.PROMOTED if promoted else Reason.NOT_PROMOTED).value
+
+
+def _verdict(promoted: bool) -> str:
+    """The first word(s) of the gate's message."""
+    return "promoted" if promoted else "not promoted"
+
+
 def decide(
     promote: PromoteSpec,
     value: float | None,
@@ -121,11 +130,10 @@ def decide(
         threshold = float(promote.threshold) if promote.threshold is not None else math.nan
         ok = _better(value, threshold, direction, strict=False)
         op = ">=" if direction == Direction.MAXIMIZE else "<="
-        verdict = "promoted" if ok else "not promoted"
         return Decision(
             ok,
-            (Reason.PROMOTED if ok else Reason.NOT_PROMOTED).value,
-            message=f"{verdict}: test {metric} {_fmt(value)}, threshold {op} {_fmt(threshold)}",
+            _reason(ok),
+            message=f"{_verdict(ok)}: test {metric} {_fmt(value)}, threshold {op} {_fmt(threshold)}",
             threshold=threshold,
             **common,
         )
@@ -148,11 +156,10 @@ def decide(
         )
     ok = _better(value, previous, direction, strict=True)
     word = "higher" if direction == Direction.MAXIMIZE else "lower"
-    verdict = "promoted" if ok else "not promoted"
     return Decision(
         ok,
-        (Reason.PROMOTED if ok else Reason.NOT_PROMOTED).value,
-        message=f"{verdict}: test {metric} {_fmt(value)} vs {_fmt(previous)} of the promoted "
+        _reason(ok),
+        message=f"{_verdict(ok)}: test {metric} {_fmt(value)} vs {_fmt(previous)} of the promoted "
         f"run ({word} is better, must beat it)",
         previous=previous,
         previous_run=previous_run,
