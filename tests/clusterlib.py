@@ -6,13 +6,14 @@ Tests import :class:`Cluster` from here for type hints: ``from clusterlib import
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +106,18 @@ class Cluster:
                 f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             )
         return proc
+
+    @contextlib.contextmanager
+    def applied(self, manifests: str) -> Iterator[None]:
+        """`kubectl apply` the manifests for the block; deleted after it (not waited for)."""
+        self.kubectl("apply", "-f", "-", input=manifests)
+        try:
+            yield
+        finally:
+            self.kubectl(
+                "delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifests,
+                check=False,
+            )  # fmt: skip
 
     def kubectl_json(self, *args: str, namespace: str | None = None) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json", namespace=namespace).stdout)

@@ -122,13 +122,8 @@ def applied_rbac(cluster: Cluster, ns: str, values: dict[str, Any]) -> Iterator[
         "--show-only",
         "templates/rbac.yaml",
     )
-    cluster.kubectl("apply", "-f", "-", input=manifests)
-    try:
+    with cluster.applied(manifests):
         yield f"system:serviceaccount:{ns}:kt-kubetune"
-    finally:
-        cluster.kubectl(
-            "delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifests, check=False
-        )
 
 
 def can_i(

@@ -75,11 +75,10 @@ def teams_fixture(cluster: Cluster, namespace: str) -> Iterator[tuple[str, str]]
         "ValidatingAdmissionPolicyBinding",
         "ValidatingAdmissionPolicyBinding",
     ]
-    cluster.kubectl("apply", "-f", "-", input=manifest)
     try:
-        yield namespace, big
+        with cluster.applied(manifest):
+            yield namespace, big
     finally:
-        cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
         cluster.kubectl("delete", "namespace", big, "--wait=false", check=False)
 
 
