@@ -54,11 +54,7 @@ def test_the_next_pod_takes_the_model_from_the_cache_without_reading_it_from_s3(
     # pod 1: downloads the model into the cache, then is killed
     t0 = time.monotonic()
     proc, term, log = harness.start(cfg, tmp_path / "pod1", env)
-    deadline = time.monotonic() + 300
-    while "model cache: stored" not in log.read_text(errors="replace"):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "the model was not downloaded within 300s"
-        time.sleep(0.05)
+    harness.wait_for_log(proc, log, "model cache: stored", 300)
     proc.kill()
     killed = harness.finish(proc, term, log, t0, timeout=30)
     assert killed.returncode == -9 and not killed.lines("model cache hit")

@@ -105,11 +105,7 @@ def test_four_minute_outage_during_upload_ends_succeeded(
     proc, term, log = harness.start(cfg, tmp_path / "run", env)
     # the outage begins once training is over and the final checkpoint is in S3 (stage save:
     # everything from here to the manifest is the upload)
-    deadline = time.monotonic() + 400
-    while "stage save" not in log.read_text(errors="replace"):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "training did not finish within 400s"
-        time.sleep(0.05)
+    harness.wait_for_log(proc, log, "stage save", 400)  # training is over
     proxy.down()
     down_at = time.monotonic()
     while time.monotonic() - down_at < 240:
@@ -144,11 +140,7 @@ def test_upload_that_outlasts_the_window_is_finished_by_the_next_attempt_without
     prefix = cfg["runPrefix"]
     t0 = time.monotonic()
     proc, term, log = harness.start(cfg, tmp_path / "a1", env)
-    deadline = time.monotonic() + 400
-    while "stage save" not in log.read_text(errors="replace"):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "training did not finish within 400s"
-        time.sleep(0.05)
+    harness.wait_for_log(proc, log, "stage save", 400)  # training is over
     proxy.down()
     first = harness.finish(proc, term, log, t0, timeout=300)
     assert first.returncode == 20, first.output[-3000:]

@@ -90,6 +90,16 @@ def start(
     return proc, term, log
 
 
+def wait_for_log(proc: subprocess.Popen[str], log: Path, text: str, seconds: float) -> None:
+    """Until the running trainer's log contains `text`; fails when it exits first or the time
+    runs out (with the log's tail)."""
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the log within {seconds:.0f}s"
+        time.sleep(0.05)
+
+
 def finish(
     proc: subprocess.Popen[str], term: Path, log: Path, t0: float, timeout: float
 ) -> TrainerRun:
