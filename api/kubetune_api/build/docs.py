@@ -212,15 +212,7 @@ def render_docs() -> str:
         "",
         "## `kubectl get ftj` columns",
         "",
-        "| Column | JSONPath | Description |",
-        "|---|---|---|",
-    ]
-    for col in PRINTER_COLUMNS:
-        wide = " (`-o wide`)" if col.get("priority") else ""
-        out.append(
-            f"| {col['name']}{wide} | `{col['jsonPath']}` | {col.get('description', 'Age.')} |"
-        )
-    out += [
+        *_columns_md(PRINTER_COLUMNS),
         "",
         "Field selectors: "
         + ", ".join(f"`{f['jsonPath'].lstrip('.')}`" for f in SELECTABLE_FIELDS)
@@ -248,6 +240,17 @@ def render_docs() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def _columns_md(columns: list[Schema]) -> list[str]:
+    """The `kubectl get` columns as a markdown table (`-o wide` ones marked)."""
+    out = ["| Column | JSONPath | Description |", "|---|---|---|"]
+    for col in columns:
+        wide = " (`-o wide`)" if col.get("priority") else ""
+        out.append(
+            f"| {col['name']}{wide} | `{col['jsonPath']}` | {col.get('description', 'Age.')} |"
+        )
+    return out
+
+
 def _schedule_md(documented: set[str]) -> list[str]:
     """The FineTuneSchedule resource: its own objects; those it shares with FineTuneJob (the
     template's spec, Condition) are linked above."""
@@ -266,15 +269,11 @@ def _schedule_md(documented: set[str]) -> list[str]:
         "",
         "## `kubectl get fts` columns",
         "",
-        "| Column | JSONPath | Description |",
-        "|---|---|---|",
+        *_columns_md(SCHEDULE_PRINTER_COLUMNS),
+        "",
+        "## Schedule spec",
+        "",
     ]
-    for col in SCHEDULE_PRINTER_COLUMNS:
-        wide = " (`-o wide`)" if col.get("priority") else ""
-        out.append(
-            f"| {col['name']}{wide} | `{col['jsonPath']}` | {col.get('description', 'Age.')} |"
-        )
-    out += ["", "## Schedule spec", ""]
     spec_name, status_name = FineTuneScheduleSpec.__name__, FineTuneScheduleStatus.__name__
     out += _object_section(spec_name, defs[spec_name], defs, f"{spec_name} (`spec`)")
     for name in _reachable(defs[spec_name], defs):
