@@ -142,25 +142,29 @@ def _completed_unknown(c: Ctx) -> RunState:
     )
 
 
-def _no_result(c: Ctx) -> RunState:
-    pod = c.o.result_pod
-    assert pod is not None
+def _not_success(c: Ctx, why: str, **kw: Any) -> RunState:
+    """A run that claims success without what a success must carry: Failed, ArtifactsMissing."""
     return RunState(
         Phase.FAILED,
         Reason.ARTIFACTS_MISSING,
-        f"pod {pod.name}: the trainer exited 0 without reporting a successful result (no "
-        "termination message); not treated as success",
+        f"{why}; not treated as success",
         completion_time=c.finished_at,
+        **kw,
+    )
+
+
+def _no_result(c: Ctx) -> RunState:
+    pod = c.o.result_pod
+    assert pod is not None
+    return _not_success(
+        c,
+        f"pod {pod.name}: the trainer exited 0 without reporting a successful result (no "
+        "termination message)",
     )
 
 
 def _no_estimate(c: Ctx) -> RunState:
-    return RunState(
-        Phase.FAILED,
-        Reason.ARTIFACTS_MISSING,
-        "the dry run reported success but no estimate; not treated as success",
-        completion_time=c.finished_at,
-    )
+    return _not_success(c, "the dry run reported success but no estimate")
 
 
 def _estimated(c: Ctx) -> RunState:
@@ -175,12 +179,8 @@ def _estimated(c: Ctx) -> RunState:
 
 
 def _no_artifacts(c: Ctx) -> RunState:
-    return RunState(
-        Phase.FAILED,
-        Reason.ARTIFACTS_MISSING,
-        "the trainer reported success but no artifact URI; not treated as success",
-        metrics=metrics(c.result),
-        completion_time=c.finished_at,
+    return _not_success(
+        c, "the trainer reported success but no artifact URI", metrics=metrics(c.result)
     )
 
 
