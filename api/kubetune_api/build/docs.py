@@ -73,21 +73,28 @@ def _type_md(node: Schema, defs: dict[str, Schema]) -> str:
     return str(kind or "any")
 
 
+# Bound keywords of a schema node, in the order the docs list them, as "<prefix> <op> <value>".
+_BOUNDS = (
+    ("minimum", ""),
+    ("maximum", ""),
+    ("minLength", "length "),
+    ("maxLength", "length "),
+    ("minItems", "items "),
+    ("maxItems", "items "),
+)
+
+
+def _bound_op(node: Schema, key: str) -> str:
+    if key == "minimum":
+        return ">" if node.get("exclusiveMinimum") else "≥"
+    if key == "maximum":
+        return "<" if node.get("exclusiveMaximum") else "≤"
+    return "≥" if key.startswith("min") else "≤"
+
+
 def _constraints_md(node: Schema) -> str:
     """Constraints of a structural schema node, in words."""
-    out = []
-    if "minimum" in node:
-        out.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {node['minimum']}")
-    if "maximum" in node:
-        out.append(f"{'<' if node.get('exclusiveMaximum') else '≤'} {node['maximum']}")
-    if "minLength" in node:
-        out.append(f"length ≥ {node['minLength']}")
-    if "maxLength" in node:
-        out.append(f"length ≤ {node['maxLength']}")
-    if "minItems" in node:
-        out.append(f"items ≥ {node['minItems']}")
-    if "maxItems" in node:
-        out.append(f"items ≤ {node['maxItems']}")
+    out = [f"{prefix}{_bound_op(node, key)} {node[key]}" for key, prefix in _BOUNDS if key in node]
     if node.get("x-kubernetes-list-type") == "set":
         out.append("unique items")
     if "pattern" in node:
