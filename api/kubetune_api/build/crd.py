@@ -77,50 +77,54 @@ HEADER = (
     "# DO NOT EDIT: change the models and regenerate.\n"
 )
 
+
+def _column(
+    name: str, kind: str, path: str, description: str = "", *, wide: bool = False
+) -> Schema:
+    """One additionalPrinterColumn; `wide` ones (priority 1) show only with `-o wide`."""
+    col: Schema = {"name": name, "type": kind, "jsonPath": path}
+    if wide:
+        col["priority"] = 1
+    if description:
+        col["description"] = description
+    return col
+
+
+_AGE = _column("Age", "date", ".metadata.creationTimestamp")
+
 # `kubectl get ftj` columns. A printer column takes one JSONPath, which cannot say "hubId, else
 # s3Uri, else pvc", so the Model and Progress columns read one-line summaries that the operator
 # (status.model) and the trainer/operator (status.progressSummary) write into the status.
 PRINTER_COLUMNS: list[Schema] = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
-     "description": "Pending, Running, Succeeded, Failed or Suspended."},
-    {"name": "Task", "type": "string", "jsonPath": ".spec.task",
-     "description": "causal-lm or sequence-classification."},
-    {"name": "Method", "type": "string", "jsonPath": ".spec.method.type",
-     "description": "Adaptation method."},
-    {"name": "Model", "type": "string", "jsonPath": ".status.model",
-     "description": "Base model: hub id[@revision], s3:// URI or pvc://claim/path."},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary",
-     "description": "step/totalSteps (pct%) of the current run."},
-    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",
-     "description": "Latest training loss."},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Run", "type": "integer", "jsonPath": ".status.run", "priority": 1,
-     "description": "Current run number."},
-    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss",
-     "priority": 1, "description": "Latest evaluation loss."},
-    {"name": "Eval", "type": "string", "jsonPath": ".status.evaluationSummary", "priority": 1,
-     "description": "Main test metric, base -> tuned (spec.dataset.test)."},
-    {"name": "Promoted", "type": "boolean", "jsonPath": ".status.promoted", "priority": 1,
-     "description": "Whether the run passed spec.output.promote."},
-    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
-     "description": "Summary of the state."},
+    _column("Phase", "string", ".status.phase", "Pending, Running, Succeeded, Failed or Suspended."),
+    _column("Task", "string", ".spec.task", "causal-lm or sequence-classification."),
+    _column("Method", "string", ".spec.method.type", "Adaptation method."),
+    _column("Model", "string", ".status.model",
+            "Base model: hub id[@revision], s3:// URI or pvc://claim/path."),
+    _column("Progress", "string", ".status.progressSummary",
+            "step/totalSteps (pct%) of the current run."),
+    _column("Loss", "number", ".status.progress.loss", "Latest training loss."),
+    _AGE,
+    _column("Run", "integer", ".status.run", "Current run number.", wide=True),
+    _column("Eval-Loss", "number", ".status.progress.evalLoss", "Latest evaluation loss.",
+            wide=True),
+    _column("Eval", "string", ".status.evaluationSummary",
+            "Main test metric, base -> tuned (spec.dataset.test).", wide=True),
+    _column("Promoted", "boolean", ".status.promoted",
+            "Whether the run passed spec.output.promote.", wide=True),
+    _column("Message", "string", ".status.message", "Summary of the state.", wide=True),
 ]  # fmt: skip
 
 # `kubectl get fts` columns.
 SCHEDULE_PRINTER_COLUMNS: list[Schema] = [
-    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule",
-     "description": "Cron expression (empty: data changes only)."},
-    {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend",
-     "description": "No new runs while true."},
-    {"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.name",
-     "description": "The FineTuneJob stamped last."},
-    {"name": "Reason", "type": "string", "jsonPath": ".status.reason",
-     "description": "Why the last check did or did not start a run."},
-    {"name": "Next-Run", "type": "string", "jsonPath": ".status.nextRunTime",
-     "description": "The next cron time."},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
-     "description": "The reason, in words."},
+    _column("Schedule", "string", ".spec.schedule", "Cron expression (empty: data changes only)."),
+    _column("Suspend", "boolean", ".spec.suspend", "No new runs while true."),
+    _column("Last-Run", "string", ".status.lastRun.name", "The FineTuneJob stamped last."),
+    _column("Reason", "string", ".status.reason",
+            "Why the last check did or did not start a run."),
+    _column("Next-Run", "string", ".status.nextRunTime", "The next cron time."),
+    _AGE,
+    _column("Message", "string", ".status.message", "The reason, in words.", wide=True),
 ]  # fmt: skip
 
 # `kubectl get ftj --field-selector spec.task=causal-lm,spec.method.type=qlora`
