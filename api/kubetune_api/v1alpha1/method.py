@@ -80,17 +80,24 @@ def _adapter(t: MethodType, *settings: str, mergeable: bool = True, **kw: Any) -
     )
 
 
+def _no_adapter(t: MethodType, *, trains_all_weights: bool, **kw: Any) -> MethodRecord:
+    """A method whose artifact is the trained model itself, trained in fp32 master weights."""
+    return MethodRecord(
+        type=t,
+        adapter=False,
+        mergeable=False,
+        trains_all_weights=trains_all_weights,
+        virtual_tokens=False,
+        quantized_base=False,
+        load_dtype=LoadDtype.FLOAT32,
+        **kw,
+    )
+
+
 METHODS: Mapping[MethodType, MethodRecord] = MappingProxyType(
     {
-        MethodType.FULL: MethodRecord(
-            type=MethodType.FULL,
-            adapter=False,
-            mergeable=False,
-            trains_all_weights=True,
-            virtual_tokens=False,
-            quantized_base=False,
-            load_dtype=LoadDtype.FLOAT32,
-            oom_suggests_qlora=True,
+        MethodType.FULL: _no_adapter(
+            MethodType.FULL, trains_all_weights=True, oom_suggests_qlora=True
         ),
         MethodType.LORA: _adapter(MethodType.LORA, "lora", oom_suggests_qlora=True),
         MethodType.QLORA: _adapter(MethodType.QLORA, "lora", "quantization", quantized_base=True),
@@ -102,15 +109,7 @@ METHODS: Mapping[MethodType, MethodRecord] = MappingProxyType(
             MethodType.PREFIX_TUNING, "prefix_tuning", mergeable=False, virtual_tokens=True
         ),
         MethodType.IA3: _adapter(MethodType.IA3, "ia3"),
-        MethodType.BITFIT: MethodRecord(
-            type=MethodType.BITFIT,
-            adapter=False,
-            mergeable=False,
-            trains_all_weights=False,
-            virtual_tokens=False,
-            quantized_base=False,
-            load_dtype=LoadDtype.FLOAT32,
-        ),
+        MethodType.BITFIT: _no_adapter(MethodType.BITFIT, trains_all_weights=False),
     }
 )
 
