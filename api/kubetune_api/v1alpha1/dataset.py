@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import (
     ConfigDict,
@@ -100,34 +101,23 @@ class DataSource(Spec):
     )
 
 
+def _column(default: str, description: str) -> Any:
+    """A column name in the data (at most 128 characters), defaulting to `default`."""
+    return Field(default=default, max_length=128, description=description)
+
+
 class FieldMapping(Spec):
     """Column names in the data, for when they differ from the defaults."""
 
-    text: str = Field(
-        default="text", max_length=128, description="Text column (text, classification)."
+    text: str = _column("text", "Text column (text, classification).")
+    prompt: str = _column("prompt", "Prompt column (prompt-completion).")
+    completion: str = _column("completion", "Completion column (prompt-completion).")
+    messages: str = _column(
+        "messages", "Column holding a list of {role, content} turns (messages)."
     )
-    prompt: str = Field(
-        default="prompt", max_length=128, description="Prompt column (prompt-completion)."
-    )
-    completion: str = Field(
-        default="completion", max_length=128, description="Completion column (prompt-completion)."
-    )
-    messages: str = Field(
-        default="messages",
-        max_length=128,
-        description="Column holding a list of {role, content} turns (messages).",
-    )
-    label: str = Field(
-        default="label", max_length=128, description="Label column (classification)."
-    )
-    chosen: str = Field(
-        default="chosen", max_length=128, description="Preferred response column (preference)."
-    )
-    rejected: str = Field(
-        default="rejected",
-        max_length=128,
-        description="Dispreferred response column (preference).",
-    )
+    label: str = _column("label", "Label column (classification).")
+    chosen: str = _column("chosen", "Preferred response column (preference).")
+    rejected: str = _column("rejected", "Dispreferred response column (preference).")
 
 
 class ValidationSpec(Spec):
