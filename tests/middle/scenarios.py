@@ -29,18 +29,22 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 JSON = dict[str, Any]
 
 
-def finetunejob(**spec: Any) -> JSON:
-    raw: JSON = {
+def job_spec(**over: Any) -> JSON:
+    """A minimal valid FineTuneJob spec (hub model, one S3 data file, S3 output), with `over`'s
+    top-level fields replacing or adding to it."""
+    return {
         "model": {"hubId": "org/model"},
         "dataset": {"s3Uri": "s3://data/train.jsonl"},
         "output": {"uri": "s3://bucket/out"},
-    }
-    raw.update(spec)
+    } | over
+
+
+def finetunejob(**spec: Any) -> JSON:
     return {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
-        "spec": raw,
+        "spec": job_spec(**spec),
     }
 
 

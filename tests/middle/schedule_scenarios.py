@@ -10,6 +10,7 @@ from typing import Any
 from fakekube import FakeKube
 from kubetune_operator.schedules import handle_schedule
 from kubetune_operator.settings import OperatorSettings
+from scenarios import job_spec
 
 NS = "team-a"
 SCHED = "nightly"
@@ -51,11 +52,7 @@ def schedule(**spec: Any) -> JSON:
         "trigger": {"datasetChange": {"intervalSeconds": 10}},
         "template": {
             "metadata": {"labels": {"team": "a"}},
-            "spec": {
-                "model": {"hubId": "org/model"},
-                "dataset": {"s3Uri": "s3://data/train/"},
-                "output": {"uri": "s3://bucket/out"},
-            },
+            "spec": job_spec(dataset={"s3Uri": "s3://data/train/"}),  # a prefix: changes trigger
         },
     }
     body.update(spec)
