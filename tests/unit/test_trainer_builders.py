@@ -26,16 +26,11 @@ from kubetune_trainer.sources import (
     select_shards,
 )
 from kubetune_trainer.trainargs import best_model_compatible, sft_kwargs, training_kwargs
+from specdocs import spec_doc
 
 
 def spec(**kw: Any) -> FineTuneJobSpec:
-    base: dict[str, Any] = {
-        "model": {"s3Uri": "s3://bkt/m/"},
-        "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
-        "output": {"uri": "s3://bkt/out"},
-    }
-    base.update(kw)
-    return FineTuneJobSpec.model_validate(base)
+    return FineTuneJobSpec.model_validate(spec_doc(**kw))
 
 
 def targs(s: FineTuneJobSpec, **kw: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from kubetune_trainer.logs import RedactingFilter, redact
 from kubetune_trainer.metrics import accuracy, classification_metrics, macro_f1, perplexity
 from kubetune_trainer.progress import ProgressReporter, patch_body
 from pydantic import ValidationError
+from specdocs import spec_doc
 
 # --------------------------------------------------------------------------- result
 
@@ -248,14 +249,12 @@ def test_preflight_refuses_what_cannot_work(monkeypatch: pytest.MonkeyPatch) -> 
     from kubetune_trainer.pipeline import preflight
 
     def cfg(**spec: Any) -> TrainerConfig:
-        base: dict[str, Any] = {
-            "model": {"s3Uri": "s3://bkt/m/"},
-            "dataset": {"s3Uri": "s3://bkt/d.jsonl"},
-            "output": {"uri": "s3://bkt/out"},
-        }
-        base.update(spec)
         return TrainerConfig.model_validate(
-            {"job": {"namespace": "n", "name": "j"}, "spec": base, "runPrefix": "s3://bkt/out/"}
+            {
+                "job": {"namespace": "n", "name": "j"},
+                "spec": spec_doc(**spec),
+                "runPrefix": "s3://bkt/out/",
+            }
         )
 
     preflight(cfg())
