@@ -36,7 +36,7 @@ for _p in ("api", "trainer-image", "bench"):
     sys.path.insert(0, str(REPO / _p))
 
 from example_synth import SHAPES, TINY, build_model_dir, write_data  # noqa: E402
-from product_bench import Recorder, ratio, run_child  # noqa: E402
+from product_bench import Recorder, ratio, run_child, side_by_side_args  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # The rows
@@ -247,16 +247,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="published", choices=["published", "tiny"])
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated, in this order")
-    p.add_argument("--sides", default="stock,ours")
-    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--timeout", type=float, default=240, help="seconds per side")
-    p.add_argument("--root", type=Path, default=Path("/tmp/example-bench"))
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--label", default="")
+    side_by_side_args(p, "row", steps=20, root=Path("/tmp/example-bench"))
     p.add_argument("--list", action="store_true", help="print the rows and exit")
-    p.add_argument("--child", choices=["ours", "stock"], help=argparse.SUPPRESS)
-    p.add_argument("--row", help=argparse.SUPPRESS)
-    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child == "ours":
         return child_ours(a.row, a.steps, a.root, a.result)

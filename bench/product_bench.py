@@ -343,6 +343,19 @@ def run_side(
     return rec
 
 
+def side_by_side_args(p: argparse.ArgumentParser, item: str, *, steps: int, root: Path) -> None:
+    """The arguments of a stock-vs-ours bench: the sides, steps, work root, JSON out and label,
+    and the hidden ones `run_side` passes to a child (--child, --<item>, --result)."""
+    p.add_argument("--sides", default="stock,ours")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--root", type=Path, default=root)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--label", default="", help="a name for this tree/version in the JSON")
+    p.add_argument("--child", choices=["ours", "stock"], help=argparse.SUPPRESS)
+    p.add_argument(f"--{item}", help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+
+
 def ratio(a: Any, b: Any) -> float | None:
     return (
         round(a / b, 3) if isinstance(a, int | float) and isinstance(b, int | float) and b else None
@@ -353,21 +366,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mistral-7b", choices=sorted(SHAPES))
     p.add_argument("--cases", default="qlora,lora")
-    p.add_argument("--sides", default="stock,ours")
-    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rows", type=int, default=180)
-    p.add_argument("--root", type=Path, default=Path("/tmp/product-bench"))
-    p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--profile-steps",
         type=int,
         default=0,
         help="train this many more steps after the timed ones, each under torch.profiler",
     )
-    p.add_argument("--label", default="", help="a name for this tree/version in the JSON")
-    p.add_argument("--child", choices=["ours", "stock"], help=argparse.SUPPRESS)
-    p.add_argument("--case", help=argparse.SUPPRESS)
-    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    side_by_side_args(p, "case", steps=40, root=Path("/tmp/product-bench"))
     a = p.parse_args()
     if a.child == "ours":
         return child_ours(a.case, a.steps, a.root, a.result, a.profile_steps)
