@@ -11,6 +11,7 @@ from typing import Any
 
 from product_bench import SHAPES as PRODUCT_SHAPES
 from product_bench import write_rows as write_quotes
+from trainer_bench_cases import MODELS as TRAINER_BENCH_MODELS
 from trainer_e2e import WORDS
 
 # Published shapes (config.json of the Hub models); random weights. The tokenizer is the
@@ -47,18 +48,13 @@ SHAPES: dict[str, dict[str, Any]] = {
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": True,
     },
-    "llama-3.2-1b": {  # meta-llama/Llama-3.2-1B (llama3 RoPE scaling added in build_model_dir)
+    # meta-llama/Llama-3.2-1B, the trainer bench's "1b" (llama3 RoPE scaling added in
+    # build_model_dir)
+    "llama-3.2-1b": {
         "model_type": "llama",
-        "vocab_size": 128256,
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
+        **{k: v for k, v in TRAINER_BENCH_MODELS["1b"].items() if k != "rope_scaling_factor"},
         "max_position_embeddings": 131072,
         "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": True,
     },
     "mistral-7b": PRODUCT_SHAPES["mistral-7b"],
 }
