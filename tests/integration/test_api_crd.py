@@ -20,6 +20,10 @@ from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / crdbuild.CRD_PATHS[0]
+# The chart ships both CRDs and `kubectl get kubetune` (the category) lists both kinds: with only
+# the FineTuneJob CRD, a discovery that still knows FineTuneSchedule (kubectl's disk cache of an
+# earlier cluster on the same address) makes the category lookup fail.
+SCHEDULE_CRD_FILE = REPO / crdbuild.SCHEDULE_CRD_PATHS[0]
 # Dry runs are admitted like creates, so they need an existing namespace; nothing is stored.
 DRY_RUN_NAMESPACE = "default"
 
@@ -77,9 +81,10 @@ def install_crd(cluster: Cluster) -> None:
     """Apply the committed CRD and wait until the API server serves this version of it."""
     cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "--field-manager=kubetune-tests",
-        "-f", str(CRD_FILE),
+        "-f", str(CRD_FILE), "-f", str(SCHEDULE_CRD_FILE),
     )  # fmt: skip
     cluster.wait_crd_established(crdbuild.CRD_NAME)
+    cluster.wait_crd_established(crdbuild.SCHEDULE_CRD_NAME)
     # The handler for a changed schema is swapped in asynchronously: wait until a few probes get
     # the answers the committed schema gives.
     probes = [
