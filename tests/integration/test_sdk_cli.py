@@ -199,7 +199,7 @@ def _tmux(sock: str, *args: str) -> str:
     ).stdout
 
 
-STEPS = 300
+STEPS = 120
 
 
 def test_cli_submit_watch_download_verify_in_a_real_terminal(
@@ -215,7 +215,7 @@ def test_cli_submit_watch_download_verify_in_a_real_terminal(
         pytest.fail("tmux is needed for the terminal check (apt-get install tmux)")
     operators.new(stub=False)
     # The quickstart's 30 steps can train in under a second on a fast CPU, inside one progress
-    # interval (1 s here), so no mid-training bar would ever be sent. 300 steps (a few seconds)
+    # interval (1 s here), so no mid-training bar would ever be sent. 120 steps (a few seconds)
     # make the bar this test is about observable on any machine; the rest is the example as is.
     manifest = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     manifest["spec"]["hyperparameters"]["maxSteps"] = STEPS
