@@ -60,6 +60,7 @@ from .estimate_model import (  # noqa: F401 (shapes, memory, throughput; re-expo
     trainable_params,
     weight_bytes,
 )
+from .s3uri import split_s3_uri
 from .v1alpha1 import FineTuneJobSpec, MethodType, PVCPath, pvc_mount_path
 
 GIB = 2**30
@@ -355,11 +356,6 @@ def _s3_client(endpoint: str | None) -> Any:
     return boto3.client("s3", endpoint_url=endpoint) if endpoint else boto3.client("s3")
 
 
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
-
-
 def fetch_model_files(spec: FineTuneJobSpec, dest: Path, s3: Any = None) -> Path:
     """config.json and the tokenizer files (never the weights) into dest."""
     src = spec.model
@@ -367,7 +363,7 @@ def fetch_model_files(spec: FineTuneJobSpec, dest: Path, s3: Any = None) -> Path
     if src.pvc is not None:
         return pvc_path(src.pvc)
     if src.s3_uri:
-        bucket, key = _split(src.s3_uri.rstrip("/") + "/")
+        bucket, key = split_s3_uri(src.s3_uri.rstrip("/") + "/")
         for name in MODEL_FILES:
             try:
                 s3.download_file(bucket, key + name, str(dest / name))
@@ -398,7 +394,7 @@ def read_sample(spec: FineTuneJobSpec, s3: Any = None, limit: int = SAMPLE_BYTES
         rows = [dict(r) for r in d.inline]
         return DataSample(rows, list(range(1, len(rows) + 1)), [], len(rows), True, "inline")
     if d.s3_uri:
-        bucket, key = _split(d.s3_uri)
+        bucket, key = split_s3_uri(d.s3_uri)
         if key.endswith("/") or not key:
             listed = s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
             files = sorted(o["Key"] for o in listed if o["Key"].endswith((".jsonl", ".json")))

@@ -23,6 +23,8 @@ import hashlib
 import re
 from typing import Any, Protocol
 
+from kubetune_api.s3uri import split_s3_uri
+
 
 class Unreadable(Exception):
     """The data could not be fingerprinted (message: safe for status and events)."""
@@ -38,9 +40,10 @@ def normalise_uri(uri: str) -> str | None:
     """`s3://bucket/key` without a trailing `/` (`s3://bucket` for a whole bucket), so a prefix
     check works on segment boundaries; None for no S3 URI, or one with `.`/`..` segments (S3
     keeps them literally, HTTP stacks may not: refused rather than guessed)."""
-    if not uri.startswith("s3://"):
+    try:
+        bucket, key = split_s3_uri(uri)
+    except ValueError:
         return None
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not _BUCKET.match(bucket) or any(seg in (".", "..") for seg in key.split("/")):
         return None
     key = key.rstrip("/")
@@ -72,12 +75,6 @@ class S3Client(Protocol):
     def get_paginator(self, name: str) -> Any: ...
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    rest = uri.removeprefix("s3://")
-    bucket, _, key = rest.partition("/")
-    return bucket, key
-
-
 def _code(e: Exception) -> str:
     response = getattr(e, "response", None)
     if isinstance(response, dict):
@@ -102,7 +99,7 @@ def fingerprint(client: S3Client, uris: list[str]) -> str:
     read or a prefix is empty."""
     h = hashlib.sha256()
     for uri in sorted(set(uris)):
-        bucket, key = split_uri(uri)
+        bucket, key = split_s3_uri(uri)
         h.update(f"{uri}\n".encode())
         try:
             if key and not key.endswith("/"):

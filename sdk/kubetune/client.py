@@ -21,6 +21,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
+from kubetune_api.s3uri import split_s3_uri
 from kubetune_api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, FineTuneJob
 
 CANCELLED_ANNOTATION = "kubetune.io/cancelled-at"
@@ -62,13 +63,6 @@ def verify_dir(dest: Path, manifest: dict[str, Any]) -> list[str]:
         if digest != f["sha256"]:
             problems.append(f"{f['path']}: sha256 {digest}, manifest says {f['sha256']}")
     return problems
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key
 
 
 class JobFailed(RuntimeError):

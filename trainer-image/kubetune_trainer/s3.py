@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune_api.s3uri import split_s3_uri
 from kubetune_api.v1alpha1 import (
     ArtifactsMissing,
     StorageAccessDenied,
@@ -52,7 +53,6 @@ from .s3retry import (  # noqa: F401 (errors and retries; re-exported)
     call_with_retry,
     denied_code,
     is_connection_error,
-    split_s3_uri,
 )
 from .transfer import ChecksumMismatch, Expect
 

@@ -5,7 +5,6 @@ that applies that to every call. Used by s3.py."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,14 +29,6 @@ DENIED_CODES = {
     "ExpiredToken",
     "AllAccessDisabled",
 }
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """s3://bucket/some/prefix -> ("bucket", "some/prefix")."""
-    m = re.match(r"^s3://([^/]+)/?(.*)$", uri)
-    if not m:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return m.group(1), m.group(2)
 
 
 def _chain(e: BaseException) -> Iterable[BaseException]:
