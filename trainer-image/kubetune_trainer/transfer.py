@@ -172,13 +172,19 @@ def _run_parts(pool: ThreadPoolExecutor, chain: Chain, fns: list[Callable[[], An
             results.append(f.result())
     except BaseException:
         chain.fail()
-        for f in futures:
-            f.cancel()
-        for f in futures:
-            if not f.cancelled():
-                f.exception()  # wait: no worker may still write after we return
+        _cancel_and_wait(futures)
         raise
     return results
+
+
+def _cancel_and_wait(futures: list[Future[Any]]) -> None:
+    """Cancel what has not started and wait for the rest: no worker may still write after the
+    caller returns (or raises)."""
+    for f in futures:
+        f.cancel()
+    for f in futures:
+        if not f.cancelled():
+            f.exception()
 
 
 @dataclass(frozen=True)
@@ -467,11 +473,7 @@ def download(
                 fut.result()
         except BaseException:
             hasher.fail()
-            for fut in futures:
-                fut.cancel()
-            for fut in futures:
-                if not fut.cancelled():
-                    fut.exception()  # wait: no worker may still write after we return
+            _cancel_and_wait(futures)
             raise
     hexdigest = hasher.digest.hexdigest()
     if expect.sha256 and hexdigest != expect.sha256:
