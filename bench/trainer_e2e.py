@@ -76,7 +76,8 @@ WORDS = [
 def build_model_dir(model: str, dest: Path, device: str) -> None:
     import torch
     from kubetune_trainer.testing.tiny import build_llama_tokenizer
-    from trainer_bench import MODELS, llama_config
+    from trainer_bench_cases import MODELS
+    from trainer_bench_model import llama_config
     from transformers import AutoModelForCausalLM
 
     tok = build_llama_tokenizer()
