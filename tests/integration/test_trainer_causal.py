@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from awscrt import checksums
 from kubetune_trainer.testing import harness
 from trainer_fixtures import TrainerS3, causal_spec, merge, train, unique
 
@@ -110,8 +111,9 @@ def test_lora_sft_learns_and_artifacts_load(
         assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"], path
         head = trainer_s3.s3.head(prefix + path)
         assert head is not None and head["ContentLength"] == f["size"]
-        if "-" not in head.get("ChecksumSHA256", "-"):
-            assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(f["sha256"])).decode()
+        # the artifacts' S3 checksum: the CRC64-NVME of these very bytes, which S3 checked
+        crc = checksums.crc64nvme(data).to_bytes(8, "big")
+        assert head["ChecksumCRC64NVME"] == base64.b64encode(crc).decode(), path
     assert manifest["config"]["spec"]["method"]["type"] == "lora"
     assert manifest["baseModel"]["source"] == spec["model"]["s3Uri"]
     assert len(manifest["baseModel"]["revision"]) == 64

@@ -4,6 +4,7 @@ file is already there."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from awscrt import checksums
 from kubetune_trainer.s3 import S3, ChecksumMismatch, split_s3_uri
 from trainer_fixtures import TrainerS3, unique
 
@@ -87,7 +89,9 @@ def test_multipart_round_trip_hashes_while_streaming(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A file of several parts: the digest upload_file reports is the file's sha256 (computed
-    while the parts stream), S3's composite checksum agrees, and the download checks it."""
+    while the parts stream); S3 reports the full-object CRC64-NVME of the bytes; the download
+    checks that CRC and returns the sha256 recorded with it (tags), or, where the tags are
+    gone, computes the sha256 again."""
     monkeypatch.setenv("KUBETUNE_S3_PART_MIB", "5")
     s3 = S3()
     data = os.urandom(12 * 2**20 + 3)
@@ -97,17 +101,55 @@ def test_multipart_round_trip_hashes_while_streaming(
     up = s3.upload_file(src, uri)
     assert up.sha256 == hashlib.sha256(data).hexdigest()
     head: Any = s3.head(uri)
-    assert str(head["ChecksumSHA256"]).endswith("-3")
-    # the whole file's sha256 is in a tag: the download checks that one digest
-    assert s3.expect(uri).sha256 == up.sha256
+    crc = checksums.crc64nvme(data)
+    assert head["ChecksumCRC64NVME"] == base64.b64encode(crc.to_bytes(8, "big")).decode()
+    assert head["ChecksumType"] == "FULL_OBJECT"
+    expect = s3.expect(uri)
+    assert (expect.sha256, expect.crc64nvme, expect.sha256_bound) == (up.sha256, crc, True)
     out = tmp_path / "down" / "big.bin"
     assert s3.download_file(uri, out) == up.sha256
     assert out.read_bytes() == data
-    # without the tag (credentials that may not tag): the part digests against S3's composite
+    # without the tags (credentials that may not tag): the sha256 is computed again
     bucket, key = split_s3_uri(uri)
     s3.client.delete_object_tagging(Bucket=bucket, Key=key)
     expect = s3.expect(uri)
-    assert (expect.sha256, expect.composite) == (None, head["ChecksumSHA256"])
-    assert expect.part_size == 5 * 2**20
+    assert (expect.sha256, expect.crc64nvme, expect.sha256_bound) == (None, crc, False)
     out.unlink()
     assert s3.download_file(uri, out) == up.sha256
+    assert out.read_bytes() == data
+
+
+def test_objects_with_sha256_part_checksums_still_download(
+    trainer_s3: TrainerS3,
+    tmp_path: Path,
+) -> None:
+    """Objects written with S3's SHA-256 part checksums (by earlier kubetune versions, or by
+    another tool) are checked against their composite checksum."""
+    data = os.urandom(11 * 2**20)
+    uri = trainer_s3.uri(unique("sha-parts"), "old.bin")
+    bucket, key = split_s3_uri(uri)
+    raw = trainer_s3.s3.client
+    upload_id = raw.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")[
+        "UploadId"
+    ]
+    done = []
+    for n, off in enumerate(range(0, len(data), 5 * 2**20), start=1):
+        part = data[off : off + 5 * 2**20]
+        digest = base64.b64encode(hashlib.sha256(part).digest()).decode()
+        r = raw.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=n,
+            Body=part,
+            ChecksumSHA256=digest,
+        )
+        done.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": digest})
+    raw.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+    )
+    expect = trainer_s3.s3.expect(uri)
+    assert expect.crc64nvme is None and str(expect.composite).endswith("-3")
+    out = tmp_path / "old.bin"
+    assert trainer_s3.s3.download_file(uri, out) == hashlib.sha256(data).hexdigest()
+    assert out.read_bytes() == data

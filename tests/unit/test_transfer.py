@@ -29,6 +29,19 @@ def test_composite_is_s3s_formula() -> None:
     assert transfer.composite([a, b]) == want
 
 
+def test_crc64_is_crc64_nvme_and_concatenates() -> None:
+    # the CRC-64/NVME check value (the CRC of "123456789"), as S3 computes it
+    assert transfer.crc64(b"123456789") == 0xAE8B14860A799888
+    assert transfer.crc64(b"56789", transfer.crc64(b"1234")) == 0xAE8B14860A799888
+    blocks = [os.urandom(n) for n in (0, 1, 1000, 65536)]
+    want = transfer.crc64(b"".join(blocks))
+    assert transfer.crc64_concat([(transfer.crc64(b), len(b)) for b in blocks]) == want
+    assert (
+        transfer.crc64_b64(0xAE8B14860A799888)
+        == base64.b64encode(bytes.fromhex("ae8b14860a799888")).decode()
+    )
+
+
 def test_chain_hashes_parts_in_order_whatever_order_they_arrive() -> None:
     chunks = [os.urandom(1000) for _ in range(12)]
     chain = transfer.Chain()
@@ -59,8 +72,16 @@ def test_a_failed_chain_releases_its_waiters() -> None:
     assert not t.is_alive() and errors
 
 
+def crc_of(data: bytes) -> str:
+    """S3's CRC64-NVME header value, from awscrt itself (not the code under test)."""
+    from awscrt import checksums
+
+    return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
 class Store:
-    """put_object / multipart / ranged get_object over a dict, as boto3's client names them."""
+    """put_object / multipart / ranged get_object over a dict, as boto3's client names them;
+    every CRC64-NVME a request carries is checked, as S3 does."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
@@ -68,18 +89,21 @@ class Store:
         self.uploads: dict[str, dict[int, bytes]] = {}
         self.gets = 0
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, ChecksumSHA256: str, **kw: Any) -> Any:
-        assert base64.b64decode(ChecksumSHA256) == hashlib.sha256(Body).digest()
+    def put_object(
+        self, Bucket: str, Key: str, Body: bytes, ChecksumCRC64NVME: str, **kw: Any
+    ) -> Any:
+        assert ChecksumCRC64NVME == crc_of(Body)
         self.objects[Key], self.meta[Key] = Body, kw.get("Metadata", {})
         return {}
 
     def create_multipart_upload(self, Bucket: str, Key: str, **kw: Any) -> Any:
+        assert (kw["ChecksumAlgorithm"], kw["ChecksumType"]) == ("CRC64NVME", "FULL_OBJECT")
         self.uploads[Key] = {}
         self.meta[Key] = kw["Metadata"]
         return {"UploadId": Key}
 
     def upload_part(self, Body: bytes, PartNumber: int, UploadId: str, **kw: Any) -> Any:
-        assert base64.b64decode(kw["ChecksumSHA256"]) == hashlib.sha256(Body).digest()
+        assert kw["ChecksumCRC64NVME"] == crc_of(Body)
         self.uploads[UploadId][PartNumber] = Body
         return {"ETag": f"e{PartNumber}"}
 
@@ -88,6 +112,7 @@ class Store:
         assert numbers == sorted(numbers)
         got = self.uploads.pop(Key)
         self.objects[Key] = b"".join(got[n] for n in numbers)
+        assert kw["ChecksumCRC64NVME"] == crc_of(self.objects[Key])  # the full object's
         return {}
 
     def abort_multipart_upload(self, **kw: Any) -> None:
@@ -104,12 +129,18 @@ def retry(fn: Any, what: str) -> Any:
 
 
 @pytest.mark.parametrize("size", [0, 100, 64 * 1024 + 5])
-def test_round_trip_hashes_while_streaming(tmp_path: Path, size: int) -> None:
+def test_round_trip_hashes_while_streaming(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upload: the file's sha256 computed once while the parts stream, S3's CRC64-NVME on every
+    request and the full object's on completion. Download: the CRC checked range by range, in
+    parallel, nothing read back; the digest returned is the recorded sha256 (metadata or tag),
+    or, for an object that records none (another tool's upload), computed in order."""
     data = os.urandom(size)
     src = tmp_path / "src"
     src.write_bytes(data)
     store = Store()
-    tags: list[str] = []
+    tags: list[tuple[str, str]] = []
     with ThreadPoolExecutor(4) as pool:
         sent = transfer.upload(
             store,
@@ -120,28 +151,35 @@ def test_round_trip_hashes_while_streaming(tmp_path: Path, size: int) -> None:
             part_size=16 * 1024,
             extra={},
             metadata=lambda d: {"sha256": d} if d else {},
-            tag=tags.append,
+            tag=lambda digest, crc: tags.append((digest, crc)),
         )
         assert store.objects["k"] == data
         assert sent.sha256 == hashlib.sha256(data).hexdigest()
+        assert sent.checksum == crc_of(data)
         if size > 16 * 1024:  # multipart: the part size is recorded, no whole digest up front
             assert store.meta["k"] == {transfer.PART_SIZE_META: str(16 * 1024)}
-            parts = [
-                hashlib.sha256(data[o : o + n]).digest() for o, n in transfer.parts(size, 16 * 1024)
-            ]
-            assert sent.checksum == transfer.composite(parts)
-            assert tags == [sent.sha256]
-        expect = Expect(
-            size=size,
-            composite=sent.checksum if "-" in sent.checksum else None,
-            sha256=None if "-" in sent.checksum else sent.sha256,
-            part_size=16 * 1024,
-        )
+            assert tags == [(sent.sha256, sent.checksum)]
+        else:  # one request: the sha256 and the CRC computed with it, in the metadata
+            assert store.meta["k"] == {"sha256": sent.sha256, transfer.CRC_META: sent.checksum}
+        crc = int.from_bytes(base64.b64decode(sent.checksum), "big")
+        recorded = Expect(size=size, sha256=sent.sha256, crc64nvme=crc, sha256_bound=True)
+        unrecorded = Expect(size=size, crc64nvme=crc)
+
+        def no_read_back(*a: Any) -> int:
+            raise AssertionError("read back from the file")
+
+        with monkeypatch.context() as m:
+            m.setattr(transfer.os, "preadv", no_read_back)
+            got = transfer.download(
+                store, pool, retry, "b", "k", tmp_path / "out", recorded, part_size=4096
+            )
+        assert got == sent.sha256
+        assert (tmp_path / "out").read_bytes() == data
         got = transfer.download(
-            store, pool, retry, "b", "k", tmp_path / "out", expect, part_size=4096
+            store, pool, retry, "b", "k", tmp_path / "out2", unrecorded, part_size=4096
         )
     assert got == sent.sha256
-    assert (tmp_path / "out").read_bytes() == data
+    assert (tmp_path / "out2").read_bytes() == data
 
 
 def test_corrupt_bytes_are_a_checksum_mismatch(tmp_path: Path) -> None:
@@ -153,6 +191,23 @@ def test_corrupt_bytes_are_a_checksum_mismatch(tmp_path: Path) -> None:
         for expect in (
             Expect(size=len(data), sha256=hashlib.sha256(data).hexdigest()),
             Expect(size=len(data), composite=transfer.composite(parts), part_size=16384),
+            Expect(
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                composite=transfer.composite(parts),
+                part_size=16384,
+            ),
+            Expect(  # S3's CRC of the good bytes, recorded with their sha256
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                crc64nvme=transfer.crc64(data),
+                sha256_bound=True,
+            ),
+            Expect(  # new bytes under old metadata: S3's CRC is theirs, the sha256 is not
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                crc64nvme=transfer.crc64(store.objects["k"]),
+            ),
         ):
             with pytest.raises(ChecksumMismatch, match="corrupt"):
                 transfer.download(
@@ -175,11 +230,32 @@ def test_expect_reads_our_metadata_and_s3s_checksums() -> None:
     assert transfer.expect_from_head({**comp, "Metadata": {}}, lambda: 7).part_size == 7
     assert transfer.expect_from_head({**comp, "Metadata": {}}, lambda: 5).composite is None
     assert transfer.expect_from_head({"ContentLength": 3}, lambda: None) == Expect(size=3)
-    # a sha256 tag (set after a multipart upload) replaces the part digests; junk is ignored
+    # a sha256 tag (set after a multipart upload of old) replaces the part digests; junk is
+    # ignored
     tag = hashlib.sha256(b"y").hexdigest()
-    e = transfer.expect_from_head(comp, lambda: None, lambda: tag)
+    e = transfer.expect_from_head(comp, lambda: None, lambda: {transfer.SHA256_TAG: tag})
     assert (e.sha256, e.composite) == (tag, None)
-    assert transfer.expect_from_head(comp, lambda: None, lambda: "junk").composite == "abc=-3"
+    junk = transfer.expect_from_head(comp, lambda: None, lambda: {transfer.SHA256_TAG: "junk"})
+    assert junk.composite == "abc=-3"
+    # S3's full-object CRC64-NVME: the sha256 from our metadata, or our tags; it stands for the
+    # bytes only when recorded with this very CRC (bound)
+    b64crc = "rosUhgp5mIg="  # CRC64-NVME of "123456789"
+    crc = {"ContentLength": 9, "ChecksumCRC64NVME": b64crc, "ChecksumType": "FULL_OBJECT"}
+    meta = {"sha256": tag, transfer.CRC_META: b64crc}
+    e = transfer.expect_from_head({**crc, "Metadata": meta}, lambda: None)
+    assert (e.crc64nvme, e.sha256, e.sha256_bound) == (0xAE8B14860A799888, tag, True)
+    tags = {transfer.SHA256_TAG: tag, transfer.CRC_TAG: b64crc}
+    assert transfer.expect_from_head(crc, lambda: None, lambda: tags).sha256_bound
+    # new bytes under the old metadata (S3's CRC is of the new bytes), or a sha256 alone
+    stale = {**crc, "ChecksumCRC64NVME": "AAAAAAAAAAE=", "Metadata": meta}
+    e = transfer.expect_from_head(stale, lambda: None)
+    assert (e.sha256, e.sha256_bound) == (tag, False)
+    e = transfer.expect_from_head({**crc, "Metadata": {"sha256": tag}}, lambda: None)
+    assert (e.sha256, e.sha256_bound) == (tag, False)
+    assert transfer.expect_from_head(crc, lambda: None, dict).sha256 is None
+    # a composite CRC (parts of another tool) cannot be recombined: not used
+    composite_crc = {**crc, "ChecksumType": "COMPOSITE"}
+    assert transfer.expect_from_head(composite_crc, lambda: None).crc64nvme is None
 
 
 class SlowFirstRange(Store):

@@ -100,8 +100,10 @@ class Uploaded:
 
 
 # Measured with bench/transfer_bench.py (docs/benchmarks.md); KUBETUNE_S3_CONCURRENCY,
-# KUBETUNE_S3_FILES, KUBETUNE_S3_PART_MIB and KUBETUNE_S3_GET_MIB override them.
-TRANSFER_DEFAULTS = {"concurrency": 16, "files": 8, "part_mib": 32, "get_mib": 8}
+# KUBETUNE_S3_FILES, KUBETUNE_S3_PART_MIB, KUBETUNE_S3_GET_MIB and KUBETUNE_S3_CRC_GET_MIB
+# override them. get_mib: the ranges an ordered SHA-256 follows; crc_get_mib: the ranges of a
+# download checked by CRC64-NVME alone (no order, so fewer, larger requests).
+TRANSFER_DEFAULTS = {"concurrency": 16, "files": 8, "part_mib": 32, "get_mib": 8, "crc_get_mib": 64}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -166,6 +168,9 @@ class S3:
         # in flight (transfer.download).
         self.download_part_size = (
             max(1, _env_int("KUBETUNE_S3_GET_MIB", TRANSFER_DEFAULTS["get_mib"])) * MiB
+        )
+        self.crc_part_size = (
+            max(1, _env_int("KUBETUNE_S3_CRC_GET_MIB", TRANSFER_DEFAULTS["crc_get_mib"])) * MiB
         )
         self._parts: ThreadPoolExecutor | None = None
         self._tagging_off = False
@@ -267,21 +272,22 @@ class S3:
             h = self.client.head_object(Bucket=bucket, Key=key, PartNumber=1)
             return int(h["ContentLength"]) if int(h.get("PartsCount") or 1) > 1 else None
 
-        def tagged() -> str | None:
+        def tagged() -> dict[str, str]:
             from botocore.exceptions import ClientError
 
             try:
                 tags = self.client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
             except (ClientError, StorageAccessDenied):
-                return None  # not allowed or not supported: the part digests are checked
-            return next((t["Value"] for t in tags if t["Key"] == transfer.SHA256_TAG), None)
+                return {}  # not allowed or not supported: the download hashes in order
+            return {t["Key"]: t["Value"] for t in tags}
 
         return transfer.expect_from_head(dict(head), part_one, tagged)
 
-    def _tag_sha256(self, bucket: str, key: str, digest: str) -> None:
-        """Tag a multipart object with its sha256 (transfer.SHA256_TAG). Where the credentials
-        may not tag objects (s3:PutObjectTagging) or the server has no tagging, downloads fall
-        back to the part digests; said once."""
+    def _tag_sha256(self, bucket: str, key: str, digest: str, crc: str) -> None:
+        """Tag a multipart object with its sha256 and the CRC64-NVME computed with it
+        (transfer.SHA256_TAG, CRC_TAG). Where the credentials may not tag objects
+        (s3:PutObjectTagging) or the server has no tagging, downloads hash in order; said
+        once."""
         from botocore.exceptions import ClientError
 
         if self._tagging_off:
@@ -290,13 +296,18 @@ class S3:
             self.client.put_object_tagging(
                 Bucket=bucket,
                 Key=key,
-                Tagging={"TagSet": [{"Key": transfer.SHA256_TAG, "Value": digest}]},
+                Tagging={
+                    "TagSet": [
+                        {"Key": transfer.SHA256_TAG, "Value": digest},
+                        {"Key": transfer.CRC_TAG, "Value": crc},
+                    ]
+                },
             )
         except (ClientError, StorageAccessDenied) as e:
             self._tagging_off = True
             log.info(
                 "cannot tag s3://%s/%s with its sha256 (%s); downloads of multipart objects "
-                "check their part digests instead",
+                "compute it again instead",
                 bucket,
                 key,
                 type(e).__name__,
@@ -330,6 +341,7 @@ class S3:
                         tmp,
                         expect,
                         part_size=self.download_part_size,
+                        crc_part_size=self.crc_part_size,
                     )
                     break
                 except ChecksumMismatch as e:
@@ -384,7 +396,7 @@ class S3:
             part_size=self.part_size,
             extra=self.extra,
             metadata=lambda digest: self._metadata(digest),
-            tag=lambda digest: self._tag_sha256(bucket, key, digest),
+            tag=lambda digest, crc: self._tag_sha256(bucket, key, digest, crc),
         )
         if sha256 is not None and sha256 != sent.sha256:
             raise ArtifactsMissing(f"{path} changed while it was uploaded to {uri}")
@@ -414,6 +426,11 @@ class S3:
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         if meta.get(SHA256_META) not in (None, sha256):
             raise ArtifactsMissing(f"uploaded object {uri}: sha256 metadata does not match")
+        crc = head.get("ChecksumCRC64NVME")
+        if crc:  # what transfer.upload writes; S3 checked it against the bytes on arrival
+            if checksum is not None and crc != checksum:
+                raise ArtifactsMissing(f"uploaded object {uri}: S3 CRC64-NVME checksum mismatch")
+            return
         server = head.get("ChecksumSHA256")
         if not server:
             return
