@@ -230,6 +230,13 @@ def main() -> int:
     ap.add_argument("--s5cmd", default=None, help="s5cmd binary (default: hack/build-tools')")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="before each timed transfer: sync, then wait this many seconds (the previous "
+        "one's writeback and the server's deletes would otherwise land on the next tool)",
+    )
     args = ap.parse_args()
 
     names = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -255,6 +262,8 @@ def main() -> int:
     samples: dict[str, dict[str, list[float]]] = {n: {"upload": [], "download": []} for n in names}
 
     def timed(fn: Callable[[], None]) -> float:
+        os.sync()
+        time.sleep(args.settle)
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
@@ -270,7 +279,10 @@ def main() -> int:
             if n != "kubetune":
                 env.delete(dest)
         source = env.uri(f"r{r}", "kubetune")
-        for n in order if r % 2 == 0 else list(reversed(order)):
+        # The same rotation as the uploads: over a multiple of len(tools) rounds every tool
+        # takes every position equally often (the first download after the uploads meets the
+        # server's deletes and the writeback of the uploads: measured, it cost 2-3x).
+        for n in order:
             dest_dir = work / f"down-{n}"
             shutil.rmtree(dest_dir, ignore_errors=True)
             dest_dir.mkdir()
@@ -298,6 +310,7 @@ def main() -> int:
         "files": len(expected),
         "bytes": total,
         "rounds": args.rounds,
+        "settle_s": args.settle,
         "tools": names,
         "s5cmd": args.s5cmd,
         "results": summarize(samples),
