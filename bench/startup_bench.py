@@ -148,6 +148,7 @@ def one_case(case: str, a: argparse.Namespace, n: int) -> dict[str, Any]:
     cache = root / "cache" / f"round-{n}"
     rec: dict[str, Any] = {"case": case, "round": n, "model": a.model}
     if case == "s5cmd":
+        shutil.rmtree(root / "cache", ignore_errors=True)  # disk: one model copy at a time
         dest = root / "pvc" / "models" / "s5cmd"
         shutil.rmtree(dest, ignore_errors=True)
         t0 = time.perf_counter()
@@ -166,9 +167,10 @@ def one_case(case: str, a: argparse.Namespace, n: int) -> dict[str, Any]:
         rec["s5cmd_s"] = time.perf_counter() - t0
         spec = spec_for({"pvc": {"claimName": "models", "path": "/s5cmd"}}, a.steps)
         rec.update(run_trainer(root, f"s5cmd-{n}", spec, root / "cache" / "unused"))
+        shutil.rmtree(dest, ignore_errors=True)
     else:
         if case == "s3":
-            shutil.rmtree(cache, ignore_errors=True)
+            shutil.rmtree(root / "cache", ignore_errors=True)  # this round's cache, empty
         elif not cache.exists():
             rec["skipped"] = "no cache from this round's s3 case"
             return rec
@@ -188,17 +190,21 @@ def prepare(a: argparse.Namespace) -> None:
     from trainer_e2e import build_model_dir, write_rows
 
     local = a.root / "pvc" / "models" / "source"
-    if not (local / "config.json").exists():
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        build_model_dir(a.model, local, device)
-        write_rows(a.root / "pvc" / "data" / "train.jsonl", 400, seed=0)
     s3 = S3()
     try:
         s3.client.create_bucket(Bucket=BUCKET)
     except Exception as e:  # already there
         if "BucketAlready" not in type(e).__name__ + str(e):
             raise
+    rows = a.root / "pvc" / "data" / "train.jsonl"
+    if not rows.exists():
+        write_rows(rows, 400, seed=0)
+    if s3.list_objects(f"s3://{BUCKET}/models/{a.model}/"):
+        return  # uploaded by an earlier run on this S3
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    build_model_dir(a.model, local, device)
     s3.upload_dir(local, f"s3://{BUCKET}/models/{a.model}")
+    shutil.rmtree(local)  # disk: an 8B model is 16 GB; MinIO holds it now
 
 
 def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
