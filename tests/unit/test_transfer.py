@@ -79,31 +79,56 @@ def crc_of(data: bytes) -> str:
     return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
 
 
+def refuse() -> None:
+    from botocore.exceptions import ClientError
+
+    error = {"Code": "InvalidArgument", "Message": "Unsupported checksum algorithm CRC64NVME"}
+    raise ClientError({"Error": error}, "PutObject")
+
+
+def sha_of(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
 class Store:
     """put_object / multipart / ranged get_object over a dict, as boto3's client names them;
-    every CRC64-NVME a request carries is checked, as S3 does."""
+    every checksum a request carries is checked, as S3 does. `crc=False`: a store without
+    CRC64-NVME, which refuses it as an unknown checksum (InvalidArgument)."""
 
-    def __init__(self) -> None:
+    def __init__(self, crc: bool = True) -> None:
         self.objects: dict[str, bytes] = {}
         self.meta: dict[str, dict[str, str]] = {}
         self.uploads: dict[str, dict[int, bytes]] = {}
+        self.algorithm: dict[str, str] = {}
         self.gets = 0
+        self.crc = crc
 
-    def put_object(
-        self, Bucket: str, Key: str, Body: bytes, ChecksumCRC64NVME: str, **kw: Any
-    ) -> Any:
-        assert ChecksumCRC64NVME == crc_of(Body)
+    def _check(self, data: bytes, kw: dict[str, Any]) -> None:
+        if "ChecksumCRC64NVME" in kw:
+            if not self.crc:
+                refuse()
+            assert kw["ChecksumCRC64NVME"] == crc_of(data)
+        else:
+            assert kw["ChecksumSHA256"] == sha_of(data)
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **kw: Any) -> Any:
+        self._check(Body, kw)
         self.objects[Key], self.meta[Key] = Body, kw.get("Metadata", {})
         return {}
 
     def create_multipart_upload(self, Bucket: str, Key: str, **kw: Any) -> Any:
-        assert (kw["ChecksumAlgorithm"], kw["ChecksumType"]) == ("CRC64NVME", "FULL_OBJECT")
+        if kw["ChecksumAlgorithm"] == "CRC64NVME":
+            if not self.crc:
+                refuse()
+            assert kw["ChecksumType"] == "FULL_OBJECT"
+        self.algorithm[Key] = kw["ChecksumAlgorithm"]
         self.uploads[Key] = {}
         self.meta[Key] = kw["Metadata"]
         return {"UploadId": Key}
 
     def upload_part(self, Body: bytes, PartNumber: int, UploadId: str, **kw: Any) -> Any:
-        assert kw["ChecksumCRC64NVME"] == crc_of(Body)
+        assert f"Checksum{self.algorithm[UploadId]}" in kw
+        self._check(Body, kw)
         self.uploads[UploadId][PartNumber] = Body
         return {"ETag": f"e{PartNumber}"}
 
@@ -112,7 +137,10 @@ class Store:
         assert numbers == sorted(numbers)
         got = self.uploads.pop(Key)
         self.objects[Key] = b"".join(got[n] for n in numbers)
-        assert kw["ChecksumCRC64NVME"] == crc_of(self.objects[Key])  # the full object's
+        if self.algorithm[Key] == "CRC64NVME":
+            assert kw["ChecksumCRC64NVME"] == crc_of(self.objects[Key])  # the full object's
+        else:
+            assert "ChecksumCRC64NVME" not in kw  # composite: S3 builds it from the parts
         return {}
 
     def abort_multipart_upload(self, **kw: Any) -> None:
@@ -375,3 +403,82 @@ def test_body_reads_into_the_buffer_and_returns_the_connection_only_when_read_to
     body.readinto(buf)
     body.done(False)
     assert cut._raw_stream.closed and not cut._raw_stream.released
+
+
+@pytest.mark.parametrize("size", [100, 64 * 1024 + 5])
+def test_sha256_part_checksums_for_stores_without_crc(tmp_path: Path, size: int) -> None:
+    """algorithm=SHA256: S3's SHA-256 (composite for multipart) on every request, the file's
+    sha256 still once in order; the download checks it against the composite or the metadata."""
+    data = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    store = Store(crc=False)
+    tags: list[tuple[str, str | None]] = []
+    with ThreadPoolExecutor(4) as pool:
+        sent = transfer.upload(
+            store,
+            pool,
+            src,
+            "b",
+            "k",
+            part_size=16 * 1024,
+            extra={},
+            metadata=lambda d: {"sha256": d} if d else {},
+            tag=lambda digest, crc: tags.append((digest, crc)),
+            algorithm=transfer.SHA256_ALGORITHM,
+        )
+        assert store.objects["k"] == data and sent.sha256 == hashlib.sha256(data).hexdigest()
+        if size > 16 * 1024:
+            plan = transfer.parts(size, 16 * 1024)
+            digests = [hashlib.sha256(data[o : o + n]).digest() for o, n in plan]
+            assert sent.checksum == transfer.composite(digests)
+            assert tags == [(sent.sha256, None)]  # no CRC to record it with
+            expect = Expect(size=size, composite=sent.checksum, part_size=16 * 1024)
+        else:
+            assert sent.checksum == sha_of(data)
+            assert store.meta["k"] == {"sha256": sent.sha256}
+            expect = Expect(size=size, sha256=sent.sha256)
+        got = transfer.download(
+            store, pool, retry, "b", "k", tmp_path / "o", expect, part_size=4096
+        )
+    assert got == sent.sha256 and (tmp_path / "o").read_bytes() == data
+
+
+def test_s3_falls_back_to_sha256_when_the_store_refuses_crc(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first upload the store refuses for its CRC64-NVME is sent again with SHA-256 part
+    checksums, and so is every later one (said once); a checksum mismatch is not a refusal."""
+    import logging
+
+    from botocore.exceptions import ClientError
+    from kubetune_trainer import s3 as s3_mod
+
+    store = Store(crc=False)
+
+    def head_object(Bucket: str, Key: str, **kw: Any) -> dict[str, Any]:
+        data = store.objects[Key]
+        return {"ContentLength": len(data), "ChecksumSHA256": sha_of(data)}
+
+    store.head_object = head_object  # type: ignore[attr-defined]
+    s3 = s3_mod.S3.__new__(s3_mod.S3)
+    s3.client, s3.extra, s3.owner_uid, s3.part_size = store, {}, None, 1 << 20
+    s3.concurrency, s3._parts, s3._pool_lock = 2, None, threading.Lock()
+    s3._tagging_off, s3.checksum_algorithm = False, transfer.CRC_ALGORITHM
+    (tmp_path / "a").write_bytes(b"first")
+    (tmp_path / "b").write_bytes(b"second")
+    with caplog.at_level(logging.WARNING):
+        first = s3.upload_file(tmp_path / "a", "s3://bkt/a")
+        second = s3.upload_file(tmp_path / "b", "s3://bkt/b")
+    assert (first.sha256, second.sha256) == tuple(
+        hashlib.sha256(x).hexdigest() for x in (b"first", b"second")
+    )
+    assert store.objects == {"a": b"first", "b": b"second"}
+    assert s3.checksum_algorithm == transfer.SHA256_ALGORITHM
+    assert sum("refused S3's CRC64-NVME" in r.message for r in caplog.records) == 1
+    mismatch = {"Code": "XAmzContentChecksumMismatch", "Message": "checksum mismatch"}
+    assert not s3_mod.refuses_crc(ClientError({"Error": mismatch}, "PutObject"))
+    monkeypatch.setenv("KUBETUNE_S3_CHECKSUM", "sha256")
+    assert s3_mod.checksum_algorithm() == transfer.SHA256_ALGORITHM
+    monkeypatch.delenv("KUBETUNE_S3_CHECKSUM")
+    assert s3_mod.checksum_algorithm() == transfer.CRC_ALGORITHM

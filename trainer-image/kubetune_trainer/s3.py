@@ -113,6 +113,26 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def checksum_algorithm() -> str:
+    """S3's checksum for uploads: CRC64-NVME unless KUBETUNE_S3_CHECKSUM=sha256 (a store known
+    not to accept it; refusal is also detected at the first upload: `refuses_crc`)."""
+    want = os.environ.get("KUBETUNE_S3_CHECKSUM", "crc64nvme").strip().lower()
+    return transfer.SHA256_ALGORITHM if want == "sha256" else transfer.CRC_ALGORITHM
+
+
+def refuses_crc(e: BaseException) -> bool:
+    """A store's answer that it does not support the CRC64-NVME checksum (not a mismatch,
+    which is an error of the bytes and is raised)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return False
+    err = e.response.get("Error", {})
+    code, message = str(err.get("Code", "")), str(err.get("Message", "")).lower()
+    unsupported = code in ("InvalidArgument", "InvalidRequest", "NotImplemented", "BadRequest")
+    return unsupported and any(w in message for w in ("checksum", "crc64", "crc-64"))
+
+
 class S3:
     """A thin client: one boto3 client (thread-safe) and one transfer configuration."""
 
@@ -172,6 +192,7 @@ class S3:
         self.crc_part_size = (
             max(1, _env_int("KUBETUNE_S3_CRC_GET_MIB", TRANSFER_DEFAULTS["crc_get_mib"])) * MiB
         )
+        self.checksum_algorithm = checksum_algorithm()
         self._parts: ThreadPoolExecutor | None = None
         self._tagging_off = False
         self._pool_lock = threading.Lock()
@@ -283,7 +304,7 @@ class S3:
 
         return transfer.expect_from_head(dict(head), part_one, tagged)
 
-    def _tag_sha256(self, bucket: str, key: str, digest: str, crc: str) -> None:
+    def _tag_sha256(self, bucket: str, key: str, digest: str, crc: str | None) -> None:
         """Tag a multipart object with its sha256 and the CRC64-NVME computed with it
         (transfer.SHA256_TAG, CRC_TAG). Where the credentials may not tag objects
         (s3:PutObjectTagging) or the server has no tagging, downloads hash in order; said
@@ -299,7 +320,7 @@ class S3:
                 Tagging={
                     "TagSet": [
                         {"Key": transfer.SHA256_TAG, "Value": digest},
-                        {"Key": transfer.CRC_TAG, "Value": crc},
+                        *([{"Key": transfer.CRC_TAG, "Value": crc}] if crc else []),
                     ]
                 },
             )
@@ -384,20 +405,38 @@ class S3:
         self, path: str | os.PathLike[str], uri: str, sha256: str | None = None, rel: str = ""
     ) -> Uploaded:
         """Upload one file, its SHA-256 computed while it streams (one read of the file), with
-        an S3 SHA-256 checksum on every request; then verify size and checksum by HEAD. A
-        given `sha256` that differs from the streamed one (the file changed) is an error."""
+        S3's CRC64-NVME on every request (SHA-256 part checksums where the store refuses
+        it); then verify size and checksum by HEAD. A given `sha256` that differs from the
+        streamed one (the file changed) is an error."""
         bucket, key = split_s3_uri(uri)
-        sent = transfer.upload(
-            self.client,
-            self._pool(),
-            path,
-            bucket,
-            key,
-            part_size=self.part_size,
-            extra=self.extra,
-            metadata=lambda digest: self._metadata(digest),
-            tag=lambda digest, crc: self._tag_sha256(bucket, key, digest, crc),
-        )
+
+        def send() -> transfer.Sent:
+            return transfer.upload(
+                self.client,
+                self._pool(),
+                path,
+                bucket,
+                key,
+                part_size=self.part_size,
+                extra=self.extra,
+                metadata=lambda digest: self._metadata(digest),
+                tag=lambda digest, crc: self._tag_sha256(bucket, key, digest, crc),
+                algorithm=self.checksum_algorithm,
+            )
+
+        try:
+            sent = send()
+        except Exception as e:
+            if self.checksum_algorithm == transfer.SHA256_ALGORITHM or not refuses_crc(e):
+                raise
+            log.warning(
+                "the object store refused S3's CRC64-NVME checksum (%s); this trainer "
+                "uploads with SHA-256 part checksums from now on (KUBETUNE_S3_CHECKSUM=sha256 "
+                "says so up front)",
+                e,
+            )
+            self.checksum_algorithm = transfer.SHA256_ALGORITHM
+            sent = send()
         if sha256 is not None and sha256 != sent.sha256:
             raise ArtifactsMissing(f"{path} changed while it was uploaded to {uri}")
         self.verify(uri, sent.size, sent.sha256, checksum=sent.checksum)

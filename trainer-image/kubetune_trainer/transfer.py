@@ -40,6 +40,7 @@ from typing import Any
 
 MiB = 1024 * 1024
 CRC_ALGORITHM = "CRC64NVME"  # S3's name; FULL_OBJECT checksum type
+SHA256_ALGORITHM = "SHA256"  # for stores without CRC64-NVME: composite SHA-256 of the parts
 PART_SIZE_META = "kubetune-part-size"
 # A multipart object's whole-file sha256 is known only once every part is sent, after its
 # metadata is fixed: it goes into this object tag, so a download checks one digest, not the
@@ -226,10 +227,19 @@ def _cancel_and_wait(futures: list[Future[Any]]) -> None:
 class Sent:
     size: int
     sha256: str  # hex, of the whole file
-    checksum: str  # what S3 should report: the base64 full-object CRC64-NVME
+    checksum: str  # what S3 should report: base64 CRC64-NVME, SHA-256, or composite "...-N"
 
 
 Retry = Callable[[Callable[[], Any], str], Any]
+
+
+def _part_checksum(algorithm: str, data: bytes) -> tuple[str, Any]:
+    """A request's checksum header value, and what the object's checksum is built from."""
+    if algorithm == SHA256_ALGORITHM:
+        digest = hashlib.sha256(data).digest()
+        return b64(digest), digest
+    crc = crc64(data)
+    return crc64_b64(crc), crc
 
 
 def upload(
@@ -242,43 +252,42 @@ def upload(
     part_size: int,
     extra: dict[str, Any],
     metadata: Callable[[str | None], dict[str, str]],
-    tag: Callable[[str, str], None] | None = None,
+    tag: Callable[[str, str | None], None] | None = None,
+    algorithm: str = CRC_ALGORITHM,
 ) -> Sent:
     """Upload one file, hashing while streaming. `metadata(sha256 or None)` gives the object's
     metadata (the digest is known up front only for a single-request upload). Every request
     body is in memory, so the caller's retrying client can resend it after a broken
-    connection."""
+    connection. `algorithm`: S3's checksum, CRC64NVME (full-object) or, for stores without
+    it, SHA256 (composite for multipart: each part hashed a second time)."""
+    header = f"Checksum{algorithm}"
+    full_object = algorithm != SHA256_ALGORITHM
     with open(path, "rb") as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         if size <= part_size:
             data = _pread(fd, size, 0)
-            digest = hashlib.sha256(data).hexdigest()
-            crc = crc64_b64(crc64(data))
+            sha = hashlib.sha256(data)
+            meta = metadata(sha.hexdigest())
+            if full_object:
+                value = meta[CRC_META] = crc64_b64(crc64(data))
+            else:
+                value = b64(sha.digest())
             client.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=data,
-                ChecksumCRC64NVME=crc,
-                Metadata={**metadata(digest), CRC_META: crc},
-                **extra,
+                Bucket=bucket, Key=key, Body=data, Metadata=meta, **{header: value}, **extra
             )
-            return Sent(size=size, sha256=digest, checksum=crc)
+            return Sent(size=size, sha256=sha.hexdigest(), checksum=value)
         meta = metadata(None)
         meta[PART_SIZE_META] = str(part_size)
+        kind = {"ChecksumType": "FULL_OBJECT"} if full_object else {}
         upload_id = client.create_multipart_upload(
-            Bucket=bucket,
-            Key=key,
-            ChecksumAlgorithm=CRC_ALGORITHM,
-            ChecksumType="FULL_OBJECT",
-            Metadata=meta,
-            **extra,
+            Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm, Metadata=meta, **kind, **extra
         )["UploadId"]
         chain = Chain()
 
-        def send(i: int, off: int, length: int) -> tuple[dict[str, Any], int]:
+        def send(i: int, off: int, length: int) -> tuple[dict[str, Any], Any]:
             data = _pread(fd, length, off)
-            crc = crc64(data)
+            value, raw = _part_checksum(algorithm, data)
             chain.feed(i, data)
             resp = client.upload_part(
                 Bucket=bucket,
@@ -286,10 +295,9 @@ def upload(
                 UploadId=upload_id,
                 PartNumber=i + 1,
                 Body=data,
-                ChecksumCRC64NVME=crc64_b64(crc),
+                **{header: value},
             )
-            part = {"PartNumber": i + 1, "ETag": resp["ETag"], "ChecksumCRC64NVME": crc64_b64(crc)}
-            return part, crc
+            return {"PartNumber": i + 1, "ETag": resp["ETag"], header: value}, raw
 
         plan = parts(size, part_size)
         try:
@@ -298,16 +306,19 @@ def upload(
                 chain,
                 [partial(send, i, o, n) for i, (o, n) in enumerate(plan)],
             )
-            full = crc64_b64(
-                crc64_concat([(c, n) for (_, c), (_, n) in zip(done, plan, strict=True)])
-            )
+            whole: dict[str, str] = {}
+            if full_object:
+                crcs = [(c, n) for (_, c), (_, n) in zip(done, plan, strict=True)]
+                checksum = crc64_b64(crc64_concat(crcs))
+                whole = {header: checksum, **kind}
+            else:
+                checksum = composite([d for _, d in done])
             client.complete_multipart_upload(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [p for p, _ in done]},
-                ChecksumCRC64NVME=full,
-                ChecksumType="FULL_OBJECT",
+                **whole,
             )
         except BaseException:
             # One try, not the retrying client's wait (S3 may be what failed); the original
@@ -318,8 +329,8 @@ def upload(
             raise
         digest_hex = chain.hash.hexdigest()
         if tag is not None:
-            tag(digest_hex, full)
-        return Sent(size=size, sha256=digest_hex, checksum=full)
+            tag(digest_hex, checksum if full_object else None)
+        return Sent(size=size, sha256=digest_hex, checksum=checksum)
 
 
 @dataclass(frozen=True)
