@@ -6,16 +6,18 @@ server verifies on arrival) and then, in part order, feeds the part into the fil
 chain: part i waits until part i-1 is in). That file digest is what the manifest records (and
 the object's `sha256` metadata or tag). The parts' CRCs, combined, are the object's full-object
 CRC64-NVME, which S3 checks when the upload completes. No pre-pass over the file, no re-read.
+(For a store without CRC64-NVME: S3's SHA-256 per part instead, `algorithm=SHA256_ALGORITHM`.)
 
 Download of a file: ranged GETs by the same pool, each read from the socket straight into a
 reused buffer, written in place with pwrite and checked as it passes, against what the object
 records, in the cheapest way that is complete:
 - S3's full-object CRC64-NVME (what our uploads, and the AWS SDKs' by default, write): each
   worker computes its range's CRC, combined in order at the end; in parallel, never read back.
-  The file's sha256 is then the one the object records (our metadata or tag), computed by the
-  uploader over the same bytes; only without one is an ordered SHA-256 computed as well;
-- S3's composite SHA-256 of a multipart upload: each worker hashes its own part;
-- otherwise (our `sha256` metadata, S3's full-object SHA-256) the file's SHA-256, in order.
+  The file's sha256 is then the one the uploader recorded with this very CRC (our metadata or
+  tags); without such a record, the ordered SHA-256 below is computed as well;
+- otherwise the file's SHA-256, in order, against our `sha256` metadata or tag or S3's
+  full-object SHA-256; only where there is none of these, S3's composite SHA-256 of the parts
+  (each worker hashes its own part).
 A mismatch is `ChecksumMismatch`.
 
 Several files are in flight at once (a pool of file threads above the part pool); a small file
