@@ -152,6 +152,24 @@ class Store:
         return {"Body": io.BytesIO(self.objects[Key][a : b + 1])}
 
 
+def upload_to(
+    store: Store, pool: ThreadPoolExecutor, src: Path, tags: list[Any], **kw: Any
+) -> transfer.Sent:
+    """transfer.upload of `src` to b/k in 16 KiB parts, metadata and tags as S3 gives them."""
+    return transfer.upload(
+        store,
+        pool,
+        src,
+        "b",
+        "k",
+        part_size=16 * 1024,
+        extra={},
+        metadata=lambda d: {"sha256": d} if d else {},
+        tag=lambda digest, crc: tags.append((digest, crc)),
+        **kw,
+    )
+
+
 def retry(fn: Any, what: str) -> Any:
     return fn()
 
@@ -168,19 +186,9 @@ def test_round_trip_hashes_while_streaming(
     src = tmp_path / "src"
     src.write_bytes(data)
     store = Store()
-    tags: list[tuple[str, str]] = []
+    tags: list[tuple[str, str | None]] = []
     with ThreadPoolExecutor(4) as pool:
-        sent = transfer.upload(
-            store,
-            pool,
-            src,
-            "b",
-            "k",
-            part_size=16 * 1024,
-            extra={},
-            metadata=lambda d: {"sha256": d} if d else {},
-            tag=lambda digest, crc: tags.append((digest, crc)),
-        )
+        sent = upload_to(store, pool, src, tags)
         assert store.objects["k"] == data
         assert sent.sha256 == hashlib.sha256(data).hexdigest()
         assert sent.checksum == crc_of(data)
@@ -415,18 +423,7 @@ def test_sha256_part_checksums_for_stores_without_crc(tmp_path: Path, size: int)
     store = Store(crc=False)
     tags: list[tuple[str, str | None]] = []
     with ThreadPoolExecutor(4) as pool:
-        sent = transfer.upload(
-            store,
-            pool,
-            src,
-            "b",
-            "k",
-            part_size=16 * 1024,
-            extra={},
-            metadata=lambda d: {"sha256": d} if d else {},
-            tag=lambda digest, crc: tags.append((digest, crc)),
-            algorithm=transfer.SHA256_ALGORITHM,
-        )
+        sent = upload_to(store, pool, src, tags, algorithm=transfer.SHA256_ALGORITHM)
         assert store.objects["k"] == data and sent.sha256 == hashlib.sha256(data).hexdigest()
         if size > 16 * 1024:
             plan = transfer.parts(size, 16 * 1024)
