@@ -500,12 +500,12 @@ def download(
     by_crc = expect.crc64nvme is not None
     by_parts = not by_crc and bool(expect.composite and expect.part_size)
     # the recorded sha256 stands for bytes whose CRC matches: no ordered hash
-    unordered = by_crc and expect.sha256_bound and bool(expect.sha256)
+    unordered = by_crc and expect.sha256_bound
     step = part_size
-    if by_parts and expect.part_size:
-        step = expect.part_size
-    elif unordered and crc_part_size:
-        step = crc_part_size
+    if by_parts:
+        step = expect.part_size or part_size
+    elif unordered:
+        step = crc_part_size or part_size
     plan = parts(expect.size, step)
     cond = {"IfMatch": expect.etag} if expect.etag else {}
     part_digests: list[bytes] = [b""] * len(plan)
