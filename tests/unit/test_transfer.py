@@ -441,6 +441,17 @@ def test_sha256_part_checksums_for_stores_without_crc(tmp_path: Path, size: int)
     assert got == sent.sha256 and (tmp_path / "o").read_bytes() == data
 
 
+def s3_on(store: Store) -> Any:
+    """kubetune_trainer.s3.S3 over a fake store (no boto3), uploading with CRC64-NVME first."""
+    from kubetune_trainer import s3 as s3_mod
+
+    s3 = s3_mod.S3.__new__(s3_mod.S3)
+    s3.client, s3.extra, s3.owner_uid, s3.part_size = store, {}, None, 1 << 20
+    s3.concurrency, s3._parts, s3._pool_lock = 2, None, threading.Lock()
+    s3._tagging_off, s3.checksum_algorithm = False, transfer.CRC_ALGORITHM
+    return s3
+
+
 def test_s3_falls_back_to_sha256_when_the_store_refuses_crc(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -458,10 +469,7 @@ def test_s3_falls_back_to_sha256_when_the_store_refuses_crc(
         return {"ContentLength": len(data), "ChecksumSHA256": sha_of(data)}
 
     store.head_object = head_object  # type: ignore[attr-defined]
-    s3 = s3_mod.S3.__new__(s3_mod.S3)
-    s3.client, s3.extra, s3.owner_uid, s3.part_size = store, {}, None, 1 << 20
-    s3.concurrency, s3._parts, s3._pool_lock = 2, None, threading.Lock()
-    s3._tagging_off, s3.checksum_algorithm = False, transfer.CRC_ALGORITHM
+    s3 = s3_on(store)
     (tmp_path / "a").write_bytes(b"first")
     (tmp_path / "b").write_bytes(b"second")
     with caplog.at_level(logging.WARNING):
@@ -479,3 +487,32 @@ def test_s3_falls_back_to_sha256_when_the_store_refuses_crc(
     assert s3_mod.checksum_algorithm() == transfer.SHA256_ALGORITHM
     monkeypatch.delenv("KUBETUNE_S3_CHECKSUM")
     assert s3_mod.checksum_algorithm() == transfer.CRC_ALGORITHM
+
+
+def test_files_refused_at_once_all_fall_back_and_it_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """upload_dir sends files at once: each file refused with CRC64-NVME is sent again with
+    SHA-256, also when another file switched the algorithm meanwhile."""
+    import logging
+
+    both_tried = threading.Barrier(2, timeout=10)
+
+    class RefusesTogether(Store):
+        def put_object(self, Bucket: str, Key: str, Body: bytes, **kw: Any) -> Any:
+            if "ChecksumCRC64NVME" in kw:
+                both_tried.wait()  # neither file is refused before both sent with the CRC
+            return super().put_object(Bucket, Key, Body, **kw)
+
+    store = RefusesTogether(crc=False)
+    store.head_object = lambda Bucket, Key, **kw: {  # type: ignore[attr-defined]
+        "ContentLength": len(store.objects[Key]),
+        "ChecksumSHA256": sha_of(store.objects[Key]),
+    }
+    s3 = s3_on(store)
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(name.encode() * 10)
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(2) as files:
+        list(files.map(lambda n: s3.upload_file(tmp_path / n, f"s3://bkt/{n}"), ["a", "b"]))
+    assert store.objects == {"a": b"a" * 10, "b": b"b" * 10}
+    assert sum("refused S3's CRC64-NVME" in r.message for r in caplog.records) == 1

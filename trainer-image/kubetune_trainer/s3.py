@@ -410,7 +410,7 @@ class S3:
         streamed one (the file changed) is an error."""
         bucket, key = split_s3_uri(uri)
 
-        def send() -> transfer.Sent:
+        def send(algorithm: str) -> transfer.Sent:
             return transfer.upload(
                 self.client,
                 self._pool(),
@@ -421,22 +421,25 @@ class S3:
                 extra=self.extra,
                 metadata=lambda digest: self._metadata(digest),
                 tag=lambda digest, crc: self._tag_sha256(bucket, key, digest, crc),
-                algorithm=self.checksum_algorithm,
+                algorithm=algorithm,
             )
 
-        try:
-            sent = send()
+        tried = self.checksum_algorithm  # the files of upload_dir go up at once: decide on
+        try:  # the algorithm this file used, not one another file has switched to since
+            sent = send(tried)
         except Exception as e:
-            if self.checksum_algorithm == transfer.SHA256_ALGORITHM or not refuses_crc(e):
+            if tried == transfer.SHA256_ALGORITHM or not refuses_crc(e):
                 raise
-            log.warning(
-                "the object store refused S3's CRC64-NVME checksum (%s); this trainer "
-                "uploads with SHA-256 part checksums from now on (KUBETUNE_S3_CHECKSUM=sha256 "
-                "says so up front)",
-                e,
-            )
-            self.checksum_algorithm = transfer.SHA256_ALGORITHM
-            sent = send()
+            with self._pool_lock:
+                if self.checksum_algorithm != transfer.SHA256_ALGORITHM:
+                    log.warning(
+                        "the object store refused S3's CRC64-NVME checksum (%s); this trainer "
+                        "uploads with SHA-256 part checksums from now on "
+                        "(KUBETUNE_S3_CHECKSUM=sha256 says so up front)",
+                        e,
+                    )
+                    self.checksum_algorithm = transfer.SHA256_ALGORITHM
+            sent = send(transfer.SHA256_ALGORITHM)
         if sha256 is not None and sha256 != sent.sha256:
             raise ArtifactsMissing(f"{path} changed while it was uploaded to {uri}")
         self.verify(uri, sent.size, sent.sha256, checksum=sent.checksum)
